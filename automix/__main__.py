@@ -1,0 +1,5 @@
+import sys
+
+from automix.cli import main
+
+sys.exit(main())

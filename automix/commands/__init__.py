@@ -1,0 +1,1 @@
+"""CLI sub-commands: one module each, exposing `add_parser(subparsers)`."""

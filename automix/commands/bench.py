@@ -1,0 +1,27 @@
+"""`automix bench kernels|search|methods|trial|orchestration`: run a benchmark, print its table."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# benchmark name -> module exposing main(argv) -> int
+BENCHMARKS = {
+    "kernels": "automix.kernels.bench",
+    "search": "automix.search.bench",
+    "methods": "automix.methods.bench",
+    "trial": "automix.trial_bench",
+    "orchestration": "automix.orchestration_bench",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark and print its table")
+    p.add_argument("which", choices=sorted(BENCHMARKS), help="which benchmark")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark (see its --help)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(BENCHMARKS[args.which])
+    return int(module.main(args.rest) or 0)
