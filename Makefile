@@ -4,11 +4,18 @@ PY ?= python3
 # install the torch you want first and run `make setup TORCH_SPEC=` to keep it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup quickstart test test-fast
+.PHONY: setup browser quickstart test test-fast
 
-setup:
+setup: browser
 	@if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
 	$(PY) -m pip install -q -e ".[dev]"
+
+# Headless chromium renders the report PNGs (kaleido) and is used by the report tests.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    else echo "note: chromium not found and cannot be installed here; report PNGs will be skipped"; fi; }
 
 quickstart: setup
 	$(PY) -m automix bench kernels --quick
