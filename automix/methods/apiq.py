@@ -1,0 +1,301 @@
+"""ApiQ: activation-preserving initialisation of a quantized base and its LoRA.
+
+ApiQ (Liao et al., 2024) fits, block by block and in order, the quantized block + LoRA to the
+full-precision block: target = FP block output on FP inputs, prediction = the block whose linears
+are fake-quantized (learnable per-group clipping, OmniQuant style, logits init 4.0, straight-
+through rounding) plus LoRA (A Kaiming, B zero), fed with the outputs of the blocks already
+quantized before it. It minimises the MSE with AdamW (clipping lr 5e-3, LoRA lr 5e-4), then bakes
+the clipped quantization into the weights. Because each block sees the error the previous
+quantized blocks made, the LoRA learns to undo accumulated error, which is what keeps 2-bit
+models usable.
+
+``apiq-lw`` is the cheaper layer-wise variant: each linear layer's output (on the quantized
+stream's input to that layer) is fitted to the FP layer's output on the FP stream, one small
+problem per layer; within a block the layer inputs are taken with that block still in full
+precision (one capture pass per block instead of one per layer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ApiQPlan:
+    """What ApiQ does to one layer: bits (16 = keep FP), group size, LoRA rank and scaling."""
+
+    bits: int
+    group_size: int
+    rank: int
+    scaling: float
+
+
+class ApiQLinear(nn.Module):
+    """Calibration-time layer: fake-quantized weight (learnable clipping) + LoRA.
+
+    Only ``clip_max``/``clip_min`` (per group) and ``lora_A``/``lora_B`` are trainable; the FP
+    weight is a frozen buffer. :meth:`bake` returns the real quantized weight.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, plan: ApiQPlan,
+                 clip_init: float = 4.0) -> None:
+        super().__init__()
+        from automix.quant.quantizer import clip_logits_init
+
+        out_f, in_f = weight.shape
+        self.in_features, self.out_features = in_f, out_f
+        self.plan = plan
+        self.register_buffer("weight", weight.detach().float().clone(), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
+        self.quantized = plan.bits < 16
+        if self.quantized:
+            init = clip_logits_init((out_f, in_f), plan.group_size, clip_init, device=weight.device)
+            self.clip_max = nn.Parameter(init.clone())
+            self.clip_min = nn.Parameter(init.clone())
+        self.rank = plan.rank
+        if self.rank > 0:
+            self.lora_A = nn.Parameter(torch.empty(self.rank, in_f, device=weight.device))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            self.lora_B = nn.Parameter(torch.zeros(out_f, self.rank, device=weight.device))
+        self._frozen_weight: Tensor | None = None
+
+    def clip_parameters(self) -> list[nn.Parameter]:
+        return [self.clip_max, self.clip_min] if self.quantized else []
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [self.lora_A, self.lora_B] if self.rank > 0 else []
+
+    def effective_weight(self) -> Tensor:
+        if self._frozen_weight is not None:
+            return self._frozen_weight
+        if not self.quantized:
+            return self.weight
+        from automix.quant import fake_quantize
+
+        return fake_quantize(self.weight, self.plan.bits, self.plan.group_size, self.clip_max, self.clip_min)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.linear(x, self.effective_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        if self.rank > 0:
+            y = y + self.plan.scaling * F.linear(F.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
+        return y
+
+    @torch.no_grad()
+    def bake(self) -> tuple[Any, Tensor | None, Tensor | None]:
+        """(QuantizedWeight or None for 16-bit, A, B) and switch forward to the baked weight."""
+        qweight = None
+        if self.quantized:
+            from automix.quant import quantize
+
+            qweight = quantize(self.weight, self.plan.bits, self.plan.group_size,
+                               clip_max_logit=self.clip_max.detach(), clip_min_logit=self.clip_min.detach())
+            self._frozen_weight = qweight.dequantize(torch.float32).to(self.weight.device)
+        a = self.lora_A.detach().clone() if self.rank > 0 else None
+        b = self.lora_B.detach().clone() if self.rank > 0 else None
+        return qweight, a, b
+
+
+# ---------------------------------------------------------------------------------------------
+# block discovery and input capture
+# ---------------------------------------------------------------------------------------------
+class _StopForward(Exception):
+    pass
+
+
+def group_by_block(names: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """[(block_path, [layer names in it])] in model order, from stable layer names."""
+    from automix.models import block_index
+
+    blocks: dict[str, list[str]] = {}
+    for n in names:
+        i = block_index(n)
+        marker = f".{i}."
+        prefix = n[: n.index(marker) + len(marker) - 1]
+        blocks.setdefault(prefix, []).append(n)
+    return list(blocks.items())
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, block: nn.Module, calib: Tensor, batch_size: int
+                         ) -> list[tuple[Tensor, dict]]:
+    """Hidden states and keyword arguments entering ``block`` for each calibration mini-batch."""
+    device = next(model.parameters()).device
+    captured: list[tuple[Tensor, dict]] = []
+
+    def hook(_mod, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kw = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values", "layer_past", "past_key_value")}
+        kw["use_cache"] = False
+        captured.append((hidden.detach(), kw))
+        raise _StopForward
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, calib.shape[0], batch_size):
+            try:
+                model(input_ids=calib[start:start + batch_size].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _block_out(out: Any) -> Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _swap(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old
+
+
+def _apiq_module(layer: nn.Module, plan: ApiQPlan) -> ApiQLinear:
+    from automix.models import linear_weight
+
+    return ApiQLinear(linear_weight(layer), getattr(layer, "bias", None), plan)
+
+
+def _optimizer(modules: list[ApiQLinear], lr_clip: float, lr_lora: float, weight_decay: float
+               ) -> torch.optim.Optimizer | None:
+    clips = [p for m in modules for p in m.clip_parameters()]
+    loras = [p for m in modules for p in m.lora_parameters()]
+    groups = []
+    if clips:
+        groups.append({"params": clips, "lr": lr_clip, "weight_decay": 0.0})
+    if loras:
+        groups.append({"params": loras, "lr": lr_lora, "weight_decay": weight_decay})
+    return torch.optim.AdamW(groups) if groups else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the two calibration drivers
+# ---------------------------------------------------------------------------------------------
+def apiq_calibrate(
+    model: nn.Module,
+    plans: dict[str, ApiQPlan],
+    calib: Tensor,
+    *,
+    layerwise: bool = False,
+    epochs: int = 5,
+    batch_size: int = 4,
+    lr_clip: float = 5e-3,
+    lr_lora: float = 5e-4,
+    weight_decay: float = 0.0,
+) -> dict[str, tuple[Any, Tensor | None, Tensor | None]]:
+    """Run ApiQ (block-wise, or layer-wise with ``layerwise=True``) over ``model`` in place.
+
+    ``plans`` maps target layer names to their settings (layers not in it stay FP and are not
+    touched). Returns ``{name: (qweight | None, A | None, B | None)}``; the model's own modules
+    are left unchanged (full precision) so the caller can build its final layers.
+    """
+    if calib is None or calib.ndim != 2 or calib.shape[0] == 0:
+        raise ValueError("ApiQ needs a calibration batch [n_samples, seq_len] of token ids")
+    if epochs < 0:
+        raise ValueError(f"apiq_epochs must be >= 0, got {epochs}")
+    grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    was_training = model.training
+    model.eval()
+    results: dict[str, tuple[Any, Tensor | None, Tensor | None]] = {}
+    try:
+        blocks = group_by_block(plans)
+        if not blocks:
+            return results
+        first = model.get_submodule(blocks[0][0])
+        captured = capture_block_inputs(model, first, calib, batch_size)
+        kws = [kw for _, kw in captured]
+        x_fp = [h for h, _ in captured]
+        x_q = [h.clone() for h in x_fp]
+        for block_name, names in blocks:
+            block = model.get_submodule(block_name)
+            fit = _fit_layers if layerwise else _fit_block
+            with torch.no_grad():
+                y_fp = [_block_out(block(x, **kw)) for x, kw in zip(x_fp, kws)]
+            modules = {n: _apiq_module(model.get_submodule(n), plans[n]) for n in names}
+            originals = {}
+            if layerwise:
+                fit(model, block, modules, x_fp, x_q, kws, epochs, lr_clip, lr_lora, weight_decay)
+                for n, m in modules.items():
+                    originals[n] = _swap(model, n, m)
+            else:
+                for n, m in modules.items():
+                    originals[n] = _swap(model, n, m)
+                fit(model, block, modules, x_fp, x_q, kws, epochs, lr_clip, lr_lora, weight_decay, y_fp)
+            for n, m in modules.items():
+                results[n] = m.bake()
+            with torch.no_grad():
+                x_q = [_block_out(block(x, **kw)) for x, kw in zip(x_q, kws)]
+            for n, orig in originals.items():
+                _swap(model, n, orig)
+            x_fp = y_fp
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(grad_state.get(n, p.requires_grad))
+        model.train(was_training)
+    return results
+
+
+def _fit_block(model, block, modules, x_fp, x_q, kws, epochs, lr_clip, lr_lora, wd, y_fp) -> None:
+    """Block-wise ApiQ: min MSE(block_q(x_q), block_fp(x_fp)) over clipping + LoRA."""
+    opt = _optimizer(list(modules.values()), lr_clip, lr_lora, wd)
+    if opt is None:
+        return
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for x, kw, y in zip(x_q, kws, y_fp):
+                opt.zero_grad(set_to_none=True)
+                loss = F.mse_loss(_block_out(block(x, **kw)), y)
+                loss.backward()
+                opt.step()
+
+
+def _fit_layers(model, block, modules, x_fp, x_q, kws, epochs, lr_clip, lr_lora, wd) -> None:
+    """Layer-wise ApiQ: per linear, min MSE(layer_q(in_q), layer_fp(in_fp)); inputs captured
+    from the FP block on the FP stream and on the quantized stream."""
+    names = list(modules)
+    in_fp: dict[str, list[Tensor]] = {n: [] for n in names}
+    in_q: dict[str, list[Tensor]] = {n: [] for n in names}
+    store: list[dict[str, list[Tensor]]] = [in_fp]
+
+    def make_hook(n):
+        def hook(_m, args):
+            store[0][n].append(args[0].detach())
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(make_hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            for x, kw in zip(x_fp, kws):
+                block(x, **kw)
+            store[0] = in_q
+            for x, kw in zip(x_q, kws):
+                block(x, **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    for n, m in modules.items():
+        opt = _optimizer([m], lr_clip, lr_lora, wd)
+        if opt is None:
+            continue
+        with torch.no_grad():
+            targets = [F.linear(x, m.weight, m.bias) for x in in_fp[n]]
+        with torch.enable_grad():
+            for _ in range(epochs):
+                for x, y in zip(in_q[n], targets):
+                    opt.zero_grad(set_to_none=True)
+                    F.mse_loss(m(x), y).backward()
+                    opt.step()
+
+
+__all__ = ["ApiQPlan", "ApiQLinear", "apiq_calibrate", "group_by_block", "capture_block_inputs"]
