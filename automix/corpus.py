@@ -1,0 +1,161 @@
+"""The built-in synthetic corpus: small, low-entropy tasks that need precise block weights.
+
+A model that only learns token statistics lives in its embeddings, which automix never
+quantizes, so quantizing it changes nothing and the search would have nothing to find. Every
+document kind here has a deterministic part that can only be predicted by attending back into
+the context (copying, key-value recall, reading a passage) or by computing (carrying digits), so
+the trained model's low loss depends on its attention and MLP weights.
+
+Document kinds (one line each):
+  copy:    "copy: kep zor wib > kep zor wib"
+  recall:  "recall: ka=3 mo=8 tu=1 ; mo=8 ka=3"
+  add:     "add: 482+39=521"
+  passage: BoolQ-style "passage: the fox is red. ... question: is the fox red? answer: yes"
+  text:    template sentences ("the big fox sees a red owl.") for a bit of natural-ish text
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+CONSONANTS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+NOUNS = ["fox", "owl", "cat", "dog", "cup", "box", "hat", "car", "bee", "cow", "pig", "ant",
+         "bat", "elk", "hen", "jar", "key", "map", "pen", "rug", "van", "yak", "bus", "toy"]
+ATTRIBUTES = {
+    "color": ["red", "blue", "green", "black", "white", "pink"],
+    "size": ["big", "small", "tall", "short"],
+    "mood": ["happy", "sad", "calm", "angry"],
+}
+VERBS = ["sees", "likes", "finds", "helps", "follows", "hears"]
+PLACES = ["near the river", "in the park", "at home", "on the hill", "by the road"]
+
+
+def _syllable_word(rng: random.Random) -> str:
+    return rng.choice(CONSONANTS) + rng.choice(VOWELS) + rng.choice(CONSONANTS)
+
+
+def copy_doc(rng: random.Random) -> str:
+    words = [_syllable_word(rng) for _ in range(rng.randint(2, 6))]
+    s = " ".join(words)
+    return f"copy: {s} > {s}"
+
+
+def recall_doc(rng: random.Random) -> str:
+    n = rng.randint(3, 6)
+    keys: list[str] = []
+    while len(keys) < n:
+        k = rng.choice(CONSONANTS) + rng.choice(VOWELS)
+        if k not in keys:
+            keys.append(k)
+    vals = [str(rng.randint(0, 9)) for _ in keys]
+    facts = " ".join(f"{k}={v}" for k, v in zip(keys, vals))
+    q = rng.sample(range(n), k=min(n, rng.randint(2, 3)))
+    queries = " ".join(f"{keys[i]}={vals[i]}" for i in q)
+    return f"recall: {facts} ; {queries}"
+
+
+def add_doc(rng: random.Random) -> str:
+    a = rng.randint(0, 10 ** rng.randint(1, 3) - 1)
+    b = rng.randint(0, 10 ** rng.randint(1, 3) - 1)
+    return f"add: {a}+{b}={a + b}"
+
+
+@dataclass(frozen=True)
+class PassageExample:
+    """One BoolQ-style example: BoolQ's own fields plus the formatted prompt."""
+
+    passage: str
+    question: str
+    answer: bool
+
+
+def passage_example(rng: random.Random, negation_rate: float = 0.0) -> PassageExample:
+    """Facts about 3-5 distinct things; a yes/no question about one of them.
+
+    With probability `negation_rate` the question is negated ("is the owl not big"), which
+    flips the answer: a harder variant that fine-tuning can teach.
+    """
+    nouns = rng.sample(NOUNS, k=rng.randint(3, 5))
+    facts = []
+    for noun in nouns:
+        cat = rng.choice(sorted(ATTRIBUTES))
+        facts.append((noun, cat, rng.choice(ATTRIBUTES[cat])))
+    noun, cat, value = rng.choice(facts)
+    truth = rng.random() < 0.5
+    asked = value if truth else rng.choice([v for v in ATTRIBUTES[cat] if v != value])
+    negated = rng.random() < negation_rate
+    passage = " ".join(f"the {n} is {v}." for n, _, v in facts)
+    question = f"is the {noun} not {asked}" if negated else f"is the {noun} {asked}"
+    return PassageExample(passage, question, truth != negated)
+
+
+def boolq_prompt(passage: str, question: str) -> str:
+    """The prompt both the corpus and the BoolQ task use; the answer follows as ' yes' / ' no'."""
+    q = question.strip()
+    if not q.endswith("?"):
+        q += "?"
+    return f"passage: {passage.strip()} question: {q} answer:"
+
+
+def passage_doc(rng: random.Random, negation_rate: float = 0.05) -> str:
+    ex = passage_example(rng, negation_rate)
+    return boolq_prompt(ex.passage, ex.question) + (" yes" if ex.answer else " no")
+
+
+def text_doc(rng: random.Random) -> str:
+    def np_() -> str:
+        det = rng.choice(["the", "a"])
+        if rng.random() < 0.5:
+            cat = rng.choice(sorted(ATTRIBUTES))
+            return f"{det} {rng.choice(ATTRIBUTES[cat])} {rng.choice(NOUNS)}"
+        return f"{det} {rng.choice(NOUNS)}"
+
+    sents = []
+    for _ in range(rng.randint(1, 3)):
+        s = f"{np_()} {rng.choice(VERBS)} {np_()}"
+        if rng.random() < 0.4:
+            s += " " + rng.choice(PLACES)
+        sents.append(s + ".")
+    return " ".join(sents)
+
+
+DOC_KINDS: dict[str, Callable[[random.Random], str]] = {
+    "copy": copy_doc,
+    "recall": recall_doc,
+    "add": add_doc,
+    "passage": passage_doc,
+    "text": text_doc,
+}
+
+# Mixture weights of the pretraining corpus.
+DEFAULT_MIX: dict[str, float] = {"copy": 0.2, "recall": 0.25, "add": 0.2, "passage": 0.25, "text": 0.1}
+
+
+def documents(seed: int, mix: dict[str, float] | None = None) -> Iterator[str]:
+    """An endless, seeded stream of documents drawn from the mixture."""
+    mix = dict(DEFAULT_MIX if mix is None else mix)
+    unknown = set(mix) - set(DOC_KINDS)
+    if unknown:
+        raise ValueError(f"unknown document kinds {sorted(unknown)}; known: {sorted(DOC_KINDS)}")
+    rng = random.Random(seed)
+    kinds, weights = list(mix), [mix[k] for k in mix]
+    while True:
+        yield DOC_KINDS[rng.choices(kinds, weights)[0]](rng)
+
+
+def sample_documents(n: int, seed: int, mix: dict[str, float] | None = None) -> list[str]:
+    """`n` documents from the stream for `seed`."""
+    it = documents(seed, mix)
+    return [next(it) for _ in range(n)]
+
+
+# Seeds are split so that pretraining, held-out evaluation and task data never share a stream.
+TRAIN_SEED_BASE = 1_000
+HELDOUT_SEED = 7_777_001
+BOOLQ_TRAIN_SEED = 7_777_002
+BOOLQ_EVAL_SEED = 7_777_003
+PROBE_SEED = 7_777_004
