@@ -1,0 +1,451 @@
+"""AutoMixSampler: predictor-guided multi-objective search for expensive trials.
+
+The sampler follows AutoMixQ / AMQ: a space-filling start (uniform configurations, where every
+parameter sits at the same relative level, then a Latin hypercube), then, once enough trials
+have finished, every proposal is chosen by
+
+1. fitting a :class:`~automix.search.predictors.PerformancePredictor` per unknown objective
+   (and per observed constraint) on the finished trials;
+2. running NSGA-II on the *predicted* objectives over thousands of candidate configurations,
+   with "known" objectives (e.g. memory from an analytic model) evaluated exactly and
+   candidates that violate a known constraint (e.g. over the memory budget) discarded;
+3. picking the candidate with the largest expected hypervolume improvement over the current
+   feasible front, using the predictors' uncertainty, times the probability that the observed
+   constraints hold.
+
+Proposals that are still running are treated as already observed at their predicted values
+("kriging believer"), so ask/tell batches and ``n_jobs > 1`` get diverse, distinct proposals.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers._base import _process_constraints_after_trial
+from optuna.search_space import IntersectionSearchSpace
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from scipy.stats import norm
+
+from automix.search._codec import Codec
+from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
+from automix.search.pareto import crowding_distance, nondominated_rank
+from automix.search.predictors import PerformancePredictor
+
+__all__ = ["AutoMixSampler"]
+
+_UNIFORM_FRACTIONS = (0.0, 1.0, 0.5, 0.25, 0.75, 0.125, 0.875, 0.375, 0.625)
+_UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
+
+
+class AutoMixSampler(BaseSampler):
+    """Sampler for expensive (multi-objective, constrained) studies; a drop-in for any study.
+
+    Args:
+        search_space: the full search space, if known up front (e.g. ``SearchSpace.distributions``).
+            Lets the very first trials be joint proposals that respect ``known_constraints``;
+            without it the space is inferred from finished trials.
+        n_startup_trials: finished trials before the predictors take over.
+        n_uniform_trials: how many of the startup trials are uniform configurations
+            (default: the largest number of levels of a discrete parameter, at most half the
+            startup trials).
+        known_objectives: objective index -> function of the params that returns that objective
+            exactly (same direction as the study). Never predicted.
+        known_constraints: functions of the params; a proposal is feasible when all return
+            <= 0. Infeasible configurations are never proposed.
+        constraints_func: Optuna's older per-trial constraints callback (prefer
+            ``Trial.set_constraint``); both are read from the finished trials.
+        features: extra predictor features computed from the params (e.g. sensitivity x
+            quantization error per layer group).
+        predictor_models: candidate regressors (see ``automix.search.predictors``).
+        n_candidates: rough number of configurations scored on the predictors per proposal.
+        prior_trials: finished trials of earlier studies of the same space (warm start).
+        seed: seed for reproducible proposals.
+    """
+
+    def __init__(
+        self,
+        *,
+        search_space: Mapping[str, BaseDistribution] | None = None,
+        n_startup_trials: int = 16,
+        n_uniform_trials: int | None = None,
+        known_objectives: Mapping[int, Callable[[dict[str, Any]], float]] | None = None,
+        known_constraints: Sequence[Callable[[dict[str, Any]], float]] = (),
+        constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
+        features: Callable[[dict[str, Any]], Sequence[float]] | None = None,
+        predictor_models: Sequence[str] = ("gp", "extra_trees", "gbm", "mlp", "ridge"),
+        n_candidates: int = 3000,
+        prior_trials: Sequence[FrozenTrial] = (),
+        seed: int | None = None,
+    ) -> None:
+        if n_startup_trials < 1:
+            raise ValueError(f"n_startup_trials must be >= 1, got {n_startup_trials}")
+        self._fixed_space = dict(search_space) if search_space is not None else None
+        self._n_startup = n_startup_trials
+        self._n_uniform = n_uniform_trials
+        self._known = dict(known_objectives or {})
+        self._known_constraints = list(known_constraints)
+        self._constraints_func = constraints_func
+        self._features = features
+        self._models = tuple(predictor_models)
+        self._n_candidates = n_candidates
+        self._prior = list(prior_trials)
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._random = RandomSampler(seed=seed)
+        self._intersection = IntersectionSearchSpace(include_pruned=True)
+        self._lock = threading.RLock()
+        self._pending: dict[tuple[int, int], tuple] = {}  # (study id, trial number) -> key
+        self._predictors: dict[Any, PerformancePredictor] = {}
+        self._codec: Codec | None = None
+        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # key -> (feats, known)
+        self._design: list[np.ndarray] | None = None
+
+    # ----------------------------------------------------------------- BaseSampler API
+    def reseed_rng(self) -> None:
+        self._rng = np.random.default_rng()
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        if self._fixed_space is not None:
+            return dict(self._fixed_space)
+        space = self._intersection.calculate(study)
+        return {n: d for n, d in sorted(space.items()) if not d.single()}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        with self._lock:
+            codec = self._get_codec(search_space)
+            trials = study._get_trials(deepcopy=False, use_cache=True)
+            complete, taken, pending = self._collect(study, trials, codec, trial)
+            if len(complete) < self._n_startup:
+                genome = self._next_design_point(codec, taken)
+            else:
+                genome = self._propose(study, codec, complete, pending, taken)
+            key = codec.key(genome)
+            self._pending[(study._study_id, trial.number)] = key
+            return codec.decode(genome)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        """Params outside the joint space: design points while starting up, then random."""
+        if trial.number < self._n_startup:
+            gene = Codec({param_name: param_distribution}).genes[0]
+            n_uniform = self._uniform_count(max(gene.n_levels, 2))
+            if trial.number < n_uniform:
+                return gene.decode(gene.at_fraction(_UNIFORM_FRACTIONS[trial.number]))
+            # Latin hypercube built one dimension at a time: a per-parameter permutation.
+            salt = sum(param_name.encode()) * 7919 + (self._seed or 0)
+            strata = np.random.default_rng(salt).permutation(self._n_startup)
+            u = (strata[trial.number] + self._rng.random()) / self._n_startup
+            return gene.decode(gene.from_unit(np.array([u]))[0])
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._random.before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        if self._constraints_func is not None:
+            _process_constraints_after_trial(self._constraints_func, study, trial, state)
+        with self._lock:
+            self._pending.pop((study._study_id, trial.number), None)
+        self._random.after_trial(study, trial, state, values)
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _get_codec(self, search_space: dict[str, BaseDistribution]) -> Codec:
+        if self._codec is None or self._codec.names != sorted(search_space) or any(
+            g.dist != search_space[g.name] for g in self._codec.genes
+        ):
+            self._codec = Codec(search_space)
+            self._cache.clear()
+            self._design = None
+            self._predictors.clear()
+        return self._codec
+
+    def _collect(self, study: Study, trials: list[FrozenTrial], codec: Codec, current: FrozenTrial):
+        complete: list[tuple[FrozenTrial, np.ndarray]] = []
+        taken: set[tuple] = set()
+        pending: list[np.ndarray] = []
+        names = set(codec.names)
+        live = {n for (sid, n) in self._pending if sid == study._study_id}
+        for t in trials:
+            if t.number == current.number or not names <= t.params.keys():
+                continue
+            genome = codec.encode(t.params)
+            taken.add(codec.key(genome))
+            if t.state == TrialState.COMPLETE and t.values is not None:
+                complete.append((t, genome))
+            elif t.state in _UNFINISHED and t.number not in live:
+                pending.append(genome)  # proposed by another process
+        for (sid, number), key in self._pending.items():
+            if sid == study._study_id and number != current.number:
+                taken.add(key)
+                pending.append(np.array(key, dtype=float))
+        return complete, taken, pending
+
+    def _uniform_count(self, max_levels: int) -> int:
+        if self._n_uniform is not None:
+            return min(self._n_uniform, self._n_startup)
+        return min(max_levels, len(_UNIFORM_FRACTIONS), max(1, self._n_startup // 2))
+
+    def _feasible(self, codec: Codec, genome: np.ndarray) -> bool:
+        return bool(self._evaluate(codec, genome[None])[2][0])
+
+    def _next_design_point(self, codec: Codec, taken: set[tuple]) -> np.ndarray:
+        if self._design is None:
+            self._design = self._make_design(codec)
+        for genome in self._design:
+            if codec.key(genome) not in taken:
+                return genome
+        return self._random_feasible(codec, taken)
+
+    def _make_design(self, codec: Codec) -> list[np.ndarray]:
+        from scipy.stats import qmc
+
+        design: list[np.ndarray] = []
+        seen: set[tuple] = set()
+        for frac in _UNIFORM_FRACTIONS[: self._uniform_count(max(codec.max_levels(), 2))]:
+            g = codec.uniform(frac)
+            if codec.key(g) not in seen and self._feasible(codec, g):
+                design.append(g)
+                seen.add(codec.key(g))
+        n_lhs = max(0, self._n_startup - len(design))
+        if n_lhs and codec.dim:
+            seed = int(self._rng.integers(2**31))
+            pool = codec.from_unit(qmc.LatinHypercube(d=codec.dim, seed=seed).random(8 * n_lhs))
+            pool = pool[self._evaluate(codec, pool)[2]]
+            chosen = list(design)
+            feats = codec.features(pool)
+            # greedy max-min distance among feasible points: spread-out and diverse
+            for _ in range(min(n_lhs, len(pool))):
+                if chosen:
+                    ref = codec.features(np.array(chosen))
+                    d = np.min(((feats[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
+                else:
+                    d = self._rng.random(len(pool))
+                i = int(np.argmax(d))
+                if codec.key(pool[i]) not in seen:
+                    chosen.append(pool[i])
+                    seen.add(codec.key(pool[i]))
+                feats[i] = np.inf  # never re-pick
+            design = chosen
+        return design
+
+    def _random_feasible(self, codec: Codec, taken: set[tuple]) -> np.ndarray:
+        for _ in range(20):
+            pool = codec.from_unit(self._rng.random((256, codec.dim)))
+            ok = self._evaluate(codec, pool)[2]
+            for g in pool[ok]:
+                if codec.key(g) not in taken:
+                    return g
+        warnings.warn("AutoMixSampler: no new feasible configuration found; proposing a repeat")
+        return pool[0]
+
+    def _evaluate(self, codec: Codec, genomes: np.ndarray):
+        """Features, known objective values and known-constraint feasibility (cached)."""
+        n = len(genomes)
+        base = codec.features(genomes)
+        extra, known, ok = [], np.zeros((n, len(self._known))), np.ones(n, dtype=bool)
+        if self._features is None and not self._known and not self._known_constraints:
+            return base, known, ok
+        for j, g in enumerate(genomes):
+            key = codec.key(g)
+            hit = self._cache.get(key)
+            if hit is None:
+                params = codec.decode(g)
+                f = (
+                    np.asarray(self._features(params), dtype=float)
+                    if self._features is not None
+                    else np.zeros(0)
+                )
+                k = np.array([float(fn(params)) for fn in self._known.values()])
+                feasible = all(float(c(params)) <= 0.0 for c in self._known_constraints)
+                hit = (f, k, feasible)
+                if len(self._cache) > 200_000:
+                    self._cache.clear()
+                self._cache[key] = hit
+            extra.append(hit[0])
+            known[j] = hit[1]
+            ok[j] = hit[2]
+        if self._features is not None:
+            base = np.concatenate([base, np.array(extra).reshape(n, -1)], axis=1)
+        return base, known, ok
+
+    # ----------------------------------------------------------------- guided proposals
+    def _propose(self, study, codec, complete, pending, taken) -> np.ndarray:
+        signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
+        n_obj = len(signs)
+        bad = [i for i in self._known if not 0 <= i < n_obj]
+        if bad:
+            raise ValueError(f"known_objectives indices {bad} out of range for {n_obj} objectives")
+        unknown = [i for i in range(n_obj) if i not in self._known]
+        known_idx = list(self._known)
+
+        genomes = np.array([g for _, g in complete])
+        losses = np.array([t.values for t, _ in complete], dtype=float) * signs
+        X = self._evaluate(codec, genomes)[0]
+        prior_X, prior_L = self._prior_data(codec, signs)
+
+        models = {}
+        for i in unknown:
+            pred = self._predictors.setdefault(("obj", i), self._new_predictor(i))
+            py = prior_L[:, i] if prior_L is not None else None
+            models[i] = pred.fit(X, losses[:, i], prior_X, py)
+
+        # observed constraints (Trial.set_constraint / constraints_func)
+        cons_keys = sorted({k for t, _ in complete for k in t.constraints})
+        feasible = np.ones(len(complete), dtype=bool)
+        cons_models = []
+        for k in cons_keys:
+            rows = [j for j, (t, _) in enumerate(complete) if k in t.constraints]
+            c = np.array([complete[j][0].constraints[k] for j in rows])
+            feasible[rows] &= c <= 0
+            if np.any(c > 0) and len(rows) >= 3:
+                p = self._predictors.setdefault(("con", k), self._new_predictor(k))
+                cons_models.append(p.fit(X[rows], c))
+
+        def predict(G: np.ndarray, with_std: bool):
+            feats, known, ok = self._evaluate(codec, G)
+            mean = np.zeros((len(G), n_obj))
+            std = np.zeros((len(G), n_obj))
+            for i in unknown:
+                mean[:, i], std[:, i] = models[i].predict(feats)
+            for col, i in enumerate(known_idx):
+                mean[:, i] = known[:, col] * signs[i]
+            pof = np.ones(len(G))
+            for cm in cons_models:
+                m, s = cm.predict(feats)
+                pof *= norm.cdf(-m / np.maximum(s, 1e-12))
+            return mean, std, ok, pof
+
+        # current front: feasible observations + pending proposals at their predicted means
+        front = losses[feasible]
+        if pending:
+            front = np.vstack([front, predict(np.array(pending), False)[0]])
+        span = np.ptp(losses, axis=0) + 1e-9
+        base = front if len(front) else losses
+        reference = base.max(axis=0) + 0.1 * span
+
+        pool = self._search_predicted(codec, genomes[feasible] if feasible.any() else genomes,
+                                      predict, taken)
+        if not len(pool):
+            return self._random_feasible(codec, taken)
+        mean, std, _, pof = predict(pool, True)
+        score = expected_hypervolume_improvement(
+            mean, std, front[nondominated_mask(front)] if len(front) else front, reference,
+            n_samples=64, rng=self._rng,
+        ) * pof
+        if not np.any(score > 0):  # nothing improves in expectation: explore the most uncertain
+            score = std.sum(axis=1) * pof + 1e-12 * self._rng.random(len(pool))
+        # local refinement of the acquisition around the best candidates
+        top = pool[np.argsort(-score)[:8]]
+        local = self._fresh(codec, codec.mutate(np.repeat(top, 24, axis=0), self._rng, 0.0), taken,
+                            predict)
+        if len(local):
+            lm, ls, _, lp = predict(local, True)
+            lscore = expected_hypervolume_improvement(
+                lm, ls, front[nondominated_mask(front)] if len(front) else front, reference,
+                n_samples=64, rng=self._rng,
+            ) * lp
+            if lscore.max() > score.max():
+                return local[int(np.argmax(lscore))]
+        return pool[int(np.argmax(score))]
+
+    def _new_predictor(self, salt: Any) -> PerformancePredictor:
+        seed = (self._seed or 0) + zlib.crc32(str(salt).encode()) % 10007
+        return PerformancePredictor(models=self._models, seed=seed)
+
+    def _prior_data(self, codec: Codec, signs: np.ndarray):
+        rows = [
+            t for t in self._prior
+            if t.state == TrialState.COMPLETE and t.values is not None
+            and set(codec.names) <= t.params.keys() and len(t.values) == len(signs)
+        ]
+        if not rows:
+            return None, None
+        G = np.array([codec.encode(t.params) for t in rows])
+        return self._evaluate(codec, G)[0], np.array([t.values for t in rows]) * signs
+
+    def _fresh(self, codec, G, taken, predict) -> np.ndarray:
+        """Unique, untaken, known-feasible rows of G."""
+        if not len(G):
+            return G
+        keep, seen = [], set()
+        ok = self._evaluate(codec, G)[2]
+        for j, g in enumerate(G):
+            k = codec.key(g)
+            if ok[j] and k not in taken and k not in seen:
+                seen.add(k)
+                keep.append(j)
+        return G[keep]
+
+    def _search_predicted(self, codec, seeds, predict, taken) -> np.ndarray:
+        """NSGA-II on the predicted means; returns the archive of all fresh candidates seen."""
+        pop_size = 128
+        n_gen = max(4, self._n_candidates // (2 * pop_size))
+        front = seeds[nondominated_mask(predict(seeds, False)[0])] if len(seeds) else seeds
+        start = [codec.uniform(f) for f in _UNIFORM_FRACTIONS[:5]]
+        start.append(codec.from_unit(self._rng.random((pop_size, codec.dim))))
+        if len(seeds):
+            parents = seeds[self._rng.integers(0, len(seeds), pop_size)]
+            start.append(codec.mutate(parents, self._rng, 1.5 / max(1, codec.dim)))
+        if len(front):
+            parents = front[self._rng.integers(0, len(front), pop_size)]
+            start.append(codec.mutate(parents, self._rng, 1.0 / max(1, codec.dim)))
+        pop = self._fresh(codec, np.vstack(start), taken, predict)
+        archive = {codec.key(g): g for g in pop}
+        if not len(pop):
+            return pop
+        pop = self._select(pop, predict(pop, False), pop_size)
+        for _ in range(n_gen):
+            a = pop[self._rng.integers(0, len(pop), pop_size)]
+            b = pop[self._rng.integers(0, len(pop), pop_size)]
+            children = codec.mutate(codec.crossover(a, b, self._rng), self._rng, 1.0 / max(1, codec.dim))
+            children = self._fresh(codec, children, taken, predict)
+            for g in children:
+                archive.setdefault(codec.key(g), g)
+            merged = np.vstack([pop, children]) if len(children) else pop
+            pop = self._select(merged, predict(merged, False), pop_size)
+        return np.array(list(archive.values()))
+
+    def _select(self, G: np.ndarray, predicted, size: int) -> np.ndarray:
+        """NSGA-II environmental selection on predicted means (weighted by P(feasible))."""
+        if len(G) <= size:
+            return G
+        mean, _, _, pof = predicted
+        # infeasible-looking candidates are pushed behind every likely-feasible one
+        penalised = mean + (pof < 0.5)[:, None] * (np.ptp(mean, axis=0) + 1.0)
+        ranks = nondominated_rank(penalised)
+        chosen: list[int] = []
+        for r in range(ranks.max() + 1):
+            idx = np.flatnonzero(ranks == r)
+            if len(chosen) + len(idx) <= size:
+                chosen.extend(idx.tolist())
+            else:
+                cd = crowding_distance(penalised[idx])
+                chosen.extend(idx[np.argsort(-cd)[: size - len(chosen)]].tolist())
+                break
+        return G[chosen]
