@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from automix.kernels import quant_matmul as qk
+from automix.kernels import dequant_matmul as qk
 from automix.kernels.reference import dequantize_reference, quant_matmul_reference
 
 BACKENDS = ("auto", "torch", "triton")
