@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from automix.methods.base import MethodError
+from automix.methods.loftq import LowRankInitMethod
+
 
 @dataclass
 class ApiQPlan:
@@ -298,4 +301,37 @@ def _fit_layers(model, block, modules, x_fp, x_q, kws, epochs, lr_clip, lr_lora,
                     opt.step()
 
 
-__all__ = ["ApiQPlan", "ApiQLinear", "apiq_calibrate", "group_by_block", "capture_block_inputs"]
+class ApiQ(LowRankInitMethod):
+    """Quantized base + LoRA from block-wise activation-preserving calibration (needs calib).
+
+    Options (paper values in brackets): ``epochs`` 5 [20] passes over the calibration set,
+    ``batch_size`` 4 sequences per step, ``lr_clip`` 5e-3, ``lr_lora`` 5e-4, ``weight_decay`` 0.
+    The calibration size is ``MethodSettings.calib_samples`` x ``calib_seq_len`` [128 x 1024].
+    """
+
+    name = "apiq"
+    needs_calibration = True
+    layerwise = False
+    option_defaults = {"epochs": 5, "batch_size": 4, "lr_clip": 5e-3, "lr_lora": 5e-4, "weight_decay": 0.0}
+
+    def initialise(self, model, layer_settings, settings, calib):
+        opts = settings.options
+        plans = {n: ApiQPlan(s.bits, s.group_size, s.rank, settings.lora_alpha / max(s.rank, 1))
+                 for n, s in layer_settings.items() if s.bits < 16 or s.rank > 0}
+        try:
+            res = apiq_calibrate(model, plans, calib, layerwise=self.layerwise, epochs=int(opts["epochs"]),
+                                 batch_size=int(opts["batch_size"]), lr_clip=float(opts["lr_clip"]),
+                                 lr_lora=float(opts["lr_lora"]), weight_decay=float(opts["weight_decay"]))
+        except ValueError as err:
+            raise MethodError(f"{self.name}: {err}") from err
+        return res
+
+
+class ApiQLayerwise(ApiQ):
+    """``apiq-lw``: the same objective per linear layer (cheaper, slightly weaker)."""
+
+    name = "apiq-lw"
+    layerwise = True
+
+
+__all__ = ["ApiQ", "ApiQLayerwise", "ApiQPlan", "ApiQLinear", "apiq_calibrate", "group_by_block", "capture_block_inputs"]

@@ -11,10 +11,13 @@ out, see huggingface/peft#1982, which makes its init wrong whenever alpha != r).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from automix.layer_config import LayerSettings
+from automix.methods.base import MemoryProfile, Method, MethodError, MethodSettings, freeze, lora_memory_profile
 
 
 
@@ -72,6 +75,84 @@ def loftq_init(
     return qweight, a, b
 
 
+def as_dtype(qweight: Any, dtype: torch.dtype) -> Any:
+    """The same QuantizedWeight, labelled with the model's compute dtype (no copy)."""
+    from automix.quant import QuantizedWeight
+
+    return QuantizedWeight(qweight.packed, qweight.scales, qweight.zeros, qweight.bits,
+                           qweight.group_size, qweight.shape, dtype)
+
+
+class LowRankInitMethod(Method):
+    """Shared ``prepare`` of the methods that only change how Q and (A, B) start (LoftQ,
+    QuAILoRA, ApiQ): compute ``{layer: (qweight | None, A | None, B | None)}`` with
+    :meth:`initialise`, install ``QuantLinear.from_quantized`` bases and LoRA adapters, copy the
+    factors in. Memory is that of QLoRA (same modules, different numbers)."""
+
+    def initialise(self, model: nn.Module, layer_settings: Mapping[str, LayerSettings],
+                   settings: MethodSettings, calib: Tensor | None) -> dict[str, tuple[Any, Tensor | None, Tensor | None]]:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, layer_settings: Mapping[str, LayerSettings],
+                settings: MethodSettings | Mapping[str, Any] | None = None,
+                calib: Tensor | None = None) -> nn.Module:
+        from automix.methods.adapters import inject_lora, quantize_layers, replace_module
+        from automix.quant import QuantLinear
+
+        settings = self.check_settings(settings)
+        if self.needs_calibration and (calib is None or calib.ndim != 2 or calib.shape[0] == 0):
+            raise MethodError(f"method {self.name!r} needs a calibration batch [n_samples, seq_len] of token ids")
+        freeze(model)
+        inits = self.initialise(model, layer_settings, settings, calib)
+        for name, (qweight, _, _) in inits.items():
+            if qweight is None:
+                continue
+            old = model.get_submodule(name)
+            dtype = old.weight.dtype
+            bias = getattr(old, "bias", None)
+            layer = QuantLinear.from_quantized(as_dtype(qweight, dtype), bias if isinstance(bias, Tensor) else None)
+            layer.requires_grad_(False)
+            replace_module(model, name, layer)
+        # layers the initialiser left alone (e.g. rank 0 for LoftQ) get plain quantization
+        quantize_layers(model, layer_settings, method=settings.quant_method)
+        adapters = inject_lora(model, layer_settings, alpha=settings.lora_alpha, dropout=settings.lora_dropout)
+        with torch.no_grad():
+            for name, wrapper in adapters.items():
+                _, a, b = inits.get(name, (None, None, None))
+                if a is not None:
+                    wrapper.lora_A.copy_(a.to(wrapper.lora_A.dtype))
+                    wrapper.lora_B.copy_(b.to(wrapper.lora_B.dtype))
+        return model
+
+    def memory_profile(self, arch: Any, layer_settings: Mapping[str, LayerSettings],
+                       settings: MethodSettings | Mapping[str, Any] | None = None) -> MemoryProfile:
+        return lora_memory_profile(arch, layer_settings, self.check_settings(settings), quantize_base=True)
+
+
+class LoftQ(LowRankInitMethod):
+    """Quantized base + LoRA initialised by LoftQ (weight space, ``loftq_iters`` rounds)."""
+
+    name = "loftq"
+    needs_calibration = False
+    option_defaults = {"loftq_iters": 1}
+
+    def initialise(self, model, layer_settings, settings, calib):
+        from automix.models import linear_weight
+
+        out = {}
+        iters = int(settings.options["loftq_iters"])
+        for name, s in layer_settings.items():
+            if s.bits >= 16 or s.rank <= 0:
+                continue
+            weight = linear_weight(model.get_submodule(name))
+            try:
+                out[name] = loftq_init(weight, s.bits, s.group_size, s.rank, settings.lora_alpha / s.rank,
+                                       iters, settings.quant_method)
+            except ValueError as err:
+                raise MethodError(f"loftq: layer {name}: {err}") from err
+        return out
+
+
 def weight_space_error(weight: Tensor, qweight: Any, a: Tensor, b: Tensor, scaling: float) -> float:
     """Relative Frobenius error ||W - Q - s*B@A|| / ||W|| (for tests and the benchmark)."""
     w = weight.float()
@@ -79,4 +160,4 @@ def weight_space_error(weight: Tensor, qweight: Any, a: Tensor, b: Tensor, scali
     return float(err.norm() / w.norm().clamp_min(1e-12))
 
 
-__all__ = ["loftq_init", "LoftQ", "weight_space_error", "lowrank_factors", "check_rank"]
+__all__ = ["loftq_init", "LoftQ", "LowRankInitMethod", "as_dtype", "weight_space_error", "lowrank_factors", "check_rank"]

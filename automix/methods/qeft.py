@@ -18,11 +18,14 @@ and its weak columns densely; the forward gathers the activation into the two pa
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from automix.layer_config import LayerSettings
+from automix.methods.base import MemoryProfile, Method, MethodError, MethodSettings, freeze
 
 
 def weak_column_count(in_features: int, fraction: float = 1 / 32, k: int | None = None) -> int:
@@ -152,4 +155,86 @@ class QEFTLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, weak={self.n_weak}"
 
 
-__all__ = ["weak_column_count", "select_weak_columns", "gptq_quantize_with_weak", "QEFTLinear"]
+class QEFT(Method):
+    """``qeft``: weak columns by diag(X^T X) per input group, GPTQ on the rest, train the weak block.
+
+    Layers with ``bits < 16`` are converted; their weak block trains when the layer's ``rank`` is
+    > 0 (the rank value itself is not used: QEFT has no LoRA). Options: ``weak_fraction`` (1/32 of
+    the input channels) or ``weak_columns`` (an absolute k; 0 = use the fraction), ``damp``
+    (GPTQ Hessian damping, 0.01), ``block_size`` (GPTQ lazy-batch width, 128),
+    ``calib_batch_size`` (8).
+    """
+
+    name = "qeft"
+    needs_calibration = True
+    option_defaults = {"weak_fraction": 1 / 32, "weak_columns": 0, "damp": 0.01, "block_size": 128,
+                       "calib_batch_size": 8}
+
+    @staticmethod
+    def _k(in_features: int, opts: Mapping[str, Any]) -> int:
+        k = int(opts["weak_columns"])
+        return weak_column_count(in_features, float(opts["weak_fraction"]), k if k > 0 else None)
+
+    def prepare(self, model: nn.Module, layer_settings: Mapping[str, LayerSettings],
+                settings: MethodSettings | Mapping[str, Any] | None = None,
+                calib: Tensor | None = None) -> nn.Module:
+        from automix.methods.adapters import replace_module
+        from automix.methods.quailora import collect_input_hessians
+        from automix.models import linear_weight
+
+        settings = self.check_settings(settings)
+        opts = settings.options
+        if calib is None or calib.ndim != 2 or calib.shape[0] == 0:
+            raise MethodError("method 'qeft' needs a calibration batch [n_samples, seq_len] of token ids")
+        freeze(model)
+        targets = {n: model.get_submodule(n) for n, s in layer_settings.items() if s.bits < 16}
+        if not targets:
+            return model
+        hessians, groups = collect_input_hessians(model, targets, calib, int(opts["calib_batch_size"]))
+        for group in groups:
+            h = hessians[group[0]]
+            try:
+                k = self._k(h.shape[0], opts)
+            except ValueError as err:
+                raise MethodError(f"qeft: layers {group}: {err}") from err
+            _, weak = select_weak_columns(h, k)
+            for name in group:
+                s, module = layer_settings[name], targets[name]
+                weight = linear_weight(module)
+                qweight, weak_w, rest = gptq_quantize_with_weak(weight, h, weak, s.bits, s.group_size,
+                                                                float(opts["damp"]), int(opts["block_size"]))
+                from automix.methods.loftq import as_dtype
+
+                bias = getattr(module, "bias", None)
+                layer = QEFTLinear(as_dtype(qweight, weight.dtype), weak_w, rest, weak,
+                                   bias if isinstance(bias, Tensor) else None,
+                                   trainable=s.rank > 0, dtype=weight.dtype)
+                replace_module(model, name, layer)
+        return model
+
+    def memory_profile(self, arch: Any, layer_settings: Mapping[str, LayerSettings],
+                       settings: MethodSettings | Mapping[str, Any] | None = None) -> MemoryProfile:
+        from automix.memory import layer_shapes
+
+        opts = self.check_settings(settings).options
+        shapes = layer_shapes(arch, layer_settings)
+        dense: dict[str, int] = {}
+        params = tensors = frozen = 0
+        act = 0.0
+        for name, s in layer_settings.items():
+            if s.bits >= 16:
+                continue
+            out_f, in_f = shapes[name]
+            k = self._k(in_f, opts)
+            dense[name] = k
+            frozen += 8 * in_f  # rest_idx + weak_idx (int64)
+            if s.rank > 0:
+                params += out_f * k
+                tensors += 1
+                act += 4 * k  # x_weak saved for the weak block's weight gradient
+        return MemoryProfile(quantize_base=True, dense_columns=dense, adapter_params=0, trainable_params=params,
+                             trainable_tensors=tensors, extra_frozen_bytes=frozen,
+                             extra_activation_bytes_per_token=act)
+
+
+__all__ = ["QEFT", "weak_column_count", "select_weak_columns", "gptq_quantize_with_weak", "QEFTLinear"]

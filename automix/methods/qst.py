@@ -5,22 +5,23 @@ weights nor its activations take part in backpropagation. A side network of smal
 (hidden d/r, r = 16) follows the backbone layer by layer: before side layer i, a trainable
 low-rank downsampler (d -> 16 -> d/r) reads backbone layer i's hidden state and a learnable gate
 sigmoid(z_i) mixes it with the side state. At the end the side state is upsampled to d and
-combined with the backbone's final (normed) hidden state through another gate, then the frozen
-LM head produces logits. Only the side network trains.
-
-Initialisation keeps the model's output close to the backbone's: the upsampler starts at zero
-and the output gate at sigmoid(-4) ~ 0.018 (it scales the backbone state by ~0.98).
+combined with the backbone's final (normed) hidden state through a learnable weight alpha,
+``h = alpha * h_backbone + (1 - alpha) * up(side)``, then the frozen LM head produces logits.
+Only the side network trains. As in the paper, alpha starts at 1, so the prepared model computes
+exactly the quantized backbone's logits at step 0.
 """
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from automix.layer_config import LayerSettings
+from automix.methods.base import MemoryProfile, Method, MethodSettings, freeze
 
 
 class RMSNorm(nn.Module):
@@ -108,7 +109,7 @@ class QSTModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, block_prefix: str, hidden: int, n_heads: int,
                  intermediate: int, reduction: int = 16, down_rank: int = 16,
-                 out_gate_init: float = -4.0) -> None:
+                 out_gate_init: float = 1.0) -> None:
         super().__init__()
         self.backbone = backbone
         for p in backbone.parameters():
@@ -125,11 +126,14 @@ class QSTModel(nn.Module):
         self.side_layers = nn.ModuleList(SideBlock(side, heads, inter) for _ in range(n_layers))
         self.side_norm = RMSNorm(side)
         self.up = nn.Linear(side, hidden, bias=False)
-        nn.init.zeros_(self.up.weight)
         self.out_gate = nn.Parameter(torch.tensor(float(out_gate_init)))
         dtype = next(backbone.parameters()).dtype
         dev = next(backbone.parameters()).device
         self._side_modules().to(device=dev, dtype=torch.float32 if dtype == torch.float32 else dtype)
+
+    @property
+    def config(self) -> Any:
+        return self.backbone.config
 
     def _side_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.down_emb, self.down, self.side_layers, self.side_norm, self.up])
@@ -174,8 +178,8 @@ class QSTModel(nn.Module):
         for i, layer in enumerate(self.side_layers):
             g = torch.sigmoid(self.gates[i])
             s = layer(g * self.down[i](states[i].to(side_dtype)) + (1 - g) * s, mask)
-        beta = torch.sigmoid(self.out_gate)
-        h = (1 - beta) * final.to(side_dtype) + beta * self.up(self.side_norm(s))
+        alpha = self.out_gate
+        h = alpha * final.to(side_dtype) + (1 - alpha) * self.up(self.side_norm(s))
         head = self.backbone.get_output_embeddings()
         logits = head(h.to(head.weight.dtype))
         loss = None
@@ -194,4 +198,57 @@ def side_param_count(hidden: int, n_layers: int, n_heads: int, intermediate: int
     return (n_layers + 1) * down + n_layers + n_layers * block + side + side * hidden + 1
 
 
-__all__ = ["QSTModel", "SideBlock", "LowRankDown", "side_dims", "side_param_count"]
+class QST(Method):
+    """``qst``: quantize the backbone per layer bits, freeze it, train only a side network.
+
+    Options: ``reduction`` r (side width d/r, default 16), ``downsample_rank`` (16),
+    ``out_gate_init`` (initial weight alpha of the backbone state in the final mix, 1). The per-layer LoRA rank is not used.
+    """
+
+    name = "qst"
+    needs_calibration = False
+    option_defaults = {"reduction": 16, "downsample_rank": 16, "out_gate_init": 1.0}
+
+    def prepare(self, model: nn.Module, layer_settings: Mapping[str, LayerSettings],
+                settings: MethodSettings | Mapping[str, Any] | None = None,
+                calib: Tensor | None = None) -> nn.Module:
+        from automix.methods.adapters import quantize_layers
+        from automix.models import arch_info
+
+        settings = self.check_settings(settings)
+        opts = settings.options
+        freeze(model)
+        quantize_layers(model, layer_settings, method=settings.quant_method)
+        info = arch_info(model)
+        return QSTModel(model, info.block_prefix, info.hidden_size, info.n_heads, info.intermediate_size,
+                        int(opts["reduction"]), int(opts["downsample_rank"]), float(opts["out_gate_init"]))
+
+    def memory_profile(self, arch: Any, layer_settings: Mapping[str, LayerSettings],
+                       settings: MethodSettings | Mapping[str, Any] | None = None) -> MemoryProfile:
+        opts = self.check_settings(settings).options
+        r, dr = int(opts["reduction"]), int(opts["downsample_rank"])
+        n = arch.n_layers
+        params = side_param_count(arch.hidden_size, n, arch.n_heads, arch.intermediate_size, r, dr)
+        tensors = 2 * (n + 1) + 6 * n + 1 + 1 + 1 + 1  # downsamplers, blocks, gates, norm, up, out gate
+        return MemoryProfile(quantize_base=True, adapter_params=params, trainable_params=params,
+                             trainable_tensors=tensors, backprop_through_backbone=False,
+                             extra_activation_bytes_per_token=side_activation_bytes_per_token(
+                                 arch.hidden_size, n, arch.n_heads, arch.intermediate_size, r, dr))
+
+
+def side_activation_bytes_per_token(hidden: int, n_layers: int, n_heads: int, intermediate: int,
+                                    reduction: int = 16, down_rank: int = 16, elem: int = 4) -> float:
+    """Bytes per token the side network saves for backward (float32), excluding the LM head.
+
+    Per backbone state fed to a downsampler: its input (d) and rank-16 middle; per side block the
+    norms, qkv/attention/o, the MLP inputs and SwiGLU intermediates; plus the final combination.
+    """
+    side, heads, inter = side_dims(hidden, n_heads, intermediate, reduction)
+    down = (n_layers + 1) * (hidden + down_rank)
+    mix = n_layers * 3 * side
+    block = n_layers * (2 * side + 2 * side + 3 * side + 4 * side + 2 * side + 2 * inter + 3 * inter + side)
+    final = 3 * side + 2 * hidden
+    return float(elem * (down + mix + block + final))
+
+
+__all__ = ["QST", "side_activation_bytes_per_token", "QSTModel", "SideBlock", "LowRankDown", "side_dims", "side_param_count"]

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from automix.methods.loftq import check_rank, loftq_init
+from automix.methods.base import MethodError
+from automix.methods.loftq import LowRankInitMethod, check_rank, loftq_init
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,4 +172,35 @@ def quailora_init(
     return qweight, a, b
 
 
-__all__ = ["collect_input_hessians", "quailora_refine", "quailora_init", "calibrated_error"]
+class QuAILoRA(LowRankInitMethod):
+    """Quantized base + LoRA initialised by QuAILoRA (needs a calibration batch).
+
+    Options: ``als_iters`` alternating solves, ``damp`` weight-space regularisation of H,
+    ``loftq_iters`` for the LoftQ start, ``calib_batch_size`` sequences per statistics pass.
+    """
+
+    name = "quailora"
+    needs_calibration = True
+    option_defaults = {"als_iters": 10, "damp": 0.01, "loftq_iters": 1, "calib_batch_size": 8}
+
+    def initialise(self, model, layer_settings, settings, calib):
+        from automix.models import linear_weight
+
+        opts = settings.options
+        chosen = {n: model.get_submodule(n) for n, s in layer_settings.items() if s.bits < 16 and s.rank > 0}
+        if not chosen:
+            return {}
+        hessians, _ = collect_input_hessians(model, chosen, calib, int(opts["calib_batch_size"]))
+        out = {}
+        for name, module in chosen.items():
+            s = layer_settings[name]
+            try:
+                out[name] = quailora_init(linear_weight(module), hessians[name], s.bits, s.group_size, s.rank,
+                                          settings.lora_alpha / s.rank, int(opts["als_iters"]),
+                                          int(opts["loftq_iters"]), float(opts["damp"]), settings.quant_method)
+            except ValueError as err:
+                raise MethodError(f"quailora: layer {name}: {err}") from err
+        return out
+
+
+__all__ = ["QuAILoRA", "collect_input_hessians", "quailora_refine", "quailora_init", "calibrated_error"]
