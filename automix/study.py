@@ -280,3 +280,32 @@ def load_study(path: str | os.PathLike, **overrides: Any) -> StudyConfig:
         return StudyConfig.model_validate(data)
     except ValidationError as err:
         raise StudyConfigError(_format_errors(str(p), root, err)) from None
+
+
+# -- from a study to a sampler and to trial specs ---------------------------------------------
+
+def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
+    """The sampler the study asks for, told the memory objective and budget it can compute."""
+    import optuna
+
+    mem = backend.predicted_memory
+    budget = float(cfg.memory_budget)
+
+    def constraints(trial: Any) -> list[float]:
+        return [float(trial.user_attrs.get("predicted_memory", mem(trial.params))) - budget]
+
+    if cfg.sampler == "automix":
+        from automix.search.sampler import AutoMixSampler
+
+        known = {1: mem} if cfg.objectives.memory == "predicted" else {}
+        return AutoMixSampler(
+            search_space=dict(backend.distributions), known_objectives=known,
+            known_constraints=[lambda p: mem(p) - budget],
+            n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed,
+        )
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=cfg.sampler_seed, constraints_func=constraints,
+                                          multivariate=True)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.sampler_seed, constraints_func=constraints)
+    return optuna.samplers.RandomSampler(seed=cfg.sampler_seed)

@@ -1,0 +1,230 @@
+"""From a finished study to something a user keeps: the front as tables and a plot, and the chosen
+configuration (plus, on request, the quantized checkpoint and trained adapters).
+
+`select_trial` picks a front configuration under a memory limit (best quality, least memory,
+or the knee); `export_trial` writes its layer configuration as YAML (readable by
+`automix trial --layers`) and a manifest; with weights, `automix.trial` re-runs the trial
+deterministically and saves the prepared model and its trained state, which `load` rebuilds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["ExportError", "trials_table", "front_table", "write_study_artifacts", "select_trial",
+           "export_trial", "load"]
+
+
+class ExportError(ValueError):
+    """No configuration can be exported as asked (nothing within the budget, unknown study)."""
+
+
+_COLUMNS = ["number", "state", "method", "quality", "memory_bytes", "feasible", "pareto",
+            "pareto_method", "avg_bits", "accuracy", "perplexity", "peak_memory_bytes",
+            "predicted_memory_bytes", "trainable_params", "train_seconds", "failure_reason"]
+
+
+def trials_table(study: Any, cfg: Any) -> list[dict]:
+    """One row per finished trial (complete or failed), with front membership."""
+    from automix.driver import finished_trials, pareto_numbers
+
+    trials = finished_trials(study)
+    overall, per_method = pareto_numbers(trials, cfg.directions, cfg.memory_budget)
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        r = t.user_attrs.get("result", {}) or {}
+        mem = t.values[1] if t.values else t.user_attrs.get("predicted_memory")
+        rows.append({
+            "number": t.number, "state": t.state.name, "method": t.user_attrs.get("method", t.params.get("method")),
+            "quality": t.values[0] if t.values else None, "memory_bytes": mem,
+            "feasible": mem is not None and mem <= cfg.memory_budget,
+            "pareto": t.number in overall, "pareto_method": t.number in per_method,
+            "avg_bits": (t.user_attrs.get("summary") or {}).get("avg_bits", r.get("avg_bits")),
+            **{k: r.get(k) for k in ("accuracy", "perplexity", "peak_memory_bytes",
+                                     "predicted_memory_bytes", "trainable_params", "train_seconds")},
+            "failure_reason": (t.user_attrs.get("failure_reason") or "")[:200],
+        })
+    return rows
+
+
+def front_table(rows: Sequence[dict]) -> list[dict]:
+    return sorted((r for r in rows if r["pareto"]), key=lambda r: r["memory_bytes"])
+
+
+def _csv(rows: Sequence[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _front_figure(rows: Sequence[dict], cfg: Any) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    ok = [r for r in rows if r["state"] == "COMPLETE"]
+    for m in sorted({r["method"] for r in ok}):
+        pts = [r for r in ok if r["method"] == m]
+        fig.add_trace(go.Scatter(
+            x=[r["memory_bytes"] / 2**20 for r in pts], y=[r["quality"] for r in pts], mode="markers",
+            name=f"{m} trials", opacity=0.5, text=[f"trial {r['number']}, avg bits {r['avg_bits']}" for r in pts],
+        ))
+    front = front_table(rows)
+    fig.add_trace(go.Scatter(x=[r["memory_bytes"] / 2**20 for r in front], y=[r["quality"] for r in front],
+                             mode="lines+markers", line_shape="hv", name="Pareto front",
+                             text=[f"trial {r['number']} ({r['method']})" for r in front]))
+    fig.add_vline(x=cfg.memory_budget / 2**20, line_dash="dash", annotation_text="budget")
+    fig.update_layout(title=f"{cfg.name}: {cfg.objectives.quality} vs memory",
+                      xaxis_title="memory (MiB)", yaxis_title=cfg.objectives.quality)
+    return fig
+
+
+def write_study_artifacts(study: Any, cfg: Any, tracker: Any = None, out_dir: str | Path | None = None
+                          ) -> list[str]:
+    """trials.csv, front.csv, front.html (+ front.png when kaleido can render), hypervolume.csv.
+
+    Written to `out_dir` (default: a temp dir) and logged on the study's MLflow parent run.
+    Returns the names written; a missing PNG renderer is reported in `front_png.txt`.
+    """
+    import tempfile
+
+    from automix.driver import finished_trials, normalized_hypervolume
+
+    rows = trials_table(study, cfg)
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory()
+        out_dir = tmp.name
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trials.csv").write_text(_csv(rows))
+    (out / "front.csv").write_text(_csv(front_table(rows)))
+    trials = sorted(finished_trials(study), key=lambda t: t.number)
+    hv = [(i + 1, normalized_hypervolume(trials[: i + 1], cfg)) for i in range(len(trials))]
+    (out / "hypervolume.csv").write_text("trials,hypervolume\n" + "".join(f"{n},{v:.6g}\n" for n, v in hv))
+    fig = _front_figure(rows, cfg)
+    fig.write_html(out / "front.html", include_plotlyjs="cdn")
+    written = ["trials.csv", "front.csv", "hypervolume.csv", "front.html"]
+    try:
+        fig.write_image(out / "front.png")
+        written.append("front.png")
+    except Exception as err:  # kaleido or its browser missing: HTML only
+        (out / "front_png.txt").write_text(f"front.png not rendered (HTML only): {type(err).__name__}: {err}\n")
+        written.append("front_png.txt")
+    if tracker is not None:
+        for name in written:
+            tracker.log_file(out / name)
+    if tmp is not None:
+        tmp.cleanup()
+    return written
+
+
+# -- choosing and exporting a configuration ---------------------------------------------------
+
+def select_trial(study: Any, cfg: Any, max_memory: float | None = None, pick: str = "accuracy") -> Any:
+    """The front trial to export: within `max_memory` (default: the study budget), best quality
+    ("accuracy"), least memory ("memory"), or the knee of the front ("knee")."""
+    from optuna.trial import TrialState
+
+    from automix.driver import finished_trials, pareto_numbers
+    from automix.study import format_size
+
+    if pick not in ("accuracy", "memory", "knee"):
+        raise ExportError(f"--pick must be accuracy, memory or knee, got {pick!r}")
+    limit = float(max_memory if max_memory is not None else cfg.memory_budget)
+    done = [t for t in finished_trials(study) if t.state == TrialState.COMPLETE and t.values]
+    if not done:
+        raise ExportError(f"study {cfg.name!r} has no completed trials yet")
+    fits = [t for t in done if t.values[1] <= limit]
+    if not fits:
+        small = min(done, key=lambda t: t.values[1])
+        raise ExportError(
+            f"no configuration of study {cfg.name!r} fits in {format_size(limit)}: the smallest "
+            f"memory found is {format_size(small.values[1])} (trial {small.number})"
+        )
+    front_numbers, _ = pareto_numbers(fits, cfg.directions, None)
+    front = sorted((t for t in fits if t.number in front_numbers), key=lambda t: t.values[1])
+    sign = 1.0 if cfg.directions[0] == "maximize" else -1.0
+    if pick == "memory":
+        return front[0]
+    if pick == "accuracy" or len(front) < 3:
+        return max(front, key=lambda t: (sign * t.values[0], -t.values[1]))
+    # knee: farthest (normalised) point from the line joining the front's two ends
+    q = [sign * t.values[0] for t in front]
+    m = [t.values[1] for t in front]
+    qs, ms = (max(q) - min(q)) or 1.0, (max(m) - min(m)) or 1.0
+    pts = [((mi - m[0]) / ms, (qi - q[0]) / qs) for mi, qi in zip(m, q)]
+    ex, ey = pts[-1]
+    norm = math.hypot(ex, ey) or 1.0
+    return max(zip(front, pts), key=lambda fp: abs(ey * fp[1][0] - ex * fp[1][1]) / norm)[0]
+
+
+def _layers_yaml(layers: dict) -> dict:
+    """A LayerConfig dict: the most common settings as default, the rest per layer."""
+    if "layers" in layers and ("default" in layers or isinstance(layers["layers"], dict)):
+        return layers
+    from collections import Counter
+
+    key = lambda s: json.dumps(s, sort_keys=True)  # noqa: E731
+    common = Counter(key(s) for s in layers.values()).most_common(1)[0][0]
+    return {"default": json.loads(common),
+            "layers": {name: s for name, s in layers.items() if key(s) != common}}
+
+
+def export_trial(study: Any, cfg: Any, trial: Any, out: str | Path, with_weights: bool = False) -> Path:
+    """Write the chosen trial: layers.yaml, manifest.json and (with weights) the checkpoint."""
+    import yaml
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = trial.user_attrs.get("layers")
+    spec = trial.user_attrs.get("spec")
+    if layers is None and spec:
+        layers = spec.get("layers")
+    if layers is None:
+        raise ExportError(f"trial {trial.number} of study {cfg.name!r} has no recorded layer configuration")
+    layer_doc = _layers_yaml(layers)
+    (out / "layers.yaml").write_text(yaml.safe_dump(layer_doc, sort_keys=False))
+    manifest = {
+        "study": cfg.name, "trial": trial.number, "method": trial.user_attrs.get("method"),
+        "objectives": dict(zip(cfg.objective_names, trial.values or [])),
+        "result": trial.user_attrs.get("result", {}), "spec": spec, "params": trial.params,
+        "files": {"layers": "layers.yaml"},
+    }
+    if with_weights:
+        if not spec:
+            raise ExportError(f"trial {trial.number} has no recorded trial spec to re-run for weights")
+        from automix import trial as trial_mod
+
+        saver = getattr(trial_mod, "save_trained", None)
+        if saver is None:
+            raise ExportError("this automix.trial has no save_trained(spec, out_dir): cannot export weights")
+        files = saver(spec, out / "weights")
+        manifest["files"]["weights"] = "weights"
+        if isinstance(files, dict):
+            manifest["weights"] = files
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    return out
+
+
+def load(path: str | Path) -> Any:
+    """Rebuild the model an `automix export --with-weights` directory holds (ready to evaluate)."""
+    path = Path(path)
+    manifest_file = path / "manifest.json"
+    if not manifest_file.is_file():
+        raise ExportError(f"{path}: not an automix export (manifest.json missing)")
+    manifest = json.loads(manifest_file.read_text())
+    if "weights" not in manifest.get("files", {}):
+        raise ExportError(f"{path}: exported without weights; re-export with --with-weights")
+    from automix import trial as trial_mod
+
+    loader = getattr(trial_mod, "load_trained", None)
+    if loader is None:
+        raise ExportError("this automix.trial has no load_trained(dir): cannot rebuild the model")
+    return loader(path / manifest["files"]["weights"])
