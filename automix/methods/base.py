@@ -1,0 +1,280 @@
+"""The `Method` interface every fine-tuning method implements, and what it tells the memory model.
+
+A method turns a (possibly pruned) Hugging Face causal LM plus per-layer settings into a model
+ready to fine-tune: it may quantize layers (``automix.quant.QuantLinear``), inject adapters
+(``automix.methods.adapters``), or wrap the whole model (QST's side network, QEFT's weak-column
+layers). The trial then trains ``method.trainable_parameters(model)`` with AdamW, evaluates the
+returned module, and asks ``method.memory_profile(...)`` what the method adds so that
+``automix.memory.estimate`` can predict the peak without building anything.
+
+Writing a new method (e.g. ``automix/methods/qst.py``)::
+
+    class QST(Method):
+        name = "qst"
+        needs_calibration = False          # True: prepare() receives calib [n, L] token ids
+        option_defaults = {"reduction": 16, "downsample_rank": 16}
+
+        def prepare(self, model, layer_settings, settings=None, calib=None):
+            settings = self.check_settings(settings)     # MethodSettings with options resolved
+            opts = settings.options                      # e.g. opts["reduction"]
+            freeze(model)
+            quantize_layers(model, layer_settings, method=settings.quant_method)
+            ...                                          # build and attach the side network
+            return wrapped                               # forward(input_ids, attention_mask=None,
+                                                         #         labels=None) -> .loss, .logits
+        def memory_profile(self, arch, layer_settings, settings=None):
+            return MemoryProfile(adapter_params=..., trainable_params=..., trainable_tensors=...,
+                                 backprop_through_backbone=False,
+                                 extra_activation_bytes_per_token=...)
+
+then add nothing else: the registry in ``automix/methods/__init__.py`` already maps the name to
+``"automix.methods.qst:QST"``. Defaults of ``trainable_parameters`` / ``state_dict`` /
+``load_state_dict`` / ``save`` / ``load`` work for any method whose trained state is exactly its
+parameters with ``requires_grad``; override ``extra_state`` when something else must be saved
+(e.g. QEFT's permutation, ApiQ's baked clipping is already inside the QuantLinear buffers).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from automix.layer_config import LayerSettings
+
+
+class MethodError(ValueError):
+    """A method cannot prepare this model / these settings; the message says why."""
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Settings shared by all methods; method-specific ones go in ``options``.
+
+    ``lora_alpha``: LoRA scaling is ``lora_alpha / rank`` per layer (rank from the layer settings).
+    ``quant_method``: ``automix.quant.quantize`` method ("minmax" or "hqq") for quantized layers.
+    ``calib_samples`` / ``calib_seq_len``: calibration set size for methods with
+    ``needs_calibration`` (the trial samples it with ``automix.data.calibration_batches``).
+    ``options``: per-method knobs, validated against the method's ``option_defaults``.
+    """
+
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    quant_method: str = "minmax"
+    calib_samples: int = 128
+    calib_seq_len: int = 256
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "MethodSettings":
+        """Build from a plain dict; unknown top-level keys are errors naming the valid ones."""
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise MethodError(f"unknown method settings {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (dict(getattr(self, f.name)) if f.name == "options" else getattr(self, f.name))
+                for f in fields(self)}
+
+    def validate(self) -> None:
+        if self.lora_alpha <= 0:
+            raise MethodError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise MethodError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.quant_method not in ("minmax", "hqq"):
+            raise MethodError(f"quant_method must be 'minmax' or 'hqq', got {self.quant_method!r}")
+        if self.calib_samples < 1 or self.calib_seq_len < 2:
+            raise MethodError(f"calib_samples must be >= 1 and calib_seq_len >= 2, got "
+                              f"{self.calib_samples}, {self.calib_seq_len}")
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    """What a method adds to the memory of a fine-tuning step, analytically (no model built).
+
+    ``automix.memory.estimate`` combines it with the architecture, the per-layer settings (bits,
+    group size, pruning) and batch/sequence/dtype:
+
+    * ``quantize_base``: target layers with bits < 16 are stored as QuantLinear (False: the base
+      stays dense whatever the bits say, as in plain ``lora``).
+    * ``dense_columns``: per layer name, input columns kept dense next to the quantized part
+      (QEFT's weak columns); those columns are not quantized and are counted as dense weights.
+    * ``adapter_params``: parameters the method *adds* (LoRA A/B, side network, gates).
+    * ``trainable_params`` / ``trainable_tensors``: everything the optimizer updates (adapters and
+      any trainable base parts such as QEFT's weak block); AdamW keeps two states per element and
+      a 4-byte step per tensor.
+    * ``extra_frozen_bytes``: frozen parameters/buffers the method adds (index tensors, ...).
+    * ``backprop_through_backbone``: False when no gradient flows through the frozen backbone
+      (QST), so the backbone saves no activations for backward.
+    * ``extra_activation_bytes_per_token``: activations the method's own modules save for
+      backward, per token (side network layers, LoRA intermediates).
+    * ``lora`` / ``lora_dropout``: layers with ``rank > 0`` carry LoRALinear adapters; the
+      memory model then counts their inputs and rank-r intermediates itself (sharing with what
+      the backbone saves), so do not add them to ``extra_activation_bytes_per_token``.
+    * ``grad_layers``: names of layers whose own weights (or a part, e.g. QEFT's weak block)
+      train; gradients then flow from there on like from an adapter (None: none).
+    * ``param_bytes``: bytes per element of trainable parameters (float32: 4).
+    """
+
+    quantize_base: bool = True
+    dense_columns: Mapping[str, int] = field(default_factory=dict)
+    adapter_params: int = 0
+    trainable_params: int = 0
+    trainable_tensors: int = 0
+    extra_frozen_bytes: int = 0
+    backprop_through_backbone: bool = True
+    extra_activation_bytes_per_token: float = 0.0
+    param_bytes: int = 4
+    lora: bool = False
+    lora_dropout: float = 0.0
+    grad_layers: frozenset[str] | None = None
+
+
+class Method:
+    """Base class: prepare a model for fine-tuning and describe what it trains and costs.
+
+    Subclasses set ``name``, ``needs_calibration``, ``option_defaults`` and implement
+    ``prepare`` and ``memory_profile``. Instances are stateless (safe to share); everything a
+    prepared model needs lives in the model.
+    """
+
+    name: ClassVar[str] = ""
+    needs_calibration: ClassVar[bool] = False
+    option_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    # ------------------------------------------------------------------ settings
+    def check_settings(self, settings: MethodSettings | Mapping[str, Any] | None) -> MethodSettings:
+        """Validate ``settings`` and fill method options from ``option_defaults``.
+
+        Unknown option names are errors listing this method's options; option values take the
+        type of their default (int/float/bool/str), so YAML/JSON strings like "16" still work.
+        """
+        if settings is None:
+            settings = MethodSettings()
+        elif not isinstance(settings, MethodSettings):
+            settings = MethodSettings.from_dict(settings)
+        settings.validate()
+        given = dict(settings.options or {})
+        unknown = sorted(set(given) - set(self.option_defaults))
+        if unknown:
+            raise MethodError(f"method {self.name!r} has no option(s) {unknown}; "
+                              f"its options: {sorted(self.option_defaults) or 'none'}")
+        opts = copy.deepcopy(dict(self.option_defaults))
+        for k, v in given.items():
+            default = self.option_defaults[k]
+            try:
+                if isinstance(default, bool):
+                    v = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
+                elif isinstance(default, (int, float, str)) and default is not None:
+                    v = type(default)(v)
+            except (TypeError, ValueError) as err:
+                raise MethodError(f"method {self.name!r} option {k!r}: expected "
+                                  f"{type(default).__name__}, got {v!r}") from err
+            opts[k] = v
+        return replace(settings, options=opts)
+
+    # ------------------------------------------------------------------ the hook
+    def prepare(self, model: nn.Module, layer_settings: Mapping[str, LayerSettings],
+                settings: MethodSettings | Mapping[str, Any] | None = None,
+                calib: torch.Tensor | None = None) -> nn.Module:
+        """Quantize / inject / wrap ``model`` (in place where possible) and return the module to
+        train and evaluate; its ``forward(input_ids, attention_mask=None, labels=None)`` returns an
+        HF-style output with ``.loss`` and ``.logits``. Everything not trained must be frozen."""
+        raise NotImplementedError
+
+    def memory_profile(self, arch: Any, layer_settings: Mapping[str, LayerSettings],
+                       settings: MethodSettings | Mapping[str, Any] | None = None) -> MemoryProfile:
+        """Analytic memory profile (see :class:`MemoryProfile`). ``arch`` is an
+        ``automix.models.ArchInfo``; ``layer_settings`` are the per-layer settings *after*
+        pruning is decided (use ``automix.memory.layer_shapes(arch, layer_settings)`` for the
+        pruned (out, in) of each layer). Must be cheap: the search calls it thousands of times."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ trained state
+    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """The parameters the optimizer updates, by name, in a deterministic order."""
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def extra_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Non-parameter tensors that belong to the trained state (default: none)."""
+        return {}
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Trained state only (detached copies): trainable parameters plus ``extra_state``."""
+        state = {n: p.detach().clone() for n, p in self.trainable_parameters(model)}
+        for n, t in self.extra_state(model).items():
+            state[f"__extra__.{n}"] = t.detach().clone()
+        return state
+
+    def load_state_dict(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy a ``state_dict`` back bit-exactly; names and shapes must match exactly."""
+        params = dict(self.trainable_parameters(model))
+        extra = self.extra_state(model)
+        expected = set(params) | {f"__extra__.{n}" for n in extra}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise MethodError(f"{self.name}: state does not match the prepared model: "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for n, t in state.items():
+                dst = params[n] if n in params else extra[n[len("__extra__."):]]
+                if dst.shape != t.shape:
+                    raise MethodError(f"{self.name}: {n}: shape {tuple(t.shape)} != {tuple(dst.shape)}")
+                dst.copy_(t.to(dtype=dst.dtype, device=dst.device))
+
+    def save(self, model: nn.Module, path: str | Path) -> Path:
+        """Write the trained state to a safetensors file (tensors stored bit-exactly)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in self.state_dict(model).items()}, str(path),
+                  metadata={"automix_method": self.name})
+        return path
+
+    def load(self, model: nn.Module, path: str | Path) -> None:
+        """Load a file written by :meth:`save` into a model prepared the same way."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise MethodError(f"no saved method state at {path}")
+        with safe_open(str(path), "pt") as f:
+            saved_by = (f.metadata() or {}).get("automix_method")
+        if saved_by and saved_by != self.name:
+            raise MethodError(f"{path} holds state of method {saved_by!r}, not {self.name!r}")
+        self.load_state_dict(model, load_file(str(path)))
+
+
+def freeze(model: nn.Module) -> None:
+    """Turn off gradients for every parameter (methods then enable only what they train)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def lora_memory_profile(arch: Any, layer_settings: Mapping[str, LayerSettings], settings: MethodSettings,
+                        quantize_base: bool = True) -> MemoryProfile:
+    """Profile of any "LoRA on a (quantized) frozen base" method: ``lora``, ``qlora``, ``loftq``,
+    ``quailora``, ``apiq`` (their initialisations differ, their memory does not)."""
+    from automix.memory import layer_shapes
+
+    shapes = layer_shapes(arch, layer_settings)
+    params = tensors = 0
+    for name, s in layer_settings.items():
+        if s.rank > 0:
+            out_f, in_f = shapes[name]
+            params += s.rank * (out_f + in_f)
+            tensors += 2
+    return MemoryProfile(quantize_base=quantize_base, adapter_params=params, trainable_params=params,
+                         trainable_tensors=tensors, lora=True, lora_dropout=settings.lora_dropout)
