@@ -229,7 +229,7 @@ def run_study(
     from automix.tracking import Tracker
 
     if sampler is None:
-        from automix.study import make_sampler
+        from automix.study_backend import make_sampler
 
         sampler = make_sampler(cfg, backend)
     study = open_study(cfg, sampler)
@@ -238,6 +238,9 @@ def run_study(
             f"study {cfg.name!r} already has trials in {cfg.storage_url}; resume it or choose a new name"
         )
     run = StudyRun(cfg.name, int(n_trials or cfg.n_trials))
+    config = {**cfg.model_dump(mode="json"), "storage": cfg.storage_url, "tracking_uri": cfg.tracking}
+    if study.user_attrs.get("config") != config:
+        study.set_user_attr("config", config)  # status / export work from the name alone
     run.requeued = requeue_stale(study)
     tracker = Tracker(cfg.tracking, cfg.name)
     tracker.log_study_config(cfg.model_dump(mode="json"), cfg.source)

@@ -165,21 +165,11 @@ def select_trial(study: Any, cfg: Any, max_memory: float | None = None, pick: st
     return max(zip(front, pts), key=lambda fp: abs(ey * fp[1][0] - ex * fp[1][1]) / norm)[0]
 
 
-def _layers_yaml(layers: dict) -> dict:
-    """A LayerConfig dict: the most common settings as default, the rest per layer."""
-    if "layers" in layers and ("default" in layers or isinstance(layers["layers"], dict)):
-        return layers
-    from collections import Counter
-
-    key = lambda s: json.dumps(s, sort_keys=True)  # noqa: E731
-    common = Counter(key(s) for s in layers.values()).most_common(1)[0][0]
-    return {"default": json.loads(common),
-            "layers": {name: s for name, s in layers.items() if key(s) != common}}
-
-
 def export_trial(study: Any, cfg: Any, trial: Any, out: str | Path, with_weights: bool = False) -> Path:
     """Write the chosen trial: layers.yaml, manifest.json and (with weights) the checkpoint."""
     import yaml
+
+    from automix.study_backend import compact_layers
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +179,7 @@ def export_trial(study: Any, cfg: Any, trial: Any, out: str | Path, with_weights
         layers = spec.get("layers")
     if layers is None:
         raise ExportError(f"trial {trial.number} of study {cfg.name!r} has no recorded layer configuration")
-    layer_doc = _layers_yaml(layers)
+    layer_doc = layers if "default" in layers or "layers" in layers else compact_layers(layers)
     (out / "layers.yaml").write_text(yaml.safe_dump(layer_doc, sort_keys=False))
     manifest = {
         "study": cfg.name, "trial": trial.number, "method": trial.user_attrs.get("method"),

@@ -139,7 +139,8 @@ def bench_overhead(n_trials: int, workers: int) -> dict:
 def bench_quickstart(study: str, workers: int, n_trials: int | None) -> dict:
     """Wall time of the quickstart study (real trials) with `workers` parallel trials."""
     from automix.driver import run_study
-    from automix.study import AutomixBackend, load_study
+    from automix.study import load_study
+    from automix.study_backend import AutomixBackend
 
     with tempfile.TemporaryDirectory() as d:
         cfg = load_study(study, workers=workers, storage=f"sqlite:///{d}/optuna.db",

@@ -28,6 +28,7 @@ __all__ = [
     "load_study",
     "default_storage_url",
     "default_tracking_uri",
+    "study_from_ref",
 ]
 
 
@@ -282,30 +283,28 @@ def load_study(path: str | os.PathLike, **overrides: Any) -> StudyConfig:
         raise StudyConfigError(_format_errors(str(p), root, err)) from None
 
 
-# -- from a study to a sampler and to trial specs ---------------------------------------------
+def study_from_ref(ref: str, storage: str | None = None) -> StudyConfig:
+    """A study's config from its YAML file or from its name in an Optuna storage.
 
-def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
-    """The sampler the study asks for, told the memory objective and budget it can compute."""
+    The driver stores the validated config in the Optuna study's user attributes, so `status`
+    and `export` work from the name alone (default storage: the working directory's).
+    """
+    if ref.endswith((".yaml", ".yml")) or Path(ref).is_file():
+        cfg = load_study(ref)
+        if storage:
+            cfg.storage = storage
+        return cfg
     import optuna
 
-    mem = backend.predicted_memory
-    budget = float(cfg.memory_budget)
-
-    def constraints(trial: Any) -> list[float]:
-        return [float(trial.user_attrs.get("predicted_memory", mem(trial.params))) - budget]
-
-    if cfg.sampler == "automix":
-        from automix.search.sampler import AutoMixSampler
-
-        known = {1: mem} if cfg.objectives.memory == "predicted" else {}
-        return AutoMixSampler(
-            search_space=dict(backend.distributions), known_objectives=known,
-            known_constraints=[lambda p: mem(p) - budget],
-            n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed,
-        )
-    if cfg.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=cfg.sampler_seed, constraints_func=constraints,
-                                          multivariate=True)
-    if cfg.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=cfg.sampler_seed, constraints_func=constraints)
-    return optuna.samplers.RandomSampler(seed=cfg.sampler_seed)
+    url = storage or default_storage_url()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise StudyConfigError(f"no study storage at {url}: run `automix search` first or pass --storage")
+    names = optuna.get_all_study_names(url)
+    if ref not in names:
+        raise StudyConfigError(f"study {ref!r} not found in {url}; studies there: {sorted(names) or 'none'}")
+    attrs = optuna.load_study(study_name=ref, storage=url).user_attrs
+    if "config" not in attrs:
+        raise StudyConfigError(f"study {ref!r} in {url} was not created by automix (no config recorded)")
+    data = dict(attrs["config"])
+    data["storage"] = url
+    return StudyConfig.model_validate(data)

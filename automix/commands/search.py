@@ -1,0 +1,60 @@
+"""`automix search STUDY.yaml`: run (or continue) a study and print its Pareto front."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="run or resume a study (Ray trials, Optuna + MLflow tracking)",
+                       description="Run a study: the driver asks the sampler for configurations, runs "
+                       "them as Ray tasks and records results in Optuna and MLflow. Re-running the "
+                       "same study continues it.")
+    p.add_argument("study", help="study file (studies/*.yaml)")
+    p.add_argument("--workers", type=int, default=None, help="trials in parallel (default: the study's)")
+    p.add_argument("--ray-address", default=None,
+                   help="join an existing Ray cluster (HOST:PORT or 'auto'); default: start a local Ray")
+    p.add_argument("--resume", action="store_true",
+                   help="require an existing study and continue it (re-running without it continues too)")
+    p.add_argument("--n-trials", type=int, default=None, help="total finished trials to reach")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument("--local", action="store_true", help="run trials in this process, one at a time (no Ray)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from automix.driver import run_study
+    from automix.executors import LocalExecutor
+    from automix.study import load_study
+    from automix.study_backend import AutomixBackend, preflight
+
+    console = Console()
+    cfg = load_study(args.study, workers=args.workers)
+    if args.n_trials:
+        cfg.n_trials = args.n_trials
+    if args.resume:
+        import optuna
+
+        try:
+            names = optuna.get_all_study_names(cfg.storage_url)
+        except Exception:
+            names = []
+        if cfg.name not in names:
+            raise SystemExit(f"--resume: no study {cfg.name!r} in {cfg.storage_url}")
+    backend = AutomixBackend(cfg)
+    preflight(cfg, backend)
+    console.print(f"study [bold]{cfg.name}[/]: {len(cfg.methods)} method(s), {cfg.n_trials} trials, "
+                  f"{cfg.workers} worker(s); Optuna {cfg.storage_url}; MLflow {cfg.tracking}")
+    executor = LocalExecutor(backend.function) if args.local else None
+    result = run_study(cfg, backend, executor=executor, ray_address=args.ray_address,
+                       progress=not args.no_progress)
+    from automix.commands.status import print_status
+
+    print_status(cfg, console)
+    if result.requeued:
+        console.print(f"re-ran {len(result.requeued)} trial(s) a previous driver left unfinished")
+    console.print(f"done in {result.seconds:.0f} s. Export the best configuration under the budget with:\n"
+                  f"  automix export --study {cfg.name} --max-memory <SIZE> --out exported/{cfg.name}")
+    return 0

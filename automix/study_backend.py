@@ -1,0 +1,260 @@
+"""From a validated study to runnable trials: the sampler, the search space and the specs.
+
+`AutomixBackend` is the driver's view of a real study: it reads the model's config (no
+weights), loads the search space for the model's layer names, turns search parameters into
+per-layer settings and `TrialSpec` dicts for `automix.trial.run_trial`, and knows the memory
+of every proposal from `automix.memory.estimate` (so the sampler treats memory as a known
+objective and the budget as a known constraint). `preflight` checks, before any trial runs,
+what the schema cannot: the budget against the smallest configuration, the stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from automix.study import StudyConfig, StudyConfigError, format_size
+
+__all__ = ["make_sampler", "compact_layers", "AutomixBackend", "preflight"]
+
+
+def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
+    """The sampler the study asks for, told the memory objective and budget it can compute."""
+    import optuna
+
+    mem = backend.predicted_memory
+    budget = float(cfg.memory_budget)
+
+    def constraints(trial: Any) -> list[float]:
+        return [float(trial.user_attrs.get("predicted_memory", mem(trial.params))) - budget]
+
+    if cfg.sampler == "automix":
+        from automix.search.sampler import AutoMixSampler
+
+        known = {1: mem} if cfg.objectives.memory == "predicted" else {}
+        return AutoMixSampler(
+            search_space=dict(backend.distributions), known_objectives=known,
+            known_constraints=[lambda p: mem(p) - budget],
+            n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed,
+        )
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=cfg.sampler_seed, constraints_func=constraints,
+                                          multivariate=True)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.sampler_seed, constraints_func=constraints)
+    return optuna.samplers.RandomSampler(seed=cfg.sampler_seed)
+
+
+def compact_layers(resolved: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A LayerConfig dict from per-layer settings: the most common settings as the default and
+    only the other layers listed (what `automix trial --layers` reads)."""
+    if not resolved:
+        raise ValueError("no layer settings to write")
+    key = lambda s: json.dumps(dict(s), sort_keys=True)  # noqa: E731
+    common = Counter(key(s) for s in resolved.values()).most_common(1)[0][0]
+    return {"default": json.loads(common),
+            "layers": {name: dict(s) for name, s in resolved.items() if key(s) != common}}
+
+
+def _settings_dict(s: Any) -> dict[str, Any]:
+    if hasattr(s, "to_dict"):
+        return dict(s.to_dict())
+    if dataclasses.is_dataclass(s):
+        return dataclasses.asdict(s)
+    return dict(s)
+
+
+class AutomixBackend:
+    """The real `TrialBackend`: search parameters -> per-layer settings -> `TrialSpec` dicts for
+    `automix.trial.run_trial`, with the memory of every proposal from `automix.memory.estimate`.
+
+    Building it reads only the model's config (no weights), loads the search space for the
+    model's layer names and checks every method name; `preflight` then checks the rest.
+    """
+
+    function = "automix.trial:run_trial"
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        from optuna.distributions import CategoricalDistribution
+
+        from automix.methods import available_methods
+        from automix.models import ModelLoadError, arch_info, resolve_model_dir, target_layer_names
+
+        self.cfg = cfg
+        where = cfg.source or "<study>"
+        unknown = [m for m in cfg.methods if m not in available_methods()]
+        if unknown:
+            raise StudyConfigError(f"{where}: methods: unknown method(s) {unknown}; available: "
+                                   f"{', '.join(available_methods())}")
+        model = cfg.model
+        if not model.startswith("builtin:"):
+            p = cfg.resolve_path(model)
+            model = str(p)
+        try:
+            self.model_dir = resolve_model_dir(model)
+        except ModelLoadError as err:
+            raise StudyConfigError(f"{where}: model: {err}") from None
+        from transformers import AutoConfig
+
+        self.hf_config = AutoConfig.from_pretrained(self.model_dir)
+        self.arch = arch_info(self.hf_config)
+        self.layer_names = target_layer_names(self.hf_config)
+        self.space = _load_space(cfg, self.layer_names)
+        self.distributions = {"method": CategoricalDistribution(list(cfg.methods)),
+                              **dict(self.space.distributions)}
+        self._mem: dict[tuple, float] = {}
+
+    def _layers(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        space_params = {k: v for k, v in params.items() if k != "method"}
+        return dict(self.space.params_to_layers(space_params))
+
+    def predicted_memory(self, params: Mapping[str, Any]) -> float:
+        key = tuple(sorted((k, str(v)) for k, v in params.items()))
+        if key not in self._mem:
+            from automix.memory import estimate
+
+            t = self.cfg.trial
+            self._mem[key] = float(estimate(self.arch, self._layers(params), params["method"],
+                                            batch_size=t.batch_size, seq_len=t.seq_len,
+                                            config=self.hf_config,
+                                            device="cuda" if self.cfg.resources.gpus else "cpu").total)
+        return self._mem[key]
+
+    def smallest_memory(self) -> tuple[float, dict[str, Any]]:
+        """The least memory any configuration of the space can take (coordinate-wise minimum,
+        exact when memory is a sum over layers, as it is), and that configuration."""
+        best_params, best = None, float("inf")
+        for method in self.cfg.methods:
+            params: dict[str, Any] = {"method": method}
+            for name, dist in self.space.distributions.items():
+                params[name] = _choices(dist)[0]
+            for name, dist in self.space.distributions.items():
+                options = _choices(dist)
+                if len(options) > 1:
+                    params[name] = min(options, key=lambda v: self.predicted_memory({**params, name: v}))
+            mem = self.predicted_memory(params)
+            if mem < best:
+                best, best_params = mem, params
+        return best, best_params or {}
+
+    def layers_dict(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return compact_layers({n: _settings_dict(s) for n, s in self._layers(params).items()})
+
+    def payload(self, params: Mapping[str, Any]) -> dict:
+        t, cfg = self.cfg.trial, self.cfg
+        spec = {
+            "model": str(self.model_dir) if not cfg.model.startswith("builtin:") else cfg.model,
+            "task": cfg.task, "data": str(cfg.resolve_path(cfg.data)) if cfg.data else None,
+            "method": params["method"], "layers": self.layers_dict(params),
+            "steps": t.steps, "seed": t.seed, "lr": t.lr, "batch_size": t.batch_size, "seq_len": t.seq_len,
+            "device": "cuda" if cfg.resources.gpus else "cpu",
+        }
+        if t.eval_batches is not None:
+            spec["eval_batches"] = t.eval_batches
+        spec.update(t.extra)
+        return spec
+
+    def describe(self, params: Mapping[str, Any]) -> tuple[str, dict, dict]:
+        from automix.layer_config import average_bits
+        from automix.memory import layer_shapes
+
+        layers = self._layers(params)
+        settings = [_settings_dict(s) for s in layers.values()]
+        n = max(len(settings), 1)
+        summary = {
+            "avg_bits": float(average_bits(layers, layer_shapes(self.arch, layers))),
+            "avg_prune": sum(float(s.get("prune", 0.0)) for s in settings) / n,
+            "avg_rank": sum(float(s.get("rank", 0)) for s in settings) / n,
+            "n_layers": len(settings),
+        }
+        return params["method"], summary, self.layers_dict(params)
+
+
+def _choices(dist: Any) -> list[Any]:
+    if hasattr(dist, "choices"):
+        return list(dist.choices)
+    step = getattr(dist, "step", None) or (1 if type(dist).__name__.startswith("Int") else None)
+    if step is None:
+        return [dist.low, dist.high]
+    n = int(round((dist.high - dist.low) / step))
+    return [dist.low + i * step for i in range(n + 1)]
+
+
+def _load_space(cfg: StudyConfig, layer_names: list[str]) -> Any:
+    """The study's search space: the YAML file with the study's overrides merged in."""
+    try:
+        from automix.search.space import load_space
+    except ImportError:  # pragma: no cover - depends on what automix.search exports
+        from automix.search import load_space  # type: ignore[attr-defined]
+    where = cfg.source or "<study>"
+    path = cfg.resolve_path(cfg.search_space.path)
+    if not path.is_file():
+        raise StudyConfigError(f"{where}: search_space.path: file {path} not found")
+    if cfg.search_space.overrides:
+        import hashlib
+        import tempfile
+
+        base = yaml.safe_load(path.read_text()) or {}
+        merged = _deep_merge(base, cfg.search_space.overrides)
+        text = yaml.safe_dump(merged, sort_keys=False)
+        digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+        path = Path(tempfile.gettempdir()) / f"automix-space-{cfg.name}-{digest}.yaml"
+        path.write_text(text)
+    try:
+        return load_space(path, layer_names)
+    except ValueError as err:
+        raise StudyConfigError(f"{where}: search_space: {err}") from None
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _deep_merge(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
+def preflight(cfg: StudyConfig, backend: Any) -> None:
+    """Everything that can be checked before a trial runs (raises StudyConfigError / ValueError).
+
+    The model, methods and search space were checked building `backend`; here: the memory budget
+    against the smallest configuration, the Optuna storage and the MLflow tracking URI.
+    """
+    from automix.tracking import TrackingError, check_tracking_uri
+
+    where = cfg.source or "<study>"
+    smallest = getattr(backend, "smallest_memory", None)
+    if smallest is not None:
+        got = smallest()
+        mem, params = got if isinstance(got, tuple) else (got, {})
+        if mem > cfg.memory_budget:
+            raise StudyConfigError(
+                f"{where}: memory_budget: {format_size(cfg.memory_budget)} is below the smallest "
+                f"possible configuration ({format_size(mem)}"
+                + (f", method {params.get('method')}" if params.get("method") else "") + ")"
+            )
+    try:
+        check_tracking_uri(cfg.tracking)
+    except TrackingError as err:
+        raise StudyConfigError(f"{where}: tracking_uri: {err}") from None
+    url = cfg.storage_url
+    if url.startswith("sqlite:///"):
+        parent = Path(url[len("sqlite:///"):]).parent
+        if not parent.is_dir():
+            raise StudyConfigError(f"{where}: storage: directory {parent} does not exist")
+    else:
+        try:
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url)
+            with engine.connect():
+                pass
+            engine.dispose()
+        except Exception as err:
+            raise StudyConfigError(f"{where}: storage: Optuna storage {url!r} cannot be reached: {err}") from None
