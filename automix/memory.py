@@ -122,23 +122,15 @@ _ATTN_IN = ("attn_q", "attn_k", "attn_v", "attn_qkv")
 _MLP_IN = ("mlp_gate", "mlp_up")
 
 
-def lora_activation_bytes_per_token(arch: Any, layer_settings: Mapping[str, LayerSettings],
-                                    shapes: Mapping[str, tuple[int, int]], dropout: float,
-                                    abytes: int = 4) -> float:
-    """Bytes per token that LoRA intermediates add (the rank-r ``A x``; with dropout, the dropped
-    input and its mask). The adapter inputs themselves are counted by the block model in
-    :func:`activation_bytes` because they are shared with what the backbone saves."""
-    total = 0.0
-    for name, s in layer_settings.items():
-        if s.rank > 0:
-            total += s.rank * abytes
-            if dropout > 0:
-                total += shapes[name][1] * (abytes + 1)
-    return total
+def lora_activation_bytes_per_token(layer_settings: Mapping[str, LayerSettings], abytes: int = 4) -> float:
+    """Bytes per token of the LoRA intermediates ``A x`` (rank r each). Adapter inputs (and
+    dropout masks) are counted by the block model in :func:`activation_bytes` because they are
+    shared with, or depend on, what the backbone saves."""
+    return float(sum(s.rank for s in layer_settings.values() if s.rank > 0) * abytes)
 
 
 def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], profile: Any,
-                     batch_size: int, seq_len: int, abytes: int) -> int:
+                     batch_size: int, seq_len: int, abytes: int, device: str = "cpu") -> int:
     """Bytes autograd saves for backward in one step (see the module docstring)."""
     info = _arch(arch)
     if profile.trainable_params <= 0:
@@ -162,6 +154,15 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
             return True
         return bool(lora and s is not None and s.rank > 0)
 
+    mask_bytes = 1 if device.startswith("cuda") else abytes  # CPU dropout keeps a float mask
+
+    def dropped(b: int, kinds: Iterable[str], in_f: int, input_grad: bool) -> float:
+        """LoRA dropout: each adapter saves its dropped input, plus the mask when grad flows in."""
+        if not (lora and dropout > 0):
+            return 0.0
+        n = sum(1 for k in kinds if k in by_block.get(b, {}) and by_block[b][k].rank > 0)
+        return n * in_f * (abytes + (mask_bytes if input_grad else 0))
+
     per_tok = 0.0
     rope = 0
     r = False  # does the residual stream require grad here?
@@ -172,35 +173,38 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
                 per_tok += h * 4 + 4  # input RMSNorm (fp32 input + rstd)
             attn_in = [k for k in _ATTN_IN if k in by_block.get(b, {})]
             t_in = [k for k in attn_in if trains(b, k)]
-            if t_in and dropout == 0:
+            if t_in and not (lora and dropout > 0):
                 per_tok += h * abytes  # normed input saved once for the q/k/v adapters
+            per_tok += dropped(b, attn_in, h, r)
             qkv_grad = r or bool(t_in)
             if qkv_grad:
                 per_tok += (2 * nh * hd + 2 * nkv * hd) * abytes + nh * 4  # SDPA: q k v out lse
                 rope = 2 * seq_len * hd * abytes
             o_train = trains(b, "attn_o")
-            if o_train and not qkv_grad and dropout == 0:
+            if o_train and not qkv_grad and not (lora and dropout > 0):
                 per_tok += nh * hd * abytes  # attention output (else shared with SDPA's out)
+            per_tok += dropped(b, ("attn_o",), nh * hd, qkv_grad)
             r = r or qkv_grad or o_train
             if r:
                 per_tok += h * 4 + 4  # post-attention RMSNorm
             g_train, u_train = trains(b, "mlp_gate"), trains(b, "mlp_up")
-            if (g_train or u_train) and dropout == 0:
+            if (g_train or u_train) and not (lora and dropout > 0):
                 per_tok += h * abytes
+            per_tok += dropped(b, _MLP_IN, h, r)
             g_grad, u_grad = r or g_train, r or u_train
             if g_grad:
                 per_tok += inter * abytes * 2  # SiLU input; its output saved by the product
             if u_grad:
                 per_tok += inter * abytes  # up output saved by the product
             d_train = trains(b, "mlp_down")
-            if d_train and dropout == 0:
+            if d_train and not (lora and dropout > 0):
                 per_tok += inter * abytes  # product (input of down_proj)
+            per_tok += dropped(b, ("mlp_down",), inter, g_grad or u_grad)
             r = r or g_grad or u_grad or d_train
         if r:
             per_tok += h * 4 + 4  # final norm
     if lora:
-        per_tok += lora_activation_bytes_per_token(info, layer_settings, layer_shapes(info, layer_settings),
-                                                   dropout, abytes)
+        per_tok += lora_activation_bytes_per_token(layer_settings, abytes)
     per_tok += profile.extra_activation_bytes_per_token
     loss = T * V * 4 + T * 8 + 4  # log-softmax output (fp32), targets, weight total
     return int(round(per_tok * T)) + rope + loss
@@ -253,7 +257,7 @@ def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any
     grads = profile.trainable_params * pb
     steps = 0 if device.startswith("cuda") else 4 * profile.trainable_tensors
     optim = 2 * profile.trainable_params * pb + steps
-    acts = activation_bytes(info, layer_settings, profile, batch_size, seq_len, wb)
+    acts = activation_bytes(info, layer_settings, profile, batch_size, seq_len, wb, device)
     transient = 0
     if device.startswith("cuda") and profile.trainable_params > 0:
         transient = 2 * batch_size * seq_len * info.vocab_size * 4
