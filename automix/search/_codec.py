@@ -52,6 +52,12 @@ class _Gene:
         else:  # pragma: no cover - optuna has no other distribution types
             raise ValueError(f"parameter {name!r}: unsupported distribution {dist!r}")
 
+        # levels that decode to themselves (fast path of Codec.decode)
+        self.plain = self.levels is not None and not isinstance(dist, IntDistribution)
+        if isinstance(dist, IntDistribution) and self.levels is not None:
+            self.levels = [int(v) for v in self.levels]
+            self.plain = True
+
     @property
     def n_levels(self) -> int:
         return len(self.levels) if self.levels is not None else 0
@@ -113,7 +119,11 @@ class Codec:
         return np.array([g.encode(params[g.name]) for g in self.genes], dtype=float)
 
     def decode(self, genome: np.ndarray) -> dict[str, Any]:
-        return {g.name: g.decode(x) for g, x in zip(self.genes, genome)}
+        ints = np.rint(genome).astype(int).tolist()
+        return {
+            g.name: g.levels[i] if g.plain else g.decode(x)
+            for g, x, i in zip(self.genes, genome.tolist(), ints)
+        }
 
     def key(self, genome: np.ndarray) -> tuple:
         return tuple(np.round(genome, 9).tolist())

@@ -21,6 +21,8 @@ from scipy.stats import kendalltau
 
 __all__ = ["PerformancePredictor", "available_models", "make_model", "kendall_tau"]
 
+_CONTROLLER = None  # threadpoolctl.ThreadpoolController, created on first use
+
 
 def kendall_tau(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Kendall rank correlation, 0.0 when undefined (constant inputs)."""
@@ -114,7 +116,7 @@ class _LevelExpansion:
     def transform(self, X: np.ndarray) -> np.ndarray:
         parts = [(X - self._mu) / self._sd]
         for j, values in self._levels:
-            parts.append(np.isclose(X[:, j : j + 1], values[None, :]).astype(float))
+            parts.append((X[:, j : j + 1] == values[None, :]).astype(float))
         return np.concatenate(parts, axis=1)
 
 
@@ -269,9 +271,12 @@ class PerformancePredictor:
 
         if self.blas_threads is None:
             return nullcontext()
-        from threadpoolctl import threadpool_limits
+        global _CONTROLLER
+        if _CONTROLLER is None:  # scanning the loaded libraries is slow: do it once
+            from threadpoolctl import ThreadpoolController
 
-        return threadpool_limits(limits=self.blas_threads)
+            _CONTROLLER = ThreadpoolController()
+        return _CONTROLLER.limit(limits=self.blas_threads)
 
     def _select(self, X, y, px, py) -> None:
         n = len(y)

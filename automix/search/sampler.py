@@ -265,12 +265,15 @@ class AutoMixSampler(BaseSampler):
         return pool[0]
 
     def _evaluate(self, codec: Codec, genomes: np.ndarray):
-        """Features, known objective values and known-constraint feasibility (cached)."""
+        """Features, known objective values, known-constraint feasibility and the constraint
+        values themselves (cached per configuration: known functions may be slow)."""
         n = len(genomes)
         base = codec.features(genomes)
-        extra, known, ok = [], np.zeros((n, len(self._known))), np.ones(n, dtype=bool)
-        if self._features is None and not self._known and not self._known_constraints:
-            return base, known, ok
+        n_con = len(self._known_constraints)
+        known, cons = np.zeros((n, len(self._known))), np.zeros((n, n_con))
+        if self._features is None and not self._known and not n_con:
+            return base, known, np.ones(n, dtype=bool), cons
+        extra = []
         for j, g in enumerate(genomes):
             key = codec.key(g)
             hit = self._cache.get(key)
@@ -282,17 +285,17 @@ class AutoMixSampler(BaseSampler):
                     else np.zeros(0)
                 )
                 k = np.array([float(fn(params)) for fn in self._known.values()])
-                feasible = all(float(c(params)) <= 0.0 for c in self._known_constraints)
-                hit = (f, k, feasible)
+                c = np.array([float(fn(params)) for fn in self._known_constraints])
+                hit = (f, k, c)
                 if len(self._cache) > 200_000:
                     self._cache.clear()
                 self._cache[key] = hit
             extra.append(hit[0])
             known[j] = hit[1]
-            ok[j] = hit[2]
+            cons[j] = hit[2]
         if self._features is not None:
             base = np.concatenate([base, np.array(extra).reshape(n, -1)], axis=1)
-        return base, known, ok
+        return base, known, np.all(cons <= 0.0, axis=1), cons
 
     # ----------------------------------------------------------------- guided proposals
     def _propose(self, study, codec, complete, pending, taken) -> np.ndarray:
@@ -328,7 +331,7 @@ class AutoMixSampler(BaseSampler):
                 cons_models.append(p.fit(X[rows], c))
 
         def predict(G: np.ndarray, with_std: bool):
-            feats, known, ok = self._evaluate(codec, G)
+            feats, known, ok, cons = self._evaluate(codec, G)
             mean = np.zeros((len(G), n_obj))
             std = np.zeros((len(G), n_obj))
             for i in unknown:
@@ -339,6 +342,11 @@ class AutoMixSampler(BaseSampler):
             for cm in cons_models:
                 m, s = cm.predict(feats)
                 pof *= norm.cdf(-m / np.maximum(s, 1e-12))
+            if known_idx:  # what a configuration costs: its known objectives
+                cost = mean[:, known_idx].sum(axis=1)
+            else:  # or how much of the known constraints it uses up
+                cost = cons.sum(axis=1)
+            predict.cost = cost
             return mean, std, ok, pof
 
         # current front: feasible observations + pending proposals at their predicted means
@@ -349,8 +357,12 @@ class AutoMixSampler(BaseSampler):
         base = front if len(front) else losses
         reference = base.max(axis=0) + 0.1 * span
 
-        pool = self._search_predicted(codec, genomes[feasible] if feasible.any() else genomes,
+        path = self._greedy_path(codec, predict, unknown)
+        seeds = genomes[feasible] if feasible.any() else genomes
+        pool = self._search_predicted(codec, np.vstack([seeds, path]) if len(path) else seeds,
                                       predict, taken)
+        if len(path):
+            pool = np.unique(np.vstack([pool, self._fresh(codec, path, taken, predict)]), axis=0)
         if not len(pool):
             return self._random_feasible(codec, taken)
         mean, std, _, pof = predict(pool, True)
@@ -373,6 +385,50 @@ class AutoMixSampler(BaseSampler):
             if lscore.max() > score.max():
                 return local[int(np.argmax(lscore))]
         return pool[int(np.argmax(score))]
+
+    def _greedy_path(self, codec: Codec, predict, unknown: list[int]) -> np.ndarray:
+        """Configurations along the best predicted gain per unit of known cost, from the
+        cheapest uniform configuration upwards one level at a time (the marginal-gain path of
+        a knapsack; exact when the objective is additive). Needs ordinal genes and a known
+        cost (a known objective or a known constraint)."""
+        if not (self._known or self._known_constraints) or not unknown or not codec.dim:
+            return np.empty((0, codec.dim))
+        if any(g.levels is None or not g.ordinal for g in codec.genes):
+            return np.empty((0, codec.dim))
+        top = np.array([g.n_levels - 1 for g in codec.genes], dtype=float)
+        cur = codec.uniform(0.0)
+        mean, _, ok, pof = predict(cur[None], False)
+        if not ok[0]:
+            return np.empty((0, codec.dim))
+        value, cost = mean[0, unknown].sum(), predict.cost[0]
+        path = [cur]
+        while True:
+            moves = np.flatnonzero(cur < top)
+            if not len(moves):
+                break
+            cand = np.repeat(cur[None], len(moves), axis=0)
+            cand[np.arange(len(moves)), moves] += 1
+            mean, _, ok, pof = predict(cand, False)
+            gain = value - mean[:, unknown].sum(axis=1)
+            extra = np.maximum(predict.cost - cost, 1e-12 * (abs(cost) + 1))
+            ratio = np.where(ok & (pof >= 0.5), gain / extra, -np.inf)
+            # take the best few moves at once (on different genes): a quarter of the
+            # predictions for a path that differs little from the one-move-at-a-time path
+            order = np.argsort(-ratio)[: max(1, len(moves) // 12)]
+            order = order[np.isfinite(ratio[order])]
+            if not len(order):
+                break
+            step = cur.copy()
+            step[moves[order]] += 1
+            step_eval = predict(step[None], False)
+            if not step_eval[2][0]:  # the combined step broke a known constraint: one move
+                order = order[:1]
+                step = cand[order[0]]
+                step_eval = predict(step[None], False)
+            cur = step
+            value, cost = step_eval[0][0, unknown].sum(), predict.cost[0]
+            path.append(cur)
+        return np.array(path)
 
     def _new_predictor(self, salt: Any) -> PerformancePredictor:
         seed = (self._seed or 0) + zlib.crc32(str(salt).encode()) % 10007
