@@ -130,7 +130,8 @@ def lora_activation_bytes_per_token(layer_settings: Mapping[str, LayerSettings],
 
 
 def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], profile: Any,
-                     batch_size: int, seq_len: int, abytes: int, device: str = "cpu") -> int:
+                     batch_size: int, seq_len: int, abytes: int, device: str = "cpu",
+                     padded: bool = False) -> int:
     """Bytes autograd saves for backward in one step (see the module docstring)."""
     info = _arch(arch)
     if profile.trainable_params <= 0:
@@ -178,7 +179,10 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
             per_tok += dropped(b, attn_in, h, r)
             qkv_grad = r or bool(t_in)
             if qkv_grad:
-                per_tok += (2 * nh * hd + 2 * nkv * hd) * abytes + nh * 4  # SDPA: q k v out lse
+                if padded:  # explicit mask: k/v repeated to all heads, the mask kept per block
+                    per_tok += 4 * nh * hd * abytes + nh * 4 + seq_len * abytes
+                else:
+                    per_tok += (2 * nh * hd + 2 * nkv * hd) * abytes + nh * 4  # SDPA: q k v out lse
                 rope = 2 * seq_len * hd * abytes
             o_train = trains(b, "attn_o")
             if o_train and not qkv_grad and not (lora and dropout > 0):
@@ -215,13 +219,15 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
 
 def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any = "qlora",
              batch_size: int = 8, seq_len: int = 128, dtype: Any = "float32",
-             settings: Any = None, device: str = "cpu", config: Any = None) -> MemoryBreakdown:
+             settings: Any = None, device: str = "cpu", config: Any = None,
+             padded: bool = False) -> MemoryBreakdown:
     """Predicted bytes of one AdamW fine-tuning step.
 
     ``arch``: an ``ArchInfo``, an HF config or a model. ``method``: a name, a ``Method`` or a
     ``MemoryProfile``. ``layer_settings`` must cover every target layer (pruning included).
     On ``device="cuda"`` AdamW's step counters (host tensors) are not counted and a transient
     term for the logits and their gradient is added to approximate ``max_memory_allocated``.
+    ``padded``: batches carry padding, so attention gets an explicit mask (more is saved).
     """
     from automix.methods.base import MemoryProfile
 
@@ -257,7 +263,7 @@ def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any
     grads = profile.trainable_params * pb
     steps = 0 if device.startswith("cuda") else 4 * profile.trainable_tensors
     optim = 2 * profile.trainable_params * pb + steps
-    acts = activation_bytes(info, layer_settings, profile, batch_size, seq_len, wb, device)
+    acts = activation_bytes(info, layer_settings, profile, batch_size, seq_len, wb, device, padded)
     transient = 0
     if device.startswith("cuda") and profile.trainable_params > 0:
         transient = 2 * batch_size * seq_len * info.vocab_size * 4
