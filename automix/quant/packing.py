@@ -73,8 +73,31 @@ def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
     return _to_int32(words[:, :bits].reshape(n_blocks * bits, n))
 
 
-def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
-    """Inverse of :func:`pack`: int32 words (n_words, N) -> codes (k, N) as uint8."""
+def _segments(bits: int) -> list[tuple[int, int, int]]:
+    """Decode plan of a 32-code block: (word, first code, count) runs inside one word, and
+    (word, code, -1) for a code that straddles words ``word`` and ``word + 1``."""
+    plan: list[tuple[int, int, int]] = []
+    i = 0
+    while i < _BLOCK:
+        word, shift = divmod(i * bits, 32)
+        if shift + bits > 32:
+            plan.append((word, i, -1))
+            i += 1
+            continue
+        j = i
+        while j < _BLOCK and (j * bits) // 32 == word and (j * bits) % 32 + bits <= 32:
+            j += 1
+        plan.append((word, i, j - i))
+        i = j
+    return plan
+
+
+def unpack_int32(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack` as int32 codes ``(k, N)`` (the fast path used by dequantization).
+
+    Works in int32 throughout: after an arithmetic right shift the sign-extended high bits are
+    cleared by the mask because a run never crosses bit 31.
+    """
     check_bits(bits)
     if packed.dtype != torch.int32 or packed.dim() != 2:
         raise ValueError(
@@ -88,18 +111,27 @@ def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
         )
     n_blocks = n_words // bits
     mask = (1 << bits) - 1
-    if 32 % bits == 0:
-        # no straddling: every word holds 32/bits whole codes; int32 arithmetic suffices
-        # (the sign-extended high bits are removed by the mask since shift + bits <= 32)
+    dev = packed.device
+    if 32 % bits == 0:  # every word holds 32/bits whole codes: one broadcast shift
         per = 32 // bits
-        shifts = torch.arange(per, device=packed.device, dtype=torch.int32) * bits
+        shifts = torch.arange(per, device=dev, dtype=torch.int32) * bits
         codes = (packed.view(n_words, 1, n) >> shifts.view(1, per, 1)) & mask
-        codes = codes.view(n_blocks * _BLOCK, n)
-    else:
-        words = packed.view(n_blocks, bits, n).to(torch.int64) & 0xFFFFFFFF
-        words = torch.cat([words, words.new_zeros(n_blocks, 1, n)], dim=1)
-        widx, shift = _block_layout(bits, packed.device)
-        pair = words[:, widx, :] | (words[:, widx + 1, :] << 32)
-        codes = (pair >> shift.view(1, _BLOCK, 1)) & mask
-        codes = codes.view(n_blocks * _BLOCK, n)
-    return codes[:k].to(torch.uint8)
+        return codes.view(n_blocks * _BLOCK, n)[:k]
+    words = packed.view(n_blocks, bits, n)
+    pieces = []
+    for word, first, count in _segments(bits):
+        w = words[:, word:word + 1, :]
+        if count > 0:
+            shifts = torch.arange(first, first + count, device=dev, dtype=torch.int32) * bits % 32
+            pieces.append((w >> shifts.view(1, count, 1)) & mask)
+        else:  # straddling code: low bits at the top of `word`, the rest at the bottom of the next
+            shift = (first * bits) % 32
+            low = 32 - shift
+            hi = (words[:, word + 1:word + 2, :] & ((1 << (bits - low)) - 1)) << low
+            pieces.append(((w >> shift) & ((1 << low) - 1)) | hi)
+    return torch.cat(pieces, dim=1).view(n_blocks * _BLOCK, n)[:k]
+
+
+def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack`: int32 words (n_words, N) -> codes (k, N) as uint8."""
+    return unpack_int32(packed, bits, k).to(torch.uint8)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from automix.quant.packing import check_bits, packed_words, unpack
+from automix.quant.packing import check_bits, packed_words, unpack, unpack_int32
 
 _FORMAT = "automix.quantized_weight/1"
 _DTYPES = {
@@ -46,13 +46,15 @@ def dequantize_kn(
     This is the torch path used on CPU (and the reference the Triton kernels are tested
     against): unpack, subtract the zero point and scale, group by group, in fp32.
     """
-    codes = unpack(packed, bits, k).to(torch.float32)
+    codes = unpack_int32(packed, bits, k).to(torch.float32)
     n_groups, n = scales.shape
     padded = n_groups * group_size
     if padded != k:
         codes = torch.cat([codes, codes.new_zeros(padded - k, n)], dim=0)
-    codes = codes.view(n_groups, group_size, n)
-    w = (codes - zeros.to(torch.float32).unsqueeze(1)) * scales.to(torch.float32).unsqueeze(1)
+    s = scales.to(torch.float32)
+    zs = zeros.to(torch.float32) * s
+    # (q - z) * s computed as q * s - z * s: one fused pass over the codes
+    w = torch.addcmul(-zs.unsqueeze(1), codes.view(n_groups, group_size, n), s.unsqueeze(1))
     return w.view(padded, n)[:k].to(dtype)
 
 
