@@ -1,0 +1,29 @@
+"""`automix report --study NAME`: an HTML report (and PNGs) of a study, logged to its MLflow run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="HTML + PNG report of a study's fronts, hypervolume, calibration and configurations",
+        description="Write a self-contained HTML report (plotly, opens offline) and one PNG per view, "
+                    "and log them on the study's MLflow parent run (artifacts under report/).",
+    )
+    p.add_argument("--study", required=True, help="study name in the Optuna storage")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: the working dir's SQLite file)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: the one the study recorded, else the working dir's)")
+    p.add_argument("--out", default=None, help="output directory (default: reports/<study>)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="NAME",
+                   help="other studies (same storage) to overlay, e.g. the same model under other samplers")
+    p.add_argument("--no-png", action="store_true", help="skip the PNG images (HTML only)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from automix.dashboards.report import main
+
+    return main(args)

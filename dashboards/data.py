@@ -1,0 +1,357 @@
+"""A finished study as data the views can plot: one pandas row per finished trial.
+
+The Optuna storage is the source of truth (the driver stores every trial's result, method,
+summary and layer configuration in its user attributes, and the study's validated config in the
+study's user attributes), so a report needs only the study name and the storage URL. MLflow is
+only looked up to find the study's parent run, where the report is logged.
+
+Whatever a study did not record (a predicted accuracy, a memory breakdown, per-layer settings)
+is left empty here, and `StudyData.missing` says so in words the report prints.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "ReportDataError", "NoFinishedTrialsError", "StudyData", "load_study_data",
+    "hypervolume_history", "BREAKDOWN_PARTS", "find_parent_run",
+]
+
+# The memory model's categories (automix.memory.MemoryBreakdown), in stacking order.
+BREAKDOWN_PARTS = ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states",
+                   "activations", "transient")
+SETTINGS = ("bits", "prune", "rank", "group_size")
+
+
+class ReportDataError(ValueError):
+    """The study cannot be reported (unknown name, unreadable storage)."""
+
+
+class NoFinishedTrialsError(ReportDataError):
+    """The study exists but no trial has finished with objective values yet."""
+
+
+@dataclass
+class StudyData:
+    """One study, ready to plot.
+
+    frame: one row per finished trial (complete or failed; stale re-run copies dropped), columns
+      number, state, method, quality, memory, feasible, front (overall front within the budget),
+      front_method (front of the trial's method), avg_bits, avg_prune, avg_rank, accuracy,
+      perplexity, measured_memory, predicted_memory, predicted_quality, trainable_params,
+      failure_reason, order (1-based finishing order).
+    layers: trial number -> {layer name -> {bits, prune, rank, group_size}} where recorded.
+    breakdown: trial number -> {category -> bytes} from the memory model (result.memory_predicted).
+    """
+
+    name: str
+    storage: str
+    quality: str                        # "accuracy" or "perplexity"
+    directions: list[str]
+    budget: float | None
+    sampler: str
+    methods: list[str]
+    tracking_uri: str | None
+    frame: pd.DataFrame
+    layers: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    breakdown: dict[int, dict[str, float]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def maximize(self) -> bool:
+        return self.directions[0] == "maximize"
+
+    @property
+    def complete(self) -> pd.DataFrame:
+        return self.frame[self.frame.state == "COMPLETE"]
+
+    @property
+    def front_frame(self) -> pd.DataFrame:
+        """The overall front within the budget, by increasing memory."""
+        return self.complete[self.complete.front].sort_values(["memory", "number"])
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.sampler})"
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+def load_study_data(name: str, storage: str | None = None) -> StudyData:
+    """Read study `name` from the Optuna storage (default: the working directory's SQLite file).
+
+    Raises ReportDataError naming the storage when the study is not there, and
+    NoFinishedTrialsError when it has no completed trial.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from automix.study import default_storage_url
+
+    url = storage or default_storage_url()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise ReportDataError(f"no Optuna storage at {url}: run `automix search` first or pass --storage")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        names = optuna.get_all_study_names(url)
+    except Exception as err:  # noqa: BLE001 - any storage failure, reported with its URL
+        raise ReportDataError(f"Optuna storage {url!r} cannot be read: {err}") from None
+    if name not in names:
+        raise ReportDataError(f"study {name!r} not found in {url}; studies there: {sorted(names) or 'none'}")
+    study = optuna.load_study(study_name=name, storage=url)
+    config = dict(study.user_attrs.get("config") or {})
+    directions = [d.name.lower() for d in study.directions]
+    quality = (config.get("objectives") or {}).get("quality") or (
+        "accuracy" if directions[0] == "maximize" else "perplexity")
+    budget = config.get("memory_budget")
+    budget = float(budget) if isinstance(budget, (int, float)) else None
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("stale")]
+    trials.sort(key=_finish_key)
+    data = StudyData(
+        name=name, storage=url, quality=quality, directions=directions, budget=budget,
+        sampler=str(config.get("sampler") or type(study.sampler).__name__),
+        methods=list(config.get("methods") or []), tracking_uri=config.get("tracking_uri"),
+        frame=pd.DataFrame(),
+    )
+    if not any(t.state == TrialState.COMPLETE and t.values for t in trials):
+        n_fail = sum(t.state == TrialState.FAIL for t in trials)
+        raise NoFinishedTrialsError(
+            f"study {name!r} in {url} has no finished trials yet"
+            + (f" ({n_fail} failed)" if n_fail else "") + ": nothing to report; run `automix search` first"
+        )
+    names = _layer_names(config, trials)
+    rows = []
+    for i, t in enumerate(trials):
+        rows.append(_row(t, i + 1, quality))
+        layers = _resolve_layers(t.user_attrs.get("layers"), names)
+        if layers:
+            data.layers[t.number] = layers
+        part = (t.user_attrs.get("result") or {}).get("memory_predicted")
+        if isinstance(part, Mapping) and any(k in part for k in BREAKDOWN_PARTS):
+            data.breakdown[t.number] = {k: float(part.get(k) or 0) for k in BREAKDOWN_PARTS}
+    frame = pd.DataFrame(rows)
+    if not data.methods:
+        data.methods = sorted(frame.method.dropna().unique().tolist())
+    frame["feasible"] = frame.memory.notna() & (frame.memory <= budget if budget else True)
+    _mark_fronts(frame, data.maximize)
+    data.frame = frame
+    data.missing = _missing(data)
+    return data
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _predicted_quality(t: Any, quality: str) -> float | None:
+    """The predictor's estimate of the trial's quality, wherever the study recorded it."""
+    result = t.user_attrs.get("result") or {}
+    for key in (f"predicted_{quality}", "predicted_quality"):
+        for source in (t.user_attrs, result, t.system_attrs):
+            if _num(source.get(key)) is not None:
+                return _num(source.get(key))
+    values = t.system_attrs.get("automix:predicted_values") or t.user_attrs.get("predicted_values")
+    if isinstance(values, (list, tuple)) and values:
+        return _num(values[0])
+    return None
+
+
+def _finish_key(t: Any) -> tuple[float, int]:
+    when = t.datetime_complete or t.datetime_start
+    return (when.timestamp() if when else float("inf"), t.number)
+
+
+def _row(t: Any, order: int, quality: str) -> dict:
+    result = t.user_attrs.get("result") or {}
+    summary = t.user_attrs.get("summary") or {}
+    complete = t.state.name == "COMPLETE" and bool(t.values)
+    predicted_mem = _num(t.user_attrs.get("predicted_memory")) or _num(result.get("predicted_memory_bytes"))
+    return {
+        "number": t.number, "order": order, "state": t.state.name,
+        "method": t.user_attrs.get("method", t.params.get("method")),
+        "quality": float(t.values[0]) if complete else None,
+        "memory": float(t.values[1]) if complete else None,
+        "avg_bits": _num(summary.get("avg_bits", result.get("avg_bits"))),
+        "avg_prune": _num(summary.get("avg_prune")),
+        "avg_rank": _num(summary.get("avg_rank")),
+        "accuracy": _num(result.get("accuracy")), "perplexity": _num(result.get("perplexity")),
+        "measured_memory": _num(result.get("peak_memory_bytes")),
+        "predicted_memory": predicted_mem,
+        "predicted_quality": _predicted_quality(t, quality),
+        "trainable_params": _num(result.get("trainable_params")),
+        "failure_reason": str(t.user_attrs.get("failure_reason") or "")[:300],
+    }
+
+
+def _mark_fronts(frame: pd.DataFrame, maximize: bool) -> None:
+    """Front flags as the driver's `pareto` / `pareto_method` tags: complete, within budget."""
+    from automix.search.pareto import nondominated_mask
+
+    frame["front"] = False
+    frame["front_method"] = False
+    ok = (frame.state == "COMPLETE") & frame.feasible
+    sign = -1.0 if maximize else 1.0
+
+    def mark(mask: pd.Series, column: str) -> None:
+        idx = frame.index[mask]
+        if len(idx):
+            y = np.column_stack([sign * frame.loc[idx, "quality"].to_numpy(float),
+                                 frame.loc[idx, "memory"].to_numpy(float)])
+            frame.loc[idx[nondominated_mask(y)], column] = True
+
+    mark(ok, "front")
+    for m in frame.method.dropna().unique():
+        mark(ok & (frame.method == m), "front_method")
+
+
+def _missing(data: StudyData) -> list[str]:
+    c = data.complete
+    out = []
+    if c.predicted_quality.isna().all():
+        out.append(f"no predicted {data.quality} is recorded for any trial (looked for "
+                   f"user/system attribute or result key predicted_{data.quality})")
+    if c.measured_memory.isna().all() or c.predicted_memory.isna().all():
+        out.append("predicted and measured memory are not both recorded")
+    if not any(n in data.layers for n in data.front_frame.number):
+        out.append("no per-layer configuration is recorded for the front trials")
+    if not any(n in data.breakdown for n in data.front_frame.number):
+        out.append("no memory breakdown (result.memory_predicted) is recorded for the front trials")
+    if data.budget is None:
+        out.append("the study records no memory budget (fronts use every trial)")
+    return out
+
+
+# -- per-layer settings --------------------------------------------------------------------------
+
+def _natural(name: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _layer_names(config: Mapping[str, Any], trials: Sequence[Any]) -> list[str]:
+    """All target layer names: from the model's config.json when it is on disk (cheap, no
+    weights), else every exact name any trial's layer configuration mentions."""
+    names: list[str] = []
+    model = str(config.get("model") or "")
+    try:
+        names = _names_from_model(model)
+    except Exception:  # noqa: BLE001 - a report should not fail on a moved model directory
+        names = []
+    if names:
+        return names
+    seen: dict[str, None] = {}
+    for t in trials:
+        layers = t.user_attrs.get("layers")
+        if not isinstance(layers, Mapping):
+            continue
+        explicit = layers.get("layers") if _is_compact(layers) else layers
+        for n in (explicit or {}):
+            if not any(c in n for c in "*?["):
+                seen[n] = None
+    return sorted(seen, key=_natural)
+
+
+def _names_from_model(model: str) -> list[str]:
+    if not model:
+        return []
+    if model.startswith("builtin:"):
+        from automix.pretrain import cached_model_dir
+
+        size = model.split(":", 1)[1] or "tiny"
+        import automix.models as models
+
+        candidates = [Path(models.__file__).parent / "assets" / size, cached_model_dir(size)]
+    else:
+        candidates = [Path(model).expanduser()]
+    for d in candidates:
+        if (d / "config.json").is_file():
+            from transformers import AutoConfig
+
+            from automix.models import target_layer_names
+
+            return list(target_layer_names(AutoConfig.from_pretrained(d)))
+    return []
+
+
+def _is_compact(d: Mapping[str, Any]) -> bool:
+    return bool(d) and set(d) <= {"default", "layers"}
+
+
+def _resolve_layers(layers: Any, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per-layer settings from a trial's recorded configuration (LayerConfig dict with default
+    and overrides, or an already per-layer dict)."""
+    if not isinstance(layers, Mapping) or not layers:
+        return {}
+    if not _is_compact(layers):
+        return {str(n): {k: float(v) for k, v in s.items() if k in SETTINGS and _num(v) is not None}
+                for n, s in layers.items() if isinstance(s, Mapping)}
+    default = {k: float(v) for k, v in (layers.get("default") or {}).items() if k in SETTINGS}
+    out = {n: dict(default) for n in names}
+    if not out:
+        return {"(all layers)": default} if default else {}
+    for pattern, over in (layers.get("layers") or {}).items():
+        hits = fnmatch.filter(out, pattern) if any(c in pattern for c in "*?[") else [pattern]
+        for n in hits:
+            if n in out and isinstance(over, Mapping):
+                out[n].update({k: float(v) for k, v in over.items() if k in SETTINGS})
+    return out
+
+
+# -- hypervolume ---------------------------------------------------------------------------------
+
+def hypervolume_history(data: StudyData, method: str | None = None) -> pd.DataFrame:
+    """Normalised hypervolume after each finished trial of the study (x = trials finished).
+
+    Same normalisation as the driver's `hypervolume` metric: quality as accuracy (or
+    1/perplexity) against 0, memory as a fraction of the budget against 1 (without a budget, of
+    the largest memory seen). With `method`, only that method's trials count (x stays the
+    study's trial count, so methods share the axis).
+    """
+    from automix.search.pareto import hypervolume, nondominated_mask
+
+    f = data.frame.sort_values("order")
+    scale = data.budget or float(data.complete.memory.max()) or 1.0
+    pts = np.empty((0, 2))
+    xs, hv = [], []
+    for _, r in f.iterrows():
+        if (r.state == "COMPLETE" and bool(r.feasible) and (method is None or r.method == method)
+                and r.quality is not None and not pd.isna(r.quality)):
+            q = float(r.quality) if data.maximize else 1.0 / max(float(r.quality), 1.0)
+            pts = np.vstack([pts, [-q, float(r.memory) / scale]])
+            pts = pts[nondominated_mask(pts)]
+        xs.append(int(r.order))
+        hv.append(float(hypervolume(pts, np.array([0.0, 1.0]))) if len(pts) else 0.0)
+    return pd.DataFrame({"trials": xs, "hypervolume": hv})
+
+
+# -- MLflow --------------------------------------------------------------------------------------
+
+def find_parent_run(tracking_uri: str, study: str) -> tuple[Any, str] | None:
+    """(MlflowClient, parent run id) of the study's MLflow experiment, or None when there is none.
+
+    Looks the run up read-only (unlike `automix.tracking.Tracker`, which would create it).
+    """
+    from mlflow.tracking import MlflowClient
+
+    from automix.tracking import ROLE
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        return None
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'study'",
+                               max_results=1, order_by=["attributes.start_time ASC"])
+    return (client, found[0].info.run_id) if found else None
