@@ -179,8 +179,9 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
             per_tok += dropped(b, attn_in, h, r)
             qkv_grad = r or bool(t_in)
             if qkv_grad:
-                if padded:  # explicit mask: k/v repeated to all heads, the mask kept per block
-                    per_tok += 4 * nh * hd * abytes + nh * 4 + seq_len * abytes
+                if padded:  # explicit mask: k/v repeated to all heads (a view when one kv head),
+                    kv_saved = nkv if nkv in (1, nh) else nh  # and the mask kept per block
+                    per_tok += (2 * nh * hd + 2 * kv_saved * hd) * abytes + nh * 4 + seq_len * abytes
                 else:
                     per_tok += (2 * nh * hd + 2 * nkv * hd) * abytes + nh * 4  # SDPA: q k v out lse
                 rope = 2 * seq_len * hd * abytes
