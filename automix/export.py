@@ -13,11 +13,12 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["ExportError", "trials_table", "front_table", "write_study_artifacts", "select_trial",
-           "export_trial", "load"]
+           "export_trial", "save_weights", "ExportedModel", "load"]
 
 
 class ExportError(ValueError):
@@ -190,31 +191,131 @@ def export_trial(study: Any, cfg: Any, trial: Any, out: str | Path, with_weights
     if with_weights:
         if not spec:
             raise ExportError(f"trial {trial.number} has no recorded trial spec to re-run for weights")
-        from automix import trial as trial_mod
-
-        saver = getattr(trial_mod, "save_trained", None)
-        if saver is None:
-            raise ExportError("this automix.trial has no save_trained(spec, out_dir): cannot export weights")
-        files = saver(spec, out / "weights")
-        manifest["files"]["weights"] = "weights"
-        if isinstance(files, dict):
-            manifest["weights"] = files
+        manifest["files"].update(save_weights(spec, out))
+        manifest["reproduced"] = json.loads((out / "reproduced.json").read_text())
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
     return out
 
 
-def load(path: str | Path) -> Any:
-    """Rebuild the model an `automix export --with-weights` directory holds (ready to evaluate)."""
+def _prepare(spec: Any) -> tuple[Any, Any, Any, Any]:
+    """The model a trial spec describes, prepared (pruned, quantized, adapters) but untrained:
+    the structure `load` fills from the saved checkpoint. Mirrors `automix.trial.run_trial`'s
+    preparation (same seeds and calibration sets)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from automix.data import calibration_batches, get_task
+    from automix.layer_config import LayerConfig, resolved_from_dict
+    from automix.methods import MethodSettings, get_method
+    from automix.models import load_model, target_layer_names
+    from automix.prune import prune_model
+    from automix.trial import TrialSpec
+
+    spec = TrialSpec.model_validate(dict(spec))
+
+    def seed() -> None:
+        random.seed(spec.seed)
+        np.random.seed(spec.seed % (2**32))
+        torch.manual_seed(spec.seed)
+
+    seed()
+    model, tokenizer = load_model(spec.model, dtype=getattr(torch, spec.dtype))
+    names = target_layer_names(model)
+    ls = (LayerConfig.from_yaml(spec.layers).resolve(names) if isinstance(spec.layers, str)
+          else resolved_from_dict(spec.layers, names, source="spec.layers"))
+    task = get_task(spec.task, spec.data, **({"eval_path": spec.eval_data} if spec.eval_data else {}))
+    method = get_method(spec.method)
+    settings = method.check_settings(MethodSettings.from_dict(spec.method_settings))
+    if any(s.prune > 0 for s in ls.values()):
+        seed()
+        calib = calibration_batches(tokenizer, spec.prune_calib_samples, min(spec.seq_len, 128), spec.seed, task)
+        prune_model(model, ls, spec.prune_mode, calib)
+    calib = None
+    if method.needs_calibration:
+        seed()
+        calib = calibration_batches(tokenizer, settings.calib_samples, settings.calib_seq_len, spec.seed, task)
+    seed()
+    model = method.prepare(model, ls, settings, calib)
+    return spec, model, tokenizer, (method, task)
+
+
+def save_weights(spec: Any, out: str | Path) -> dict[str, str]:
+    """Re-run the trial (deterministic for its seed) saving its trained state, then write the
+    full quantized checkpoint. Returns the files written (relative to `out`)."""
+    from safetensors.torch import save_file
+
+    from automix.trial import run_trial
+
+    out = Path(out)
+    (out / "weights").mkdir(parents=True, exist_ok=True)
+    adapters = out / "weights" / "adapters.safetensors"
+    result = run_trial({**dict(spec), "save_state": str(adapters)})
+    if result.status != "ok":
+        raise ExportError(f"re-running the trial to save its weights failed: {result.failure_reason}")
+    (out / "reproduced.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    _, model, _, (method, _) = _prepare(spec)
+    method.load(model, adapters)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(_untie(state), str(out / "weights" / "model.safetensors"),
+              metadata={"automix_method": method.name, "format": "automix-quantized-v1"})
+    return {"adapters": "weights/adapters.safetensors", "checkpoint": "weights/model.safetensors",
+            "reproduced": "reproduced.json"}
+
+
+def _untie(state: dict) -> dict:
+    """safetensors refuses tensors that share storage (tied embeddings): store copies."""
+    seen: dict[int, str] = {}
+    out = {}
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else id(v)
+        out[k] = v.clone() if ptr in seen else v
+        seen.setdefault(ptr, k)
+    return out
+
+
+@dataclass
+class ExportedModel:
+    """A model rebuilt from an export: the prepared module, its tokenizer, the trial spec."""
+
+    model: Any
+    tokenizer: Any
+    spec: Any
+    manifest: dict
+    task: Any = None
+
+    def evaluate(self) -> dict[str, float]:
+        """Score it the way the trial did (same task, split and evaluation size)."""
+        import torch
+
+        spec = self.spec
+        kw: dict[str, Any] = {"batch_size": spec.eval_batch_size}
+        if spec.eval_batches is not None:
+            kw["n_rows" if spec.task == "lm" else "n"] = spec.eval_batches * spec.eval_batch_size
+        self.model.eval()
+        with torch.no_grad():
+            return {k: float(v) for k, v in self.task.evaluate(self.model, self.tokenizer, **kw).items()}
+
+
+def load(path: str | Path) -> ExportedModel:
+    """Rebuild the model an `automix export --with-weights` directory holds, ready to evaluate
+    (`load(DIR).evaluate()` reproduces the trial's metrics) or to generate with."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     manifest_file = path / "manifest.json"
     if not manifest_file.is_file():
         raise ExportError(f"{path}: not an automix export (manifest.json missing)")
     manifest = json.loads(manifest_file.read_text())
-    if "weights" not in manifest.get("files", {}):
+    if "checkpoint" not in manifest.get("files", {}):
         raise ExportError(f"{path}: exported without weights; re-export with --with-weights")
-    from automix import trial as trial_mod
-
-    loader = getattr(trial_mod, "load_trained", None)
-    if loader is None:
-        raise ExportError("this automix.trial has no load_trained(dir): cannot rebuild the model")
-    return loader(path / manifest["files"]["weights"])
+    spec, model, tokenizer, (_, task) = _prepare(manifest["spec"])
+    state = load_file(str(path / manifest["files"]["checkpoint"]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k or "embed" in k}
+    if set(missing) - tied or unexpected:
+        raise ExportError(f"{path}: checkpoint does not match the rebuilt model: missing "
+                          f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    model.eval()
+    return ExportedModel(model, tokenizer, spec, manifest, task)

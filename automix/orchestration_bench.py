@@ -104,7 +104,7 @@ def _config(name: str, workdir: Path, n_trials: int, workers: int, budget: str):
     from automix.study import StudyConfig
 
     return StudyConfig(
-        name=name, methods=["lora", "qlora"], search_space={"path": "synthetic"},
+        name=name, methods=["lora", "qlora"], task="boolq", search_space={"path": "synthetic"},
         memory_budget=budget, n_trials=n_trials, workers=workers, sampler="random",
         storage=f"sqlite:///{workdir}/optuna.db", tracking_uri=f"sqlite:///{workdir}/mlflow.db",
         timeout_per_trial=120,

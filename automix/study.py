@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "StudyConfigError",
@@ -159,6 +159,13 @@ class StudyConfig(_Strict):
     @classmethod
     def _size(cls, v: Any) -> int:
         return parse_size(v)
+
+    @model_validator(mode="after")
+    def _quality_fits_task(self) -> "StudyConfig":
+        if self.task == "lm" and self.objectives.quality == "accuracy":
+            raise ValueError("task 'lm' is scored by perplexity: set objectives.quality: perplexity "
+                             "(or use task: boolq for accuracy)")
+        return self
 
     @field_validator("methods")
     @classmethod

@@ -28,7 +28,7 @@ import sys
 from automix.driver import run_study
 from automix.orchestration_bench import SyntheticBackend
 from automix.study import StudyConfig
-cfg = StudyConfig(name="killme", methods=["lora", "qlora"], search_space={{"path": "synthetic"}},
+cfg = StudyConfig(name="killme", methods=["lora", "qlora"], task="boolq", search_space={{"path": "synthetic"}},
                   memory_budget=5000, n_trials=10, workers=2, sampler="random",
                   storage="sqlite:///{d}/optuna.db", tracking_uri="sqlite:///{d}/mlflow.db")
 run_study(cfg, SyntheticBackend(cfg.methods, n_blocks=3, cols=32, sleep=1.5), progress=False)
@@ -74,7 +74,7 @@ def test_sigkill_driver_then_resume(tmp_path):
     running = [t.number for t in study.get_trials() if t.state == TrialState.RUNNING]
     assert running, "the kill should leave trials in flight"
 
-    cfg = StudyConfig(name="killme", methods=["lora", "qlora"], search_space={"path": "synthetic"},
+    cfg = StudyConfig(name="killme", methods=["lora", "qlora"], task="boolq", search_space={"path": "synthetic"},
                       memory_budget=5000, n_trials=10, workers=1, sampler="random", storage=url,
                       tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     backend = SyntheticBackend(cfg.methods, n_blocks=3, cols=32)

@@ -22,7 +22,7 @@ def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
 GOOD = """\
 name: t1
 model: builtin:tiny
-task: lm
+task: boolq
 methods: [qlora, lora]
 search_space:
   path: search_spaces/quickstart.yaml
@@ -78,6 +78,12 @@ def test_bad_values_and_missing_keys(tmp_path):
     assert "n_trials: required key is missing" in msg
     assert f"{p}:8: resources.gpus" in msg and "whole number" in msg
     assert f"{p}:9: objectives.quality" in msg and "bleu" in msg
+
+
+def test_quality_must_fit_the_task(tmp_path):
+    p = write(tmp_path, GOOD.replace("task: boolq", "task: lm"))
+    with pytest.raises(StudyConfigError, match="task 'lm' is scored by perplexity"):
+        load_study(p)
 
 
 def test_not_yaml_and_missing_file(tmp_path):

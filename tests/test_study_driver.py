@@ -19,7 +19,7 @@ from automix.tracking import Tracker  # noqa: E402
 
 
 def make_cfg(tmp_path, **kw):
-    base = dict(name="synth", methods=["lora", "qlora"], search_space={"path": "synthetic"},
+    base = dict(name="synth", methods=["lora", "qlora"], task="boolq", search_space={"path": "synthetic"},
                 memory_budget=5000, n_trials=8, workers=2, sampler="random",
                 storage=f"sqlite:///{tmp_path}/optuna.db", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     base.update(kw)
