@@ -358,6 +358,10 @@ def _log(tracker: Any, cfg: Any, t: Any) -> None:
                 layers=t.user_attrs.get("layers"))
     extra = {"memory_objective": t.user_attrs.get("memory_objective"),
              "trial_seconds": t.user_attrs.get("seconds")}
+    # What the sampler's predictor expected, when it recorded it (calibration views).
+    predicted = t.system_attrs.get("automix:predicted_values") or t.user_attrs.get("predicted_values")
+    if isinstance(predicted, (list, tuple)) and predicted and isinstance(predicted[0], (int, float)):
+        extra[f"predicted_{cfg.objectives.quality}"] = predicted[0]
     tags = {}
     if t.state == TrialState.FAIL:
         tags["failure_reason"] = str(t.user_attrs.get("failure_reason", ""))[:4000]
