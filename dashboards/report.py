@@ -25,6 +25,9 @@ __all__ = ["Report", "build_report", "study_figures", "render_html", "render_emp
 
 ARTIFACT_DIR = "report"
 
+_HEADINGS = {"pareto": "Pareto fronts per method", "hypervolume": "Hypervolume over trials",
+             "calibration": "Predictor and memory-model calibration", "layers": "Per-layer settings on the front",
+             "memory": "Memory breakdown of the front"}
 _CAPTIONS = {
     "pareto": "Every complete trial is a faint point; each method's front (within the memory budget, "
               "the trials the MLflow <code>pareto_method</code> tag marks) is a step line. Hover a point "
@@ -123,8 +126,8 @@ def render_html(studies: Sequence[StudyData], figures: dict[str, go.Figure],
     title = "automix report: " + ", ".join(s.name for s in studies)
     sections = []
     for key, fig in figures.items():
-        base = key.split("-", 1)[0]
-        heading = fig.layout.title.text or key
+        base, _, who = key.partition("-")
+        heading = _HEADINGS.get(base, key) + (f": {who}" if who else "")
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"view-{key}",
                           config={"displaylogo": False, "responsive": True})
         sections.append(f'<section id="section-{html.escape(key)}"><h2>{html.escape(heading)}</h2>'
