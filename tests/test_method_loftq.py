@@ -73,6 +73,27 @@ def tiny_llama(seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
+def structured_llama(seed: int = 0, n_layers: int = 2):
+    """tiny_llama whose linear weights are low-rank signal + heavy-tailed noise (like real LLMs),
+    so that quantization hurts and a good initialisation has something to recover."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from automix.models import target_layers
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg)
+    g = torch.Generator().manual_seed(seed)
+    t = torch.distributions.StudentT(2.5)
+    with torch.no_grad():
+        for m in target_layers(model).values():
+            o, i = m.weight.shape
+            low = torch.randn(o, 4, generator=g) @ torch.randn(4, i, generator=g) / (4 * i) ** 0.5
+            m.weight.copy_(low + t.sample((o, i)) * 0.3 / i ** 0.5)
+    return model
+
+
 def tokens(n: int, length: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 128, (n, length), generator=torch.Generator().manual_seed(seed))
 
@@ -107,7 +128,7 @@ def check_method_end_to_end(name: str, tmp_path, settings=None, steps: int = 8, 
             assert got == set(declared), f"gradients on {sorted(got ^ set(declared))[:5]}"
             assert all(float(p.grad.abs().sum()) > 0 for p in declared.values() if p.numel() > 1) or name == "qst"
         opt.step()
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
     assert losses[-1] < losses[0] - 1e-3, losses
     # save / load into a freshly prepared model: bit-exact state and identical outputs
     path = method.save(model, tmp_path / f"{name}.safetensors")

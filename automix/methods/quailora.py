@@ -47,17 +47,19 @@ def collect_input_hessians(
     leader: dict[str, str] = {}
     sums: dict[str, Tensor] = {}
     first_pass = [True]
-    seen_ptr: dict[tuple, str] = {}
+    seen_ptr: dict[tuple, tuple[str, Tensor]] = {}
 
     def make_hook(name: str):
         def hook(_mod, args, _out=None):
             x = args[0]
             if first_pass[0]:
-                key = (x.data_ptr(), tuple(x.shape))
+                # the seen inputs stay referenced during the first pass, so a freed tensor's
+                # address cannot be reused by a later, different input (false sharing)
+                key = (x.data_ptr(), tuple(x.shape), x.dtype)
                 if key in seen_ptr:
-                    leader[name] = seen_ptr[key]
+                    leader[name] = seen_ptr[key][0]
                     return
-                seen_ptr[key] = name
+                seen_ptr[key] = (name, x)
                 leader[name] = name
             elif leader.get(name) != name:
                 return
