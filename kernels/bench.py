@@ -67,13 +67,14 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 def bench(shapes: list[str], ms: list[int], bits_list: list[int], group_size: int,
-          device: torch.device, backend: str, min_time: float) -> tuple[list[dict], float]:
+          device: torch.device, backend: str, min_time: float,
+          copy_mib: int | None = None) -> tuple[list[dict], float]:
     from automix.kernels import quant_matmul
     from automix.quant import quantize
 
     cuda = device.type == "cuda"
     act_dtype = torch.float16 if cuda else torch.float32
-    bw = copy_bandwidth(device, 1024 if cuda else 256)
+    bw = copy_bandwidth(device, copy_mib or (1024 if cuda else 256))
     rows = []
     for shape in shapes:
         k, n = parse_shape(shape)
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per measurement")
+    p.add_argument("--copy-mib", type=int, help="buffer size for the copy bandwidth (default 1024 CUDA, 256 CPU)")
     p.add_argument("--out", help="also write a markdown report here")
     args = p.parse_args(argv)
 
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda and args.shapes is None and not args.quick:
         print(f"CPU: running the reduced set {CPU_SHAPES} x M={CPU_M}; the full set "
               f"{FULL_SHAPES} x M={FULL_M} is for CUDA (pass --shapes/--m to override).")
-    rows, bw = bench(shapes, ms, args.bits, args.group_size, device, args.backend, args.min_time)
+    rows, bw = bench(shapes, ms, args.bits, args.group_size, device, args.backend, args.min_time,
+                     args.copy_mib)
     if cuda:
         name = torch.cuda.get_device_name(device)
         path = "Triton kernel" if args.backend != "torch" else "torch dequantize+matmul"

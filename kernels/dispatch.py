@@ -3,7 +3,8 @@
 ``backend="auto"`` runs Triton on CUDA tensors and the torch reference (dequantize + one matmul)
 on CPU. ``backend="triton"`` on CPU runs the kernels under the Triton interpreter — only possible
 when ``TRITON_INTERPRET=1`` was set before ``automix.kernels`` was imported (the tests do this).
-The weight is frozen: backward returns the input gradient ``grad @ dequant(W)`` (torch).
+The weight is frozen: backward returns the input gradient ``grad @ dequant(W)`` (torch),
+re-dequantizing instead of keeping a dense weight alive between forward and backward.
 """
 
 from __future__ import annotations
@@ -76,12 +77,16 @@ def _gemm(fixed, tuned, x2, packed, scales, zeros, bias_arg, out, args_tail, com
         tuned[grid](x2, packed, scales, zeros, bias_arg, out, *args_tail, DOT_FP32=dot_fp32, **common)
 
 
-class _TritonQuantMatmul(torch.autograd.Function):
+class _QuantMatmul(torch.autograd.Function):
+    """Forward through the chosen path; backward re-dequantizes the weight for the input grad,
+    so no dense copy of the weight stays alive between forward and backward (on CPU a plain
+    dequantize + matmul would save the dense weight for backward and erase the memory saving)."""
+
     @staticmethod
-    def forward(ctx, x2, bias, qw):  # type: ignore[override]
+    def forward(ctx, x2, bias, qw, use_triton):  # type: ignore[override]
         ctx.qw = qw
         ctx.bias_grad = bias is not None and bias.requires_grad
-        return _launch(x2, qw, bias)
+        return _launch(x2, qw, bias) if use_triton else quant_matmul_reference(x2, qw, bias)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -90,7 +95,7 @@ class _TritonQuantMatmul(torch.autograd.Function):
             w_kn = dequantize_reference(ctx.qw, grad.dtype)
             grad_x = grad.matmul(w_kn.t())
         grad_b = grad.sum(0) if ctx.bias_grad else None
-        return grad_x, grad_b, None
+        return grad_x, grad_b, None, None
 
 
 def _check(x: torch.Tensor, qw, bias: torch.Tensor | None, backend: str) -> None:
@@ -119,9 +124,7 @@ def quant_matmul(x: torch.Tensor, qweight, bias: torch.Tensor | None = None,
     """
     _check(x, qweight, bias, backend)
     use_triton = backend == "triton" or (backend == "auto" and x.is_cuda)
-    if not use_triton:
-        return quant_matmul_reference(x, qweight, bias)
-    if not x.is_cuda and not qk.INTERPRET:
+    if use_triton and not x.is_cuda and not qk.INTERPRET:
         raise ValueError(
             "backend='triton' on a CPU tensor needs the Triton interpreter: set TRITON_INTERPRET=1 "
             "before importing automix.kernels (or use backend='torch' / a CUDA tensor)"
@@ -129,8 +132,14 @@ def quant_matmul(x: torch.Tensor, qweight, bias: torch.Tensor | None = None,
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] == 0:
-        return quant_matmul_reference(x, qweight, bias)
-    if x2.stride(-1) != 1:
+        use_triton = False
+    if use_triton and x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    y = _TritonQuantMatmul.apply(x2, bias, qweight)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+    if needs_grad:
+        y = _QuantMatmul.apply(x2, bias, qweight, use_triton)
+    elif use_triton:
+        y = _launch(x2, qweight, bias)
+    else:
+        y = quant_matmul_reference(x2, qweight, bias)
     return y.reshape(*lead, qweight.shape[0])

@@ -95,3 +95,21 @@ def test_bad_inputs() -> None:
 
 def test_m_bucket_is_power_of_two() -> None:
     assert [dispatch._m_bucket(m) for m in (1, 2, 3, 16, 17, 4096, 100000)] == [1, 2, 4, 16, 32, 4096, 8192]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_backward_keeps_no_dense_weight(backend: str) -> None:
+    """Training through a frozen quantized layer must not hold a dense copy of its weight."""
+    qw = quantize(torch.randn(48, 256), 4, 64)
+    saved: list[int] = []
+
+    def pack_hook(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    x = torch.randn(3, 256, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t):
+        y = quant_matmul(x, qw, backend=backend)
+    assert all(n < 48 * 256 for n in saved)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, qw.dequantize().sum(0).expand(3, -1), rtol=1e-4, atol=1e-4)
