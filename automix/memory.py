@@ -108,11 +108,12 @@ def _non_target_bytes(info: Any, config: Any, wbytes: int) -> int:
 def _layer_has_bias(info: Any, config: Any, kind: str) -> bool:
     if info.model_type in ("opt", "gpt2"):
         return True
+    if info.model_type == "qwen2" and kind in ("attn_q", "attn_k", "attn_v"):
+        return True
     if config is None:
         return False
     if kind.startswith("attn"):
-        return bool(getattr(config, "attention_bias", False)) or (
-            info.model_type == "qwen2" and kind in ("attn_q", "attn_k", "attn_v"))
+        return bool(getattr(config, "attention_bias", False))
     return bool(getattr(config, "mlp_bias", False))
 
 
@@ -260,7 +261,11 @@ def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any
         else:
             weights += out_f * in_f * wb
     pb = profile.param_bytes
-    adapters = profile.adapter_params * pb
+    # "adapters" reports every trainable parameter; trainable parts of base layers (QEFT's weak
+    # block) move there from "weights", as the measurement categorises them.
+    base_trainable = max(0, profile.trainable_params - profile.adapter_params)
+    weights -= base_trainable * pb
+    adapters = profile.trainable_params * pb
     grads = profile.trainable_params * pb
     steps = 0 if device.startswith("cuda") else 4 * profile.trainable_tensors
     optim = 2 * profile.trainable_params * pb + steps

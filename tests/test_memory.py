@@ -85,3 +85,24 @@ def test_fewer_bits_and_pruning_predict_less_memory_and_estimate_is_fast():
     for _ in range(200):
         memory.estimate(info, ls, "qlora", config=cfg)
     assert (time.perf_counter() - t0) / 200 < 0.005  # the sampler calls it thousands of times
+
+
+def test_padded_batches_with_gqa_match_measurement():
+    model = tiny(kv=2)
+    ls = LayerConfig({"bits": 4, "group_size": 32, "rank": 4}).resolve(target_layer_names(model))
+    method = get_method("qlora")
+    prepared = method.prepare(model, ls)
+    prepared.train()
+    ids = torch.randint(0, VOCAB, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[0, 15:] = 0
+    params = [p for _, p in method.trainable_parameters(prepared)]
+    opt = torch.optim.AdamW(params)
+    with memory.SavedTensorMeter(prepared) as meter:
+        loss = prepared(input_ids=ids, attention_mask=mask, labels=ids).loss
+    loss.backward()
+    opt.step()
+    got = memory.measured_breakdown(prepared, params, opt, meter.bytes)
+    est = memory.estimate(model.config, ls, "qlora", batch_size=3, seq_len=20, padded=True)
+    assert est.activations == pytest.approx(got.activations, rel=0.02)
+    assert est.activations > memory.estimate(model.config, ls, "qlora", batch_size=3, seq_len=20).activations

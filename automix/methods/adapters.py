@@ -78,7 +78,8 @@ class LoRALinear(nn.Module):
         return self.scaling * (self.lora_B @ self.lora_A)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        base = self.base
+        y = frozen_quant_matmul(x, base.qweight, base.bias) if is_quant_linear(base) else base(x)
         h = nn.functional.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)
         return y + (nn.functional.linear(h, self.lora_B) * self.scaling).to(y.dtype)
 
@@ -95,17 +96,34 @@ class _RecomputeQuantMatmul(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, layer):  # type: ignore[override]
+    def forward(ctx, x, qweight, bias):  # type: ignore[override]
         from automix.kernels import quant_matmul
 
-        ctx.layer = layer
+        ctx.qweight = qweight
         with torch.no_grad():
-            return quant_matmul(x, layer.qweight, layer.bias)
+            return quant_matmul(x, qweight, bias)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        w = ctx.layer.qweight.dequantize(grad.dtype)  # (out, in)
-        return grad.matmul(w), None
+        w = ctx.qweight.dequantize(grad.dtype)  # (out, in)
+        return grad.matmul(w), None, None
+
+
+def frozen_quant_matmul(x: torch.Tensor, qweight: object, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ dequant(qweight).T + bias`` with the gradient flowing to ``x`` only and nothing but
+    ``x``'s shape kept for backward (the weight is re-dequantized there). Use it in any module that
+    runs a frozen quantized weight on a path that needs input gradients (adapters, QEFT's
+    quantized part); the memory model assumes frozen quantized layers save nothing."""
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        from automix.kernels import quant_matmul
+
+        return quant_matmul(x, qweight, bias)
+    return _RecomputeQuantMatmul.apply(x, qweight, bias)
+
+
+def is_quant_linear(module: nn.Module) -> bool:
+    """A QuantLinear (or subclass) without importing automix.quant."""
+    return hasattr(module, "packed") and hasattr(module, "qweight") and hasattr(module, "scales")
 
 
 def _recompute_quant_linear_cls() -> type:
@@ -116,9 +134,7 @@ def _recompute_quant_linear_cls() -> type:
         bias stays frozen. ``quantize_layers`` creates these."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if not torch.is_grad_enabled() or not x.requires_grad:
-                return super().forward(x)
-            return _RecomputeQuantMatmul.apply(x, self)
+            return frozen_quant_matmul(x, self.qweight, self.bias)
 
     return RecomputeQuantLinear
 

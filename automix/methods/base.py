@@ -106,7 +106,9 @@ class MemoryProfile:
       stays dense whatever the bits say, as in plain ``lora``).
     * ``dense_columns``: per layer name, input columns kept dense next to the quantized part
       (QEFT's weak columns); those columns are not quantized and are counted as dense weights.
-    * ``adapter_params``: parameters the method *adds* (LoRA A/B, side network, gates).
+    * ``adapter_params``: parameters the method *adds* (LoRA A/B, side network, gates). The
+      breakdown's ``adapters`` field reports all trainable bytes, so trainable parts of base
+      layers (``trainable_params - adapter_params``) move there from ``weights``.
     * ``trainable_params`` / ``trainable_tensors``: everything the optimizer updates (adapters and
       any trainable base parts such as QEFT's weak block); AdamW keeps two states per element and
       a 4-byte step per tensor.
@@ -119,7 +121,12 @@ class MemoryProfile:
       memory model then counts their inputs and rank-r intermediates itself (sharing with what
       the backbone saves), so do not add them to ``extra_activation_bytes_per_token``.
     * ``grad_layers``: names of layers whose own weights (or a part, e.g. QEFT's weak block)
-      train; gradients then flow from there on like from an adapter (None: none).
+      train; gradients then flow from there on like from an adapter, so the backbone saves its
+      activations from the first such layer on (None: none). Without it (and without ``lora``)
+      the memory model assumes nothing in the backbone needs gradients.
+    * Frozen quantized layers are assumed to save nothing for backward: run them through
+      ``automix.methods.adapters.frozen_quant_matmul`` (QuantLinear's own CPU path keeps a dense
+      dequantized copy of the weight alive until backward).
     * ``param_bytes``: bytes per element of trainable parameters (float32: 4).
     """
 
