@@ -104,7 +104,7 @@ def table(rows: list[dict]) -> str:
              "| speedup vs dense | kernel rel. err |", "|" + "---|" * 10]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['m']} | {r['bits']} | {r['group']} | {r['time_us']:.1f} | "
-                     f"{r['gbps']:.1f} | {r['pct_bw']:.1f} | {r['dense_us']:.1f} | {r['speedup']:.2f}x | "
+                     f"{r['gbps']:.3g} | {r['pct_bw']:.3g} | {r['dense_us']:.1f} | {r['speedup']:.2f}x | "
                      f"{r['kernel_err']:.1e} |")
     return "\n".join(lines)
 

@@ -49,14 +49,13 @@ def _load_dequant(packed_ptr, scales_ptr, zeros_ptr, offs_k, offs_n, K, N, strid
     if GS % BLOCK_K == 0:  # the whole tile lies in one group: load one row of scales/zeros
         g = k0 // GS
         row_mask = mask_n & (offs_n * 0 + k0 < K)  # a split-K slab may run past K: no scale row there
-        s = tl.load(scales_ptr + g * stride_g + offs_n, mask=row_mask, other=0).to(tl.float32)
-        z = tl.load(zeros_ptr + g * stride_g + offs_n, mask=row_mask, other=0).to(tl.float32)
-        return (q - z[None, :]) * s[None, :]
+        s = tl.load(scales_ptr + g * stride_g + offs_n, mask=row_mask, other=0).to(tl.float32)[None, :]
+        z = tl.load(zeros_ptr + g * stride_g + offs_n, mask=row_mask, other=0).to(tl.float32)[None, :]
     else:
         gp = (offs_k // GS)[:, None] * stride_g + offs_n[None, :]
         s = tl.load(scales_ptr + gp, mask=mask, other=0).to(tl.float32)
         z = tl.load(zeros_ptr + gp, mask=mask, other=0).to(tl.float32)
-        return (q - z) * s
+    return (q - z) * s
 
 
 @triton.jit
