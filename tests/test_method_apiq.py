@@ -99,3 +99,9 @@ def test_apiq_needs_calibration():
     layers = {n: LayerSettings(2, 32, 0.0, 4) for n in target_layers(model)}
     with pytest.raises(MethodError, match="calibration"):
         get_method("apiq").prepare(model, layers, None, None)
+
+
+def test_apiq_memory_prediction_matches_measurement():
+    from tests.test_method_loftq import check_memory_prediction
+
+    check_memory_prediction("apiq", settings={"options": {"epochs": 1}})

@@ -170,3 +170,38 @@ def test_unknown_method_name_lists_methods():
         get_method("loftqq")
     with pytest.raises(ValueError, match="loftq_iters"):
         prepare("loftq", settings={"options": {"iters": 3}})
+
+
+def measure_vs_predict(name: str, bits: int = 4, rank: int = 4, settings=None, batch: int = 4, seq: int = 16):
+    """(measured, predicted) MemoryBreakdown of one AdamW step, as ``run_trial`` accounts it."""
+    from automix import memory
+    from automix.models import arch_info
+
+    method, model, layers = prepare(name, bits=bits, rank=rank, settings=settings)
+    info = arch_info(tiny_llama(0))
+    params = [p for _, p in method.trainable_parameters(model)]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    ids = tokens(batch, seq, 11)
+    with memory.SavedTensorMeter(model) as meter:
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    measured = memory.measured_breakdown(model, params, opt, meter.bytes)
+    predicted = memory.estimate(info, layers, method.memory_profile(info, layers, settings), batch_size=batch,
+                                seq_len=seq, dtype="float32", device="cpu", config=model.config)
+    return measured, predicted
+
+
+def check_memory_prediction(name: str, settings=None) -> None:
+    """Parameter, gradient and optimizer bytes exact; activations and total within 10%."""
+    measured, predicted = measure_vs_predict(name, settings=settings)
+    assert predicted.adapters == measured.adapters
+    assert predicted.gradients == measured.gradients
+    assert predicted.optimizer_states == measured.optimizer_states
+    assert predicted.quant_metadata == measured.quant_metadata
+    assert abs(predicted.activations - measured.activations) <= 0.1 * measured.activations, (predicted, measured)
+    assert abs(predicted.total - measured.total) <= 0.1 * measured.total
+
+
+def test_loftq_memory_prediction_matches_measurement():
+    check_memory_prediction("loftq")

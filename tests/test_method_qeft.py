@@ -74,3 +74,9 @@ def test_weak_columns_shared_within_input_groups_and_bad_k():
         weak_column_count(64, k=64)
     with pytest.raises(ValueError, match="weak columns"):
         prepare("qeft", settings={"options": {"weak_columns": 500}})
+
+
+def test_qeft_memory_prediction_matches_measurement():
+    from tests.test_method_loftq import check_memory_prediction
+
+    check_memory_prediction("qeft")

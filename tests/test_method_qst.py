@@ -59,3 +59,17 @@ def test_padding_mask_is_respected():
         pmask = torch.cat([mask, torch.zeros(1, 4, dtype=torch.long)], dim=1)
         part = model(input_ids=padded, attention_mask=pmask).logits[:, :12]
     torch.testing.assert_close(part, full, atol=1e-4, rtol=1e-4)
+
+
+def test_qst_memory_prediction_matches_measurement():
+    from tests.test_method_loftq import check_memory_prediction
+
+    check_memory_prediction("qst")
+
+
+def test_qst_saves_far_less_than_qlora():
+    from tests.test_method_loftq import measure_vs_predict
+
+    qst, _ = measure_vs_predict("qst")
+    qlora, _ = measure_vs_predict("qlora")
+    assert qst.optimizer_states + qst.activations < 0.5 * (qlora.optimizer_states + qlora.activations)

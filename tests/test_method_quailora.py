@@ -77,3 +77,9 @@ def test_bad_inputs_raise():
     model = LlamaForCausalLM(cfg)
     with pytest.raises(ValueError, match="calibration"):
         collect_input_hessians(model, target_layers(model), torch.zeros(0, 4, dtype=torch.long))
+
+
+def test_quailora_memory_prediction_matches_measurement():
+    from tests.test_method_loftq import check_memory_prediction
+
+    check_memory_prediction("quailora")

@@ -238,16 +238,19 @@ class QST(Method):
 
 def side_activation_bytes_per_token(hidden: int, n_layers: int, n_heads: int, intermediate: int,
                                     reduction: int = 16, down_rank: int = 16, elem: int = 4) -> float:
-    """Bytes per token the side network saves for backward (float32), excluding the LM head.
+    """Bytes per token the side network saves for backward (the LM head/loss excluded).
 
-    Per backbone state fed to a downsampler: its input (d) and rank-16 middle; per side block the
-    norms, qkv/attention/o, the MLP inputs and SwiGLU intermediates; plus the final combination.
+    Counted from what autograd keeps: each downsampler its backbone input (d) and rank-r middle;
+    each gate mix the two mixed states; each side block 3*ds+1 per RMSNorm (input, rstd, pre-scale
+    output, output), q and k after RoPE, the packed qkv (v is a view), the attention output and
+    log-sum-exp, the o input, the SwiGLU gate/up output, SiLU output and down input; the final
+    side norm and the two mixed states of the output combination (2*d).
     """
     side, heads, inter = side_dims(hidden, n_heads, intermediate, reduction)
     down = (n_layers + 1) * (hidden + down_rank)
-    mix = n_layers * 3 * side
-    block = n_layers * (2 * side + 2 * side + 3 * side + 4 * side + 2 * side + 2 * inter + 3 * inter + side)
-    final = 3 * side + 2 * hidden
+    mix = n_layers * 2 * side
+    block = n_layers * (2 * (3 * side + 1) + 7 * side + heads + 4 * inter)
+    final = 2 * hidden + 3 * side + 1
     return float(elem * (down + mix + block + final))
 
 
