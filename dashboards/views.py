@@ -224,9 +224,23 @@ def _short(name: str) -> str:
         "transformer.h.")
 
 
+def _block_ticks(short: list[str], most: int = 24) -> list[tuple[str, str]]:
+    """(first layer name, "block N") for every k-th decoder block so at most `most` ticks show."""
+    firsts: dict[str, str] = {}
+    for nm in short:
+        block = nm.split(".", 1)[0]
+        if block.isdigit():
+            firsts.setdefault(block, nm)
+    if not firsts:
+        step = max(1, len(short) // most)
+        return [(nm, nm) for nm in short[::step]]
+    step = max(1, -(-len(firsts) // most))
+    return [(nm, f"block {b}") for i, (b, nm) in enumerate(firsts.items()) if i % step == 0]
+
+
 def layers_view(study: StudyData) -> go.Figure:
-    """Heatmaps of per-layer settings (bits, then prune ratio and adapter rank when the study
-    varies or records them) for the configurations on the front, by increasing memory.
+    """Heatmaps of per-layer settings (bits, then prune ratio and adapter rank when they vary on
+    the front) for the configurations on the front, by increasing memory.
 
     One heatmap trace per setting; rows are front trials, columns layers.
     """
@@ -236,8 +250,12 @@ def layers_view(study: StudyData) -> go.Figure:
         return message_figure(f"{study.name}: per-layer settings on the front",
                               "no per-layer configuration is recorded for the front trials")
     names = list(dict.fromkeys(n for t in front.number for n in study.layers[int(t)]))
-    settings = [k for k in ("bits", "prune", "rank")
-                if any(k in study.layers[int(t)][n] for t in front.number for n in study.layers[int(t)])]
+    values = {k: {study.layers[int(t)][n].get(k) for t in front.number for n in study.layers[int(t)]} - {None}
+              for k in ("bits", "prune", "rank")}
+    # bits always (when recorded); prune ratio and rank only when they vary on the front
+    settings = [k for k in ("bits", "prune", "rank") if values[k] and (k == "bits" or len(values[k]) > 1)]
+    if not settings:
+        settings = [k for k in ("prune", "rank") if values[k]][:1]
     unit = memory_unit([study])
     rows = [f"#{int(r.number)} {r.method} · {r.memory / unit[1]:.3g} {unit[0]}" for _, r in front.iterrows()]
     fig = make_subplots(rows=len(settings), cols=1, shared_xaxes=True, vertical_spacing=0.06,
@@ -258,6 +276,11 @@ def layers_view(study: StudyData) -> go.Figure:
             colorscale=scales[k], colorbar=dict(title=k, len=0.9 / n, y=top - 0.5 / n, yanchor="middle"))})
         fig.update_yaxes(autorange="reversed", row=i + 1, col=1)
     fig.update_xaxes(title_text="layer", tickangle=-45, row=n, col=1)
+    if len(names) > 48:  # a real model: label decoder blocks, not each of hundreds of layers
+        ticks = _block_ticks([_short(nm) for nm in names])
+        fig.update_xaxes(tickmode="array", tickvals=[t for t, _ in ticks], ticktext=[b for _, b in ticks],
+                         tickangle=0)
+        fig.update_xaxes(title_text="layer (ticks at the first layer of each decoder block)", row=n, col=1)
     fig.update_layout(title=f"{study.name}: per-layer settings of the {len(rows)} front configurations",
                       template=_TEMPLATE, height=max(320, 140 + n * (60 + 26 * len(rows))))
     return fig

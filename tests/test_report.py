@@ -281,7 +281,7 @@ def test_layers_heatmap_shows_front_settings(single):
     fig = html_figures(rep.html)["layers"]
     data = load_study_data(cfg.name, cfg.storage_url)
     front = data.front_frame
-    assert [tr["name"] for tr in fig["data"]] == ["bits", "prune", "rank"]
+    assert [tr["name"] for tr in fig["data"]] == ["bits", "prune"]  # every rank is 8: not drawn
     study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
     order = sorted(LAYERS, key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
     for tr in fig["data"]:
@@ -291,8 +291,7 @@ def test_layers_heatmap_shows_front_settings(single):
         for row, number in zip(z, front.number):
             p = study.trials[int(number)].params
             want = {"bits": [p[f"bits_{LAYERS.index(n)}"] for n in order],
-                    "prune": [p[f"prune_{LAYERS.index(n)}"] for n in order],
-                    "rank": [8] * len(order)}[tr["name"]]
+                    "prune": [p[f"prune_{LAYERS.index(n)}"] for n in order]}[tr["name"]]
             assert list(row) == pytest.approx(want)
         assert all(y.startswith(f"#{int(n)} ") for y, n in zip(tr["y"], front.number))
 
@@ -392,8 +391,37 @@ def test_browser_shows_the_plots_without_console_errors(single):
     drawn = data.complete.front_method.sum() + len(data.complete)
     assert sections["pareto"].count('class="point"') == drawn
     assert sections["calibration"].count('class="point"') == 2 * len(data.complete)
-    assert sections["layers"].count('class="hm"') == 3
+    assert sections["layers"].count('class="hm"') == 2
     assert sections["hypervolume"].count('class="js-line"') >= 3
+
+
+# -- optuna-dashboard (`automix ui --optuna`) --------------------------------------------------
+
+def test_optuna_dashboard_serves_history_and_importances_of_our_storage(stores):
+    """optuna-dashboard's own API, called through its WSGI app on the driver's storage."""
+    import io
+    import sys
+
+    optuna_dashboard = pytest.importorskip("optuna_dashboard")
+    _, cfgs = stores
+    app = optuna_dashboard.wsgi(cfgs["random"].storage_url)
+
+    def get(path: str) -> dict:
+        status = {}
+        env = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "localhost",
+               "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+               "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
+        body = b"".join(app(env, lambda s, h, e=None: status.setdefault("s", s)))
+        assert status["s"].startswith("200"), (path, status, body[:300])
+        return json.loads(body)
+
+    studies = {s["study_name"]: s["study_id"] for s in get("/api/studies")["study_summaries"]}
+    assert {"cmp-random", "cmp-tpe", "empty"} <= set(studies)
+    detail = get(f"/api/studies/{studies['cmp-random']}")
+    assert len([t for t in detail["trials"] if t["state"] == "Complete"]) == len(complete_trials(cfgs["random"]))
+    assert any(u["key"] == "config" for u in detail["user_attrs"])
+    importances = get(f"/api/studies/{studies['cmp-random']}/param_importances")["param_importances"]
+    assert len(importances) == 2 and {p["name"] for p in importances[0]} >= {"method", "bits_0", "prune_0"}
 
 
 # -- errors and missing data ---------------------------------------------------------------------
