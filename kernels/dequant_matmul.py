@@ -3,7 +3,9 @@
 Weights use the layout of :mod:`automix.quant.packing`: codes packed along K as a bitstream,
 ``packed[word, n]`` int32, per-group ``scales[g, n]`` / ``zeros[g, n]``. Each kernel loads, for
 a tile of (k, n), the word holding code k (``(k * BITS) >> 5``), shifts and masks it (3-bit codes
-that straddle two words also read the next word), and dequantizes ``(q - zero) * scale`` in fp32.
+that straddle two words also read the next word). When the K tile lies inside one group (group
+size a multiple of BLOCK_K) the group's scale and zero are applied once to the tile's partial
+result; otherwise each element is dequantized ``(q - zero) * scale`` in fp32.
 
 Two kernels:
 
@@ -29,12 +31,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
-def _load_dequant(packed_ptr, scales_ptr, zeros_ptr, offs_k, offs_n, K, N, stride_w, stride_g,
-                  k0, BITS: tl.constexpr, GS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Dequantized fp32 weight tile (BLOCK_K, BLOCK_N) for codes offs_k x columns offs_n."""
-    mask_k = offs_k < K
-    mask_n = offs_n < N
-    mask = mask_k[:, None] & mask_n[None, :]
+def _load_codes(packed_ptr, offs_k, offs_n, K, N, stride_w, BITS: tl.constexpr):
+    """Integer codes of the tile offs_k x offs_n as fp32 (exact); 0 outside the matrix."""
+    mask = (offs_k < K)[:, None] & (offs_n < N)[None, :]
     bit = offs_k * BITS
     word = bit >> 5
     shift = (bit & 31)[:, None].to(tl.uint32)
@@ -45,16 +44,28 @@ def _load_dequant(packed_ptr, scales_ptr, zeros_ptr, offs_k, offs_n, K, N, strid
         straddle = mask & (shift > 29)
         hi = tl.load(ptrs + stride_w, mask=straddle, other=0).to(tl.uint32, bitcast=True)
         q = q | (hi << ((32 - shift) & 31))
-    q = (q & ((1 << BITS) - 1)).to(tl.float32)
-    if GS % BLOCK_K == 0:  # the whole tile lies in one group: load one row of scales/zeros
-        g = k0 // GS
-        row_mask = mask_n & (offs_n * 0 + k0 < K)  # a split-K slab may run past K: no scale row there
-        s = tl.load(scales_ptr + g * stride_g + offs_n, mask=row_mask, other=0).to(tl.float32)[None, :]
-        z = tl.load(zeros_ptr + g * stride_g + offs_n, mask=row_mask, other=0).to(tl.float32)[None, :]
-    else:
-        gp = (offs_k // GS)[:, None] * stride_g + offs_n[None, :]
-        s = tl.load(scales_ptr + gp, mask=mask, other=0).to(tl.float32)
-        z = tl.load(zeros_ptr + gp, mask=mask, other=0).to(tl.float32)
+    return (q & ((1 << BITS) - 1)).to(tl.float32)
+
+
+@triton.jit
+def _load_group_row(scales_ptr, zeros_ptr, offs_n, N, K, stride_g, k0, GS: tl.constexpr):
+    """Scale and zero (BLOCK_N,) of the group holding k0 (0 past K: a split-K slab may overrun)."""
+    row_mask = (offs_n < N) & (offs_n * 0 + k0 < K)
+    g = k0 // GS
+    s = tl.load(scales_ptr + g * stride_g + offs_n, mask=row_mask, other=0).to(tl.float32)
+    z = tl.load(zeros_ptr + g * stride_g + offs_n, mask=row_mask, other=0).to(tl.float32)
+    return s, z
+
+
+@triton.jit
+def _load_dequant(packed_ptr, scales_ptr, zeros_ptr, offs_k, offs_n, K, N, stride_w, stride_g,
+                  BITS: tl.constexpr, GS: tl.constexpr):
+    """Dequantized fp32 tile (q - zero) * scale with per-element groups (any group size)."""
+    q = _load_codes(packed_ptr, offs_k, offs_n, K, N, stride_w, BITS)
+    mask = (offs_k < K)[:, None] & (offs_n < N)[None, :]
+    gp = (offs_k // GS)[:, None] * stride_g + offs_n[None, :]
+    s = tl.load(scales_ptr + gp, mask=mask, other=0).to(tl.float32)
+    z = tl.load(zeros_ptr + gp, mask=mask, other=0).to(tl.float32)
     return (q - z) * s
 
 
@@ -63,7 +74,11 @@ def _qgemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
                   M, N, K, stride_xm, stride_om, stride_w, stride_g, m_bucket,
                   BITS: tl.constexpr, GS: tl.constexpr, HAS_BIAS: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
-    """out[m, n] (+)= sum_k x[m, k] * w[k, n] over this program's K slab; out is fp32 if SPLIT_K > 1."""
+    """out[m, n] (+)= sum_k x[m, k] * w[k, n] over this program's K slab; out is fp32 if SPLIT_K > 1.
+
+    When a K tile lies inside one group the scale is factored out of the reduction:
+    sum_k x_k (q_k - z) s = s * (sum_k x_k q_k - z * sum_k x_k), two flops per weight.
+    """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
@@ -74,9 +89,14 @@ def _qgemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
     for k0 in range(k_start, k_start + k_span, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         xv = tl.load(x_ptr + m * stride_xm + offs_k, mask=offs_k < K, other=0).to(tl.float32)
-        w = _load_dequant(packed_ptr, scales_ptr, zeros_ptr, offs_k, offs_n, K, N, stride_w,
-                          stride_g, k0, BITS, GS, BLOCK_K)
-        acc += tl.sum(xv[:, None] * w, axis=0)
+        if GS % BLOCK_K == 0:
+            q = _load_codes(packed_ptr, offs_k, offs_n, K, N, stride_w, BITS)
+            s, z = _load_group_row(scales_ptr, zeros_ptr, offs_n, N, K, stride_g, k0, GS)
+            acc += s * (tl.sum(xv[:, None] * q, axis=0) - z * tl.sum(xv, axis=0))
+        else:
+            w = _load_dequant(packed_ptr, scales_ptr, zeros_ptr, offs_k, offs_n, K, N, stride_w,
+                              stride_g, BITS, GS)
+            acc += tl.sum(xv[:, None] * w, axis=0)
     if HAS_BIAS:
         b = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0).to(tl.float32)
         acc += tl.where(pid_k == 0, b, 0.0)
@@ -93,7 +113,12 @@ def _qgemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
                   BITS: tl.constexpr, GS: tl.constexpr, HAS_BIAS: tl.constexpr,
                   DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
-    """Tiled out = x @ dequant(W) (+ bias); split-K partials go to an fp32 out with atomics."""
+    """Tiled out = x @ dequant(W) (+ bias); split-K partials go to an fp32 out with atomics.
+
+    When a K tile lies inside one group the codes go to the tensor cores as they are (small
+    integers are exact in fp16/bf16) and the group's scale/zero are applied to the tile result:
+    x @ ((q - z) s) = (x @ q - rowsum(x) z) s.
+    """
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -113,12 +138,24 @@ def _qgemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr,
         offs_k = k0 + tl.arange(0, BLOCK_K)
         a_mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
         a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=a_mask, other=0)
-        w = _load_dequant(packed_ptr, scales_ptr, zeros_ptr, offs_k, offs_n, K, N, stride_w,
-                          stride_g, k0, BITS, GS, BLOCK_K)
         if DOT_FP32:
-            acc += tl.dot(a.to(tl.float32), w, input_precision="ieee")
+            a = a.to(tl.float32)
+        if GS % BLOCK_K == 0:
+            q = _load_codes(packed_ptr, offs_k, offs_n, K, N, stride_w, BITS)
+            s, z = _load_group_row(scales_ptr, zeros_ptr, offs_n, N, K, stride_g, k0, GS)
+            if DOT_FP32:
+                part = tl.dot(a, q, input_precision="ieee")
+            else:
+                part = tl.dot(a, q.to(a.dtype))
+            row = tl.sum(a.to(tl.float32), axis=1)
+            acc += (part - row[:, None] * z[None, :]) * s[None, :]
         else:
-            acc += tl.dot(a, w.to(a.dtype))
+            w = _load_dequant(packed_ptr, scales_ptr, zeros_ptr, offs_k, offs_n, K, N, stride_w,
+                              stride_g, BITS, GS)
+            if DOT_FP32:
+                acc += tl.dot(a, w, input_precision="ieee")
+            else:
+                acc += tl.dot(a, w.to(a.dtype))
     if HAS_BIAS:
         b = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0).to(tl.float32)
         acc += tl.where(pid_k == 0, b, 0.0)[None, :]
