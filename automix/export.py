@@ -45,7 +45,7 @@ def trials_table(study: Any, cfg: Any) -> list[dict]:
             "quality": t.values[0] if t.values else None, "memory_bytes": mem,
             "feasible": mem is not None and mem <= cfg.memory_budget,
             "pareto": t.number in overall, "pareto_method": t.number in per_method,
-            "avg_bits": (t.user_attrs.get("summary") or {}).get("avg_bits", r.get("avg_bits")),
+            "avg_bits": r.get("avg_bits", (t.user_attrs.get("summary") or {}).get("avg_bits")),
             **{k: r.get(k) for k in ("accuracy", "perplexity", "peak_memory_bytes",
                                      "predicted_memory_bytes", "trainable_params", "train_seconds")},
             "failure_reason": (t.user_attrs.get("failure_reason") or "")[:200],

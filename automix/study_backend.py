@@ -163,11 +163,18 @@ class AutomixBackend:
         from automix.layer_config import average_bits
         from automix.memory import layer_shapes
 
+        from automix.methods import get_method
+
         layers = self._layers(params)
         settings = [_settings_dict(s) for s in layers.values()]
         n = max(len(settings), 1)
+        # Methods that keep the base weights dense (plain LoRA) hold 16 bits whatever the space says.
+        if not get_method(params["method"]).memory_profile(self.arch, layers, None).quantize_base:
+            layers_for_bits = {k: dataclasses.replace(v, bits=16) for k, v in layers.items()}
+        else:
+            layers_for_bits = layers
         summary = {
-            "avg_bits": float(average_bits(layers, layer_shapes(self.arch, layers))),
+            "avg_bits": float(average_bits(layers_for_bits, layer_shapes(self.arch, layers))),
             "avg_prune": sum(float(s.get("prune", 0.0)) for s in settings) / n,
             "avg_rank": sum(float(s.get("rank", 0)) for s in settings) / n,
             "n_layers": len(settings),

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-trials", type=int, default=None, help="total finished trials to reach")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     p.add_argument("--local", action="store_true", help="run trials in this process, one at a time (no Ray)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=_safe_run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,3 +58,14 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"done in {result.seconds:.0f} s. Export the best configuration under the budget with:\n"
                   f"  automix export --study {cfg.name} --max-memory <SIZE> --out exported/{cfg.name}")
     return 0
+
+
+def _safe_run(args: argparse.Namespace) -> int:
+    """Bad input (study file, storage, budget) is a message and exit status 2, not a traceback."""
+    import sys
+
+    try:
+        return run(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
