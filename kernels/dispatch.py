@@ -59,6 +59,14 @@ def _launch(x2: torch.Tensor, qw, bias: torch.Tensor | None) -> torch.Tensor:
     return out
 
 
+def _launch_on_device(x2: torch.Tensor, qw, bias: torch.Tensor | None) -> torch.Tensor:
+    """Triton launches on the *current* CUDA device: make it x's device (multi-GPU workers)."""
+    if x2.is_cuda:
+        with torch.cuda.device(x2.device):
+            return _launch(x2, qw, bias)
+    return _launch(x2, qw, bias)
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
@@ -86,7 +94,7 @@ class _QuantMatmul(torch.autograd.Function):
     def forward(ctx, x2, bias, qw, use_triton):  # type: ignore[override]
         ctx.qw = qw
         ctx.bias_grad = bias is not None and bias.requires_grad
-        return _launch(x2, qw, bias) if use_triton else quant_matmul_reference(x2, qw, bias)
+        return _launch_on_device(x2, qw, bias) if use_triton else quant_matmul_reference(x2, qw, bias)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -139,7 +147,7 @@ def quant_matmul(x: torch.Tensor, qweight, bias: torch.Tensor | None = None,
     if needs_grad:
         y = _QuantMatmul.apply(x2, bias, qweight, use_triton)
     elif use_triton:
-        y = _launch(x2, qweight, bias)
+        y = _launch_on_device(x2, qweight, bias)
     else:
         y = quant_matmul_reference(x2, qweight, bias)
     return y.reshape(*lead, qweight.shape[0])
