@@ -130,15 +130,47 @@ def lora_activation_bytes_per_token(layer_settings: Mapping[str, LayerSettings],
     return float(sum(s.rank for s in layer_settings.values() if s.rank > 0) * abytes)
 
 
+@dataclass(frozen=True)
+class _Family:
+    """What a decoder block of one model family saves for backward (see activation_bytes)."""
+
+    norm_fp32: bool  # RMSNorm upcasting to fp32 (h*4 + rstd) vs LayerNorm (h*dtype + mean + rstd)
+    gated_mlp: bool  # SwiGLU (gate, up, down) vs fc1 -> act -> fc2
+    act_saves: int  # plain MLP: intermediate-sized tensors the activation keeps (relu 1, gelu_new 4)
+    rope: bool
+    o_input_shared: bool  # o_proj input is SDPA's output storage (else a merged-heads copy)
+    resid_dropout: float
+    attn_dropout: float
+
+
+def _family(info: Any, config: Any) -> _Family:
+    g = (lambda k, d: getattr(config, k, d) if config is not None else d)
+    if info.model_type == "gpt2":
+        act = str(g("activation_function", "gelu_new"))
+        return _Family(False, False, 4 if act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast") else 1,
+                       False, False, float(g("resid_pdrop", 0.1)), float(g("attn_pdrop", 0.1)))
+    if info.model_type == "opt":
+        act = str(g("activation_function", "relu"))
+        return _Family(False, False, 1 if act == "relu" else 4, False, True,
+                       float(g("dropout", 0.1)), float(g("attention_dropout", 0.0)))
+    return _Family(True, True, 0, True, True, 0.0, float(g("attention_dropout", 0.0)))
+
+
 def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], profile: Any,
                      batch_size: int, seq_len: int, abytes: int, device: str = "cpu",
-                     padded: bool = False) -> int:
-    """Bytes autograd saves for backward in one step (see the module docstring)."""
+                     padded: bool = False, config: Any = None) -> int:
+    """Bytes autograd saves for backward in one training step (see the module docstring).
+
+    Walks the blocks in order tracking whether the residual stream needs gradients yet (it does
+    from the first trained layer on); frozen linears save nothing, adapters save their input
+    (once per group of layers reading the same tensor) and rank-r intermediates.
+    """
     info = _arch(arch)
     if profile.trainable_params <= 0:
         return 0
     from automix.prune import kept_units
 
+    fam = _family(info, config)
     T = batch_size * seq_len
     h, hd, V = info.hidden_size, info.head_dim, info.vocab_size
     kept = kept_units(info, layer_settings)
@@ -148,22 +180,29 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
         by_block.setdefault(b, {})[kind] = s
     grad_kinds = {_kind(n) for n in (getattr(profile, "grad_layers", None) or ())}
     lora = getattr(profile, "lora", False)
-    dropout = getattr(profile, "lora_dropout", 0.0)
+    dropout = getattr(profile, "lora_dropout", 0.0) if lora else 0.0
+    mask_bytes = 1 if device.startswith("cuda") else abytes  # CPU dropout keeps a float mask
+    norm = (h * 4 + 4) if fam.norm_fp32 else (h * abytes + 8)
+    resid_mask = h * mask_bytes if fam.resid_dropout > 0 else 0
 
     def trains(b: int, kind: str) -> bool:
         s = by_block.get(b, {}).get(kind)
-        if (b, kind) in grad_kinds:
-            return True
-        return bool(lora and s is not None and s.rank > 0)
-
-    mask_bytes = 1 if device.startswith("cuda") else abytes  # CPU dropout keeps a float mask
+        return (b, kind) in grad_kinds or bool(lora and s is not None and s.rank > 0)
 
     def dropped(b: int, kinds: Iterable[str], in_f: int, input_grad: bool) -> float:
         """LoRA dropout: each adapter saves its dropped input, plus the mask when grad flows in."""
-        if not (lora and dropout > 0):
+        if dropout <= 0:
             return 0.0
         n = sum(1 for k in kinds if k in by_block.get(b, {}) and by_block[b][k].rank > 0)
         return n * in_f * (abytes + (mask_bytes if input_grad else 0))
+
+    def attention(nh: int, nkv: int) -> float:
+        if fam.attn_dropout > 0:  # math path: q k v, softmax output, dropout mask and output
+            return 3 * nh * hd * abytes + nh * seq_len * (2 * abytes + mask_bytes)
+        if padded:  # explicit mask: k/v repeated to all heads (a view when one kv head), mask kept
+            kv_saved = nkv if nkv in (1, nh) else nh
+            return (2 * nh * hd + 2 * kv_saved * hd) * abytes + nh * 4 + seq_len * abytes
+        return (2 * nh * hd + 2 * nkv * hd) * abytes + nh * 4  # flash: q k v out lse
 
     per_tok = 0.0
     rope = 0
@@ -172,43 +211,52 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
         for b in range(info.n_layers):
             nh, nkv, inter = kept[b]
             if r:
-                per_tok += h * 4 + 4  # input RMSNorm (fp32 input + rstd)
+                per_tok += norm
             attn_in = [k for k in _ATTN_IN if k in by_block.get(b, {})]
             t_in = [k for k in attn_in if trains(b, k)]
-            if t_in and not (lora and dropout > 0):
+            if t_in and dropout == 0:
                 per_tok += h * abytes  # normed input saved once for the q/k/v adapters
             per_tok += dropped(b, attn_in, h, r)
             qkv_grad = r or bool(t_in)
             if qkv_grad:
-                if padded:  # explicit mask: k/v repeated to all heads (a view when one kv head),
-                    kv_saved = nkv if nkv in (1, nh) else nh  # and the mask kept per block
-                    per_tok += (2 * nh * hd + 2 * kv_saved * hd) * abytes + nh * 4 + seq_len * abytes
-                else:
-                    per_tok += (2 * nh * hd + 2 * nkv * hd) * abytes + nh * 4  # SDPA: q k v out lse
-                rope = 2 * seq_len * hd * abytes
+                per_tok += attention(nh, nkv)
+                if fam.rope:
+                    rope = 2 * seq_len * hd * abytes
             o_train = trains(b, "attn_o")
-            if o_train and not qkv_grad and not (lora and dropout > 0):
+            shared = fam.o_input_shared and fam.attn_dropout == 0 and qkv_grad
+            if o_train and dropout == 0 and not shared:
                 per_tok += nh * hd * abytes  # attention output (else shared with SDPA's out)
             per_tok += dropped(b, ("attn_o",), nh * hd, qkv_grad)
             r = r or qkv_grad or o_train
             if r:
-                per_tok += h * 4 + 4  # post-attention RMSNorm
-            g_train, u_train = trains(b, "mlp_gate"), trains(b, "mlp_up")
-            if (g_train or u_train) and not (lora and dropout > 0):
+                per_tok += resid_mask + norm  # residual dropout, post-attention norm
+            up_kinds = ("mlp_gate", "mlp_up") if fam.gated_mlp else ("mlp_up",)
+            ups = [trains(b, k) for k in up_kinds]
+            if any(ups) and dropout == 0:
                 per_tok += h * abytes
-            per_tok += dropped(b, _MLP_IN, h, r)
-            g_grad, u_grad = r or g_train, r or u_train
-            if g_grad:
-                per_tok += inter * abytes * 2  # SiLU input; its output saved by the product
-            if u_grad:
-                per_tok += inter * abytes  # up output saved by the product
+            per_tok += dropped(b, up_kinds, h, r)
             d_train = trains(b, "mlp_down")
-            if d_train and not (lora and dropout > 0):
-                per_tok += inter * abytes  # product (input of down_proj)
-            per_tok += dropped(b, ("mlp_down",), inter, g_grad or u_grad)
-            r = r or g_grad or u_grad or d_train
+            if fam.gated_mlp:
+                g_grad, u_grad = r or ups[0], r or ups[1]
+                if g_grad:
+                    per_tok += inter * abytes * 2  # SiLU input; its output saved by the product
+                if u_grad:
+                    per_tok += inter * abytes  # up output saved by the product
+                mid_grad = g_grad or u_grad
+                if d_train and dropout == 0:
+                    per_tok += inter * abytes  # product (input of down_proj)
+            else:
+                mid_grad = r or ups[0]
+                if mid_grad:
+                    per_tok += fam.act_saves * inter * abytes
+                if d_train and dropout == 0 and not (mid_grad and fam.act_saves == 1):
+                    per_tok += inter * abytes  # fc2 input (relu keeps the same tensor)
+            per_tok += dropped(b, ("mlp_down",), inter, mid_grad)
+            r = r or mid_grad or d_train
+            if r:
+                per_tok += resid_mask
         if r:
-            per_tok += h * 4 + 4  # final norm
+            per_tok += norm  # final norm
     if lora:
         per_tok += lora_activation_bytes_per_token(layer_settings, abytes)
     per_tok += profile.extra_activation_bytes_per_token
@@ -269,7 +317,7 @@ def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any
     grads = profile.trainable_params * pb
     steps = 0 if device.startswith("cuda") else 4 * profile.trainable_tensors
     optim = 2 * profile.trainable_params * pb + steps
-    acts = activation_bytes(info, layer_settings, profile, batch_size, seq_len, wb, device, padded)
+    acts = activation_bytes(info, layer_settings, profile, batch_size, seq_len, wb, device, padded, config)
     transient = 0
     if device.startswith("cuda") and profile.trainable_params > 0:
         transient = 2 * batch_size * seq_len * info.vocab_size * 4

@@ -186,10 +186,13 @@ def prune_structured(model: nn.Module, layer_settings: Mapping[str, LayerSetting
     the kept (heads, kv heads, channels) per block; the counts are also stored on the config as
     ``automix_pruned`` (and the global config sizes updated when every block agrees).
     """
-    info = _check_structured(model)
+    from automix.models import arch_info
+
+    info = arch_info(model)
     kept = kept_units(info, layer_settings)
     if all(k == (info.n_heads, info.n_kv_heads, info.intermediate_size) for k in kept.values()):
         return kept
+    _check_structured(model)
     taylor = calib is not None
     if taylor:
         taylor_gradients(model, calib, batch_size)

@@ -106,3 +106,34 @@ def test_padded_batches_with_gqa_match_measurement():
     est = memory.estimate(model.config, ls, "qlora", batch_size=3, seq_len=20, padded=True)
     assert est.activations == pytest.approx(got.activations, rel=0.02)
     assert est.activations > memory.estimate(model.config, ls, "qlora", batch_size=3, seq_len=20).activations
+
+
+def _family_model(name):
+    from transformers import (GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM, OPTConfig,
+                              OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+    torch.manual_seed(0)
+    if name == "opt":  # dropout 0.1 and ReLU MLP by default
+        return OPTForCausalLM(OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=64))
+    if name == "gpt2":  # Conv1D layers, packed qkv, gelu_new, attention dropout
+        return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                          bos_token_id=0, eos_token_id=0))
+    if name == "qwen2":  # q/k/v biases
+        return Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                            max_position_embeddings=64))
+    return MistralForCausalLM(MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                            max_position_embeddings=64))
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt2", "qwen2", "mistral"])
+def test_other_families_match_measurement(family):
+    model = _family_model(family)
+    ls = LayerConfig({"bits": 4, "group_size": 32, "rank": 4}).resolve(target_layer_names(model))
+    est = memory.estimate(model.config, ls, "qlora", batch_size=2, seq_len=12)
+    got = measure(model, "qlora", ls, batch=2, seq=12)
+    for key in ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states"):
+        assert getattr(est, key) == getattr(got, key), key
+    assert est.total == pytest.approx(got.total, rel=0.10)
