@@ -7,11 +7,15 @@ backward. It is plain arithmetic (no model is built) because the search sampler 
 every candidate. ``measure_*`` account the same quantities on a real model so the two can be
 compared term by term (tests and ``automix bench trial`` do).
 
-The activation model follows what autograd actually saves in a Llama-style block (RMSNorm in
-fp32, SDPA attention, SwiGLU MLP) when the base weights are frozen: a frozen linear saves nothing,
-a LoRA adapter saves its input (shared by layers reading the same tensor) and its rank-r
-intermediate, and nothing is saved before the first layer that trains. Other families (OPT,
-GPT-2) use the same per-block formula as an approximation.
+The activation model follows what autograd actually saves in each family's block with the
+base weights frozen: a frozen linear (dense or quantized) saves nothing, a LoRA adapter saves its
+input (shared by layers reading the same tensor) and its rank-r intermediate, nothing is saved
+before the first layer that trains, and norms, SDPA attention (flash path, masked path, or the
+math path when attention dropout is on), the MLP activation and residual dropout masks add what
+they keep. It was derived from ``torch.autograd.graph.saved_tensors_hooks`` on Llama, Mistral,
+Qwen2, OPT and GPT-2 (CPU, SDPA attention, transformers 5.x) and matches them exactly there; on CUDA
+the fused kernels save the same tensors (dropout masks as bytes) and a transient term covers the
+logits' gradient.
 """
 
 from __future__ import annotations

@@ -83,3 +83,14 @@ def test_unstructured_masks_the_requested_fraction(method):
     assert torch.isfinite(model(input_ids=calib).logits).all()
     with pytest.raises(PruneError, match="wanda pruning needs calibration"):
         prune_unstructured(tiny(), ls, "wanda")
+
+
+def test_structured_pruning_of_an_unsupported_family_is_a_clear_error():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    model = OPTForCausalLM(OPTConfig(vocab_size=50, hidden_size=32, ffn_dim=64, num_hidden_layers=1,
+                                     num_attention_heads=2, word_embed_proj_dim=32))
+    ls = LayerConfig({"prune": 0.3}).resolve(target_layer_names(model))
+    with pytest.raises(PruneError, match="structured pruning supports llama.*'opt'.*magnitude or wanda"):
+        prune_structured(model, ls)
+    assert prune_unstructured(model, ls, "magnitude")  # the alternative works
