@@ -1,0 +1,195 @@
+"""AutoMixSampler on small known problems: what a study relies on."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from automix.search import pareto
+from automix.search.sampler import AutoMixSampler
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+CHOICES = [2, 3, 4, 8]
+N = 6
+WEIGHTS = np.array([3.0, 0.2, 1.5, 0.1, 2.0, 0.5])
+SPACE = {f"b{i}": CategoricalDistribution(CHOICES) for i in range(N)}
+
+
+def _damage(p: dict) -> float:
+    bits = np.array([p[f"b{i}"] for i in range(N)], dtype=float)
+    return float((WEIGHTS * 4.0 ** -(bits - 2)).sum())
+
+
+def _memory(p: dict) -> float:
+    return float(sum(p[f"b{i}"] for i in range(N)))
+
+
+def _fast(**kw) -> AutoMixSampler:
+    kw.setdefault("predictor_models", ("gp", "ridge"))
+    kw.setdefault("n_candidates", 600)
+    return AutoMixSampler(**kw)
+
+
+def test_finds_optimum_of_additive_objective() -> None:
+    # minimise damage + 0.05 * memory: optimum has the heavy layers at higher bits
+    def value(p):
+        return _damage(p) + 0.05 * _memory(p)
+
+    grid = np.array(np.meshgrid(*[CHOICES] * N)).reshape(N, -1).T
+    best = min(value({f"b{i}": int(b) for i, b in enumerate(row)}) for row in grid)
+    study = optuna.create_study(sampler=_fast(seed=0, n_startup_trials=8, search_space=SPACE))
+    study.optimize(lambda t: value({k: t.suggest_categorical(k, CHOICES) for k in SPACE}), n_trials=30)
+    assert study.best_value <= best + 0.05, (study.best_value, best)
+
+
+def test_multi_objective_known_memory_and_no_infeasible_proposals() -> None:
+    budget = 22.0
+    sampler = _fast(
+        seed=1, n_startup_trials=8, search_space=SPACE,
+        known_objectives={1: _memory}, known_constraints=[lambda p: _memory(p) - budget],
+    )
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    study.optimize(
+        lambda t: (_damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}), _memory(t.params)),
+        n_trials=25,
+    )
+    mems = [_memory(t.params) for t in study.trials]
+    assert max(mems) <= budget  # known constraint: never proposed
+    assert len({tuple(t.params.values()) for t in study.trials}) == len(study.trials)
+    front = np.array([t.values for t in study.best_trials])
+    assert len(front) >= 4  # a spread-out front, not one point
+
+
+def test_set_constraint_is_respected() -> None:
+    # feasible iff b0 + b1 <= 6; best feasible needs b0 high (weight 3) so b1 must stay low
+    def objective(t):
+        p = {k: t.suggest_categorical(k, CHOICES) for k in SPACE}
+        t.set_constraint("pair", p["b0"] + p["b1"] - 6)
+        return _damage(p)
+
+    study = optuna.create_study(sampler=_fast(seed=2, n_startup_trials=8))
+    study.optimize(objective, n_trials=30)
+    feasible = [t for t in study.trials if all(v <= 0 for v in t.constraints.values())]
+    assert feasible
+    best = min(feasible, key=lambda t: t.value)
+    assert best.params["b0"] + best.params["b1"] <= 6
+    late = study.trials[15:]
+    assert sum(all(v <= 0 for v in t.constraints.values()) for t in late) >= len(late) // 2
+
+
+def test_constraints_func_is_recorded() -> None:
+    def cons(trial):
+        return [trial.params["b0"] - 3]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study = optuna.create_study(sampler=_fast(seed=3, n_startup_trials=4, constraints_func=cons))
+    study.optimize(lambda t: _damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}), n_trials=8)
+    assert all(t.constraints for t in study.trials)
+
+
+def test_batch_of_asks_has_no_duplicates() -> None:
+    study = optuna.create_study(sampler=_fast(seed=4, n_startup_trials=6))
+    for _ in range(3):
+        batch = [study.ask(SPACE) for _ in range(6)]
+        keys = [tuple(t.params.values()) for t in batch]
+        assert len(set(keys)) == len(keys)
+        for t in batch:
+            study.tell(t, _damage(t.params))
+    all_keys = [tuple(t.params.values()) for t in study.trials]
+    assert len(set(all_keys)) == len(all_keys)
+
+
+def test_n_jobs_two() -> None:
+    study = optuna.create_study(sampler=_fast(seed=5, n_startup_trials=4, search_space=SPACE))
+    study.optimize(lambda t: _damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}),
+                   n_trials=10, n_jobs=2)
+    assert len(study.trials) == 10
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 10
+
+
+def test_survives_failed_and_pruned_trials() -> None:
+    def objective(t):
+        p = {k: t.suggest_categorical(k, CHOICES) for k in SPACE}
+        if t.number % 4 == 1:
+            raise RuntimeError("trial crashed")
+        if t.number % 4 == 2:
+            raise optuna.TrialPruned()
+        return _damage(p)
+
+    study = optuna.create_study(sampler=_fast(seed=6, n_startup_trials=4))
+    study.optimize(objective, n_trials=16, catch=(RuntimeError,))
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.FAIL) == 4 and states.count(TrialState.PRUNED) == 4
+    assert states.count(TrialState.COMPLETE) == 8
+
+
+def test_reproducible_with_seed() -> None:
+    def run():
+        study = optuna.create_study(sampler=_fast(seed=7, n_startup_trials=5))
+        study.optimize(lambda t: _damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}),
+                       n_trials=10)
+        return [tuple(t.params.values()) for t in study.trials]
+
+    assert run() == run()
+
+
+def test_mixed_int_float_log_params_single_objective() -> None:
+    def objective(t):
+        x = t.suggest_float("x", -3, 3)
+        lr = t.suggest_float("lr", 1e-5, 1e-1, log=True)
+        n = t.suggest_int("n", 1, 9)
+        opt = t.suggest_categorical("opt", ["adam", "sgd"])
+        return (x - 1) ** 2 + (np.log10(lr) + 3) ** 2 + (n - 4) ** 2 + (opt == "sgd")
+
+    study = optuna.create_study(sampler=_fast(seed=8, n_startup_trials=8))
+    study.optimize(objective, n_trials=30)
+    p = study.best_params
+    assert 1e-5 <= p["lr"] <= 1e-1 and 1 <= p["n"] <= 9 and isinstance(p["n"], int)
+    assert study.best_value < 2.0
+
+
+def test_uniform_configurations_come_first() -> None:
+    study = optuna.create_study(sampler=_fast(seed=9, n_startup_trials=8, search_space=SPACE))
+    study.optimize(lambda t: _damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}), n_trials=4)
+    firsts = [set(t.params.values()) for t in study.trials]
+    assert all(len(s) == 1 for s in firsts)  # every param at the same level
+    assert {next(iter(s)) for s in firsts} == set(CHOICES)
+
+
+def test_bad_known_objective_index() -> None:
+    sampler = _fast(seed=0, n_startup_trials=2, known_objectives={5: _memory})
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    study.optimize(lambda t: (_damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}), 0.0),
+                   n_trials=2)
+    with pytest.raises(ValueError, match="known_objectives"):
+        study.optimize(lambda t: (_damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}), 0.0),
+                       n_trials=1)
+
+
+def test_pareto_hypervolume_and_ehvi() -> None:
+    pts = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0], [3.0, 3.0]])
+    assert pareto.nondominated_mask(pts).tolist() == [True, True, True, False]
+    assert pareto.nondominated_rank(pts).tolist() == [0, 0, 0, 1]
+    assert pareto.hypervolume(pts, np.array([4.0, 4.0])) == pytest.approx(6.0)
+    # n-D path agrees with a 3-D embedding of the same front
+    pts3 = np.hstack([pts, np.zeros((4, 1))])
+    assert pareto.hypervolume(pts3, np.array([4.0, 4.0, 1.0])) == pytest.approx(6.0)
+    lo, hi = pareto.nondominated_boxes(pts[:3], np.array([4.0, 4.0]))
+    cand = np.array([[0.5, 0.5], [2.5, 2.5], [1.5, 1.5]])
+    hvi = pareto.hypervolume_improvement(cand, lo, hi)
+    for c, v in zip(cand, hvi):
+        exact = pareto.hypervolume(np.vstack([pts[:3], c]), np.array([4.0, 4.0])) - 6.0
+        assert v == pytest.approx(exact)
+    ehvi = pareto.expected_hypervolume_improvement(cand, np.zeros_like(cand), pts[:3], np.array([4.0, 4.0]))
+    assert np.allclose(ehvi, hvi)
+    # uncertainty gives a dominated point a positive expected improvement
+    assert pareto.expected_hypervolume_improvement(
+        np.array([[2.5, 2.5]]), np.array([[1.0, 1.0]]), pts[:3], np.array([4.0, 4.0]))[0] > 0
