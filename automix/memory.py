@@ -312,7 +312,7 @@ def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any
             meta += md
         else:
             weights += out_f * in_f * wb
-    pb = profile.param_bytes
+    pb = profile.param_bytes or wb
     # "adapters" reports every trainable parameter; trainable parts of base layers (QEFT's weak
     # block) move there from "weights", as the measurement categorises them.
     base_trainable = max(0, profile.trainable_params - profile.adapter_params)

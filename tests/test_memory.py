@@ -137,3 +137,14 @@ def test_other_families_match_measurement(family):
     for key in ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states"):
         assert getattr(est, key) == getattr(got, key), key
     assert est.total == pytest.approx(got.total, rel=0.10)
+
+
+def test_bfloat16_model_matches_measurement():
+    model = tiny().to(torch.bfloat16)
+    ls = LayerConfig({"bits": 4, "group_size": 32, "rank": 4, "prune": 0.25}).resolve(target_layer_names(model))
+    est = memory.estimate(model.config, ls, "qlora", batch_size=2, seq_len=16, dtype=torch.bfloat16)
+    got = measure(model, "qlora", ls)
+    for key in ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states"):
+        assert getattr(est, key) == getattr(got, key), key
+    assert est.total == pytest.approx(got.total, rel=0.10)
+    assert est.total < memory.estimate(model.config, ls, "qlora", batch_size=2, seq_len=16).total

@@ -127,7 +127,8 @@ class MemoryProfile:
     * Frozen quantized layers are assumed to save nothing for backward: run them through
       ``automix.methods.adapters.frozen_quant_matmul`` (QuantLinear's own CPU path keeps a dense
       dequantized copy of the weight alive until backward).
-    * ``param_bytes``: bytes per element of trainable parameters (float32: 4).
+    * ``param_bytes``: bytes per element of trainable parameters; None (default) means the
+      model's dtype (LoRALinear creates A and B in its base layer's dtype).
     """
 
     quantize_base: bool = True
@@ -138,7 +139,7 @@ class MemoryProfile:
     extra_frozen_bytes: int = 0
     backprop_through_backbone: bool = True
     extra_activation_bytes_per_token: float = 0.0
-    param_bytes: int = 4
+    param_bytes: int | None = None
     lora: bool = False
     lora_dropout: float = 0.0
     grad_layers: frozenset[str] | None = None
