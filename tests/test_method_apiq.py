@@ -105,3 +105,20 @@ def test_apiq_memory_prediction_matches_measurement():
     from tests.test_method_loftq import check_memory_prediction
 
     check_memory_prediction("apiq", settings={"options": {"epochs": 1}})
+
+
+def test_blocks_left_in_full_precision_still_carry_the_quantized_stream():
+    """With block 0 untouched, block 1 must be fitted on block 0's outputs, not on embeddings."""
+    model = tiny_llama(0).eval()
+    layers = target_layers(model)
+    only_b1 = {n: ApiQPlan(3, 32, 4, 2.0) for n in layers if n.startswith("model.layers.1.")}
+    seen = []
+    h = model.model.layers[1].register_forward_pre_hook(lambda m, a, kw: seen.append((a[0] if a else kw["hidden_states"]).clone()), with_kwargs=True)
+    calib = tokens(2, 12, 1)
+    with torch.no_grad():
+        model(calib)
+    want = seen[0]
+    seen.clear()
+    apiq_calibrate(model, only_b1, calib, epochs=0, batch_size=2)
+    h.remove()
+    assert torch.allclose(seen[0], want, atol=1e-6)

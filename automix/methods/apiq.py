@@ -150,6 +150,17 @@ def capture_block_inputs(model: nn.Module, block: nn.Module, calib: Tensor, batc
     return captured
 
 
+def _all_blocks_from(planned: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """Every block from the first to the last planned one (unplanned ones with no layers), so
+    the quantized stream also flows through blocks that stay in full precision."""
+    if not planned:
+        return []
+    by_name = dict(planned)
+    prefix, _, _ = planned[0][0].rpartition(".")
+    idx = [int(b.rpartition(".")[2]) for b, _ in planned]
+    return [(f"{prefix}.{i}", by_name.get(f"{prefix}.{i}", [])) for i in range(min(idx), max(idx) + 1)]
+
+
 def _block_out(out: Any) -> Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -212,7 +223,7 @@ def apiq_calibrate(
     model.eval()
     results: dict[str, tuple[Any, Tensor | None, Tensor | None]] = {}
     try:
-        blocks = group_by_block(plans)
+        blocks = _all_blocks_from(group_by_block(plans))
         if not blocks:
             return results
         first = model.get_submodule(blocks[0][0])
@@ -225,6 +236,10 @@ def apiq_calibrate(
             fit = _fit_layers if layerwise else _fit_block
             with torch.no_grad():
                 y_fp = [_block_out(block(x, **kw)) for x, kw in zip(x_fp, kws)]
+                if not names:  # a block with nothing to quantize: both streams pass through it
+                    x_q = [_block_out(block(x, **kw)) for x, kw in zip(x_q, kws)]
+                    x_fp = y_fp
+                    continue
             modules = {n: _apiq_module(model.get_submodule(n), plans[n]) for n in names}
             originals = {}
             if layerwise:
