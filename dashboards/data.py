@@ -226,10 +226,16 @@ def _missing(data: StudyData) -> list[str]:
                    f"user/system attribute or result key predicted_{data.quality})")
     if c.measured_memory.isna().all() or c.predicted_memory.isna().all():
         out.append("predicted and measured memory are not both recorded")
-    if not any(n in data.layers for n in data.front_frame.number):
-        out.append("no per-layer configuration is recorded for the front trials")
-    if not any(n in data.breakdown for n in data.front_frame.number):
-        out.append("no memory breakdown (result.memory_predicted) is recorded for the front trials")
+    if data.front_frame.empty:
+        from automix.study import format_size
+
+        out.append(f"no complete trial fits the memory budget of {format_size(data.budget or 0)} (the "
+                   f"smallest uses {format_size(c.memory.min())}): the fronts are empty")
+    else:
+        if not any(n in data.layers for n in data.front_frame.number):
+            out.append("no per-layer configuration is recorded for the front trials")
+        if not any(n in data.breakdown for n in data.front_frame.number):
+            out.append("no memory breakdown (result.memory_predicted) is recorded for the front trials")
     if data.budget is None:
         out.append("the study records no memory budget (fronts use every trial)")
     return out

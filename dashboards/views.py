@@ -209,12 +209,14 @@ def calibration_view(studies: Sequence[StudyData]) -> go.Figure:
                 line=dict(color="#888", dash="dash"), showlegend=col == legend_col, hoverinfo="skip",
                 meta=dict(kind="identity", panel=what),
             ), row=1, col=col)
-        else:
-            fig.add_annotation(text=f"no trial records a predicted {what}", showarrow=False,
-                               xref=f"x{col if col > 1 else ''} domain", yref=f"y{col if col > 1 else ''} domain",
-                               x=0.5, y=0.5, font=dict(size=14))
-        fig.update_xaxes(title_text=f"predicted {what}{suffix}", row=1, col=col)
-        fig.update_yaxes(title_text=f"measured {what}{suffix}", row=1, col=col)
+            fig.update_xaxes(title_text=f"predicted {what}{suffix}", row=1, col=col)
+            fig.update_yaxes(title_text=f"measured {what}{suffix}", row=1, col=col)
+        else:  # say so in the panel's place, no empty axes
+            domain = fig.layout[f"xaxis{col if col > 1 else ''}"].domain
+            fig.add_annotation(text=f"no trial records a predicted {what}", showarrow=False, xref="paper",
+                               yref="paper", x=sum(domain) / 2, y=0.45, font=dict(size=14))
+            fig.update_xaxes(visible=False, row=1, col=col)
+            fig.update_yaxes(visible=False, row=1, col=col)
     fig.update_layout(title="calibration: predicted vs measured", template=_TEMPLATE, height=460)
     return fig
 
@@ -222,6 +224,12 @@ def calibration_view(studies: Sequence[StudyData]) -> go.Figure:
 def _short(name: str) -> str:
     return name.removeprefix("model.layers.").removeprefix("model.decoder.layers.").removeprefix(
         "transformer.h.")
+
+
+def _no_front(study: StudyData) -> str:
+    unit = memory_unit([study])
+    return (f"no complete trial fits the budget of {(study.budget or 0) / unit[1]:.4g} {unit[0]} "
+            f"(smallest: {study.complete.memory.min() / unit[1]:.4g} {unit[0]}), so the front is empty")
 
 
 def _block_ticks(short: list[str], most: int = 24) -> list[tuple[str, str]]:
@@ -245,6 +253,8 @@ def layers_view(study: StudyData) -> go.Figure:
     One heatmap trace per setting; rows are front trials, columns layers.
     """
     front = study.front_frame
+    if front.empty:
+        return message_figure(f"{study.name}: per-layer settings on the front", _no_front(study))
     front = front[front.number.isin(list(study.layers))]
     if front.empty:
         return message_figure(f"{study.name}: per-layer settings on the front",
@@ -294,6 +304,8 @@ def memory_breakdown_view(study: StudyData) -> go.Figure:
     when recorded.
     """
     front = study.front_frame
+    if front.empty:
+        return message_figure(f"{study.name}: memory breakdown on the front", _no_front(study))
     front = front[front.number.isin(list(study.breakdown))]
     if front.empty:
         return message_figure(f"{study.name}: memory breakdown on the front",

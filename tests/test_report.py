@@ -486,3 +486,51 @@ def test_study_that_records_less_degrades_to_messages(tmp_path_factory, capsys):
     layers = figs["layers"]["data"]  # the synthetic backend's per-block bits still show
     assert [tr["name"] for tr in layers] == ["bits"] and list(layers[0]["x"]) == ["block0", "block1", "block2"]
     shutil.rmtree(d, ignore_errors=True)
+
+
+def test_report_on_the_real_backend_records(tmp_path_factory):
+    """The production path: `AutomixBackend` on a config-only Llama directory with the quickstart
+    search space (compact layer configurations with real layer names), a stand-in trial
+    function reporting the memory model's breakdown as `run_trial` does."""
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig
+
+    from automix import memory
+    from automix.driver import run_study
+    from automix.layer_config import LayerConfig
+    from automix.study_backend import AutomixBackend
+
+    d = _fast_tmp(tmp_path_factory, "real")
+    LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=512, architectures=["LlamaForCausalLM"]
+                ).save_pretrained(d / "model")
+    space = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+    cfg = StudyConfig(name="real", model=str(d / "model"), task="boolq", methods=["qlora", "loftq"],
+                      search_space={"path": str(space)}, memory_budget="11MiB", n_trials=6, workers=1,
+                      sampler="random", storage=f"sqlite:///{d}/optuna.db", tracking_uri=f"sqlite:///{d}/mlflow.db")
+    backend = AutomixBackend(cfg)
+
+    def trial(payload: dict) -> dict:
+        ls = LayerConfig.from_dict(payload["layers"]).resolve(backend.layer_names)
+        est = memory.estimate(backend.arch, ls, payload["method"], batch_size=4, seq_len=64, config=backend.hf_config)
+        bits = np.mean([s.bits for s in ls.values()])
+        prune = np.mean([s.prune for s in ls.values()])
+        return {"status": "ok", "accuracy": float(0.5 + 0.4 * (1 - np.exp(-bits / 3)) * (1 - prune)),
+                "peak_memory_bytes": int(est.total * 1.03), "predicted_memory_bytes": est.total,
+                "memory_predicted": est.to_dict()}
+
+    run_study(cfg, backend, executor=LocalExecutor(trial), progress=False, write_artifacts=False)
+    rep = build_report("real", storage=cfg.storage_url, out=d / "rep", png=False)
+    assert not any("per-layer" in n or "breakdown" in n for n in rep.notes)
+    figs = html_figures(rep.html)
+    data = load_study_data("real", cfg.storage_url)
+    assert len(data.front_frame) > 0
+    study = optuna.load_study(study_name="real", storage=cfg.storage_url)
+    bits = next(tr for tr in figs["layers"]["data"] if tr["name"] == "bits")
+    assert list(bits["x"]) == [n.removeprefix("model.layers.") for n in backend.layer_names]  # all 28 layers
+    for row, number in zip(np.asarray(bits["z"], dtype=float), data.front_frame.number):
+        want = LayerConfig.from_dict(study.trials[int(number)].user_attrs["layers"]).resolve(backend.layer_names)
+        assert list(row) == [s.bits for s in want.values()]
+    bars = [tr for tr in figs["memory"]["data"] if tr["type"] == "bar"]
+    assert {"weights", "activations", "optimizer_states"} <= {tr["meta"]["part"] for tr in bars}
+    shutil.rmtree(d, ignore_errors=True)
