@@ -140,7 +140,11 @@ def test_other_families_match_measurement(family):
 
 
 def test_bfloat16_model_matches_measurement():
-    model = tiny().to(torch.bfloat16)
+    torch.set_default_dtype(torch.bfloat16)  # as from_pretrained(dtype=bf16): rotary buffers stay fp32
+    try:
+        model = tiny()
+    finally:
+        torch.set_default_dtype(torch.float32)
     ls = LayerConfig({"bits": 4, "group_size": 32, "rank": 4, "prune": 0.25}).resolve(target_layer_names(model))
     est = memory.estimate(model.config, ls, "qlora", batch_size=2, seq_len=16, dtype=torch.bfloat16)
     got = measure(model, "qlora", ls)
