@@ -534,3 +534,27 @@ def test_report_on_the_real_backend_records(tmp_path_factory):
     bars = [tr for tr in figs["memory"]["data"] if tr["type"] == "bar"]
     assert {"weights", "activations", "optimizer_states"} <= {tr["meta"]["part"] for tr in bars}
     shutil.rmtree(d, ignore_errors=True)
+
+
+def test_perplexity_study_fronts_fall_and_hypervolume_matches_the_driver(tmp_path_factory):
+    from automix.driver import finished_trials, normalized_hypervolume, run_study
+
+    d = _fast_tmp(tmp_path_factory, "ppl")
+    cfg = StudyConfig(name="ppl", task="lm", objectives={"quality": "perplexity"}, methods=["lora", "qlora"],
+                      search_space={"path": "synthetic"}, memory_budget=22500, n_trials=10, workers=1,
+                      sampler="random", storage=f"sqlite:///{d}/optuna.db", tracking_uri=f"sqlite:///{d}/mlflow.db")
+    backend = LayeredBackend(cfg.methods)
+    run_study(cfg, backend, executor=LocalExecutor(backend.function), progress=False, write_artifacts=False)
+    rep = build_report("ppl", storage=cfg.storage_url, out=d / "rep", png=False, log_mlflow=False)
+    figs = html_figures(rep.html)
+    assert figs["pareto"]["layout"]["yaxis"]["title"]["text"] == "perplexity"
+    tags = mlflow_trial_tags(cfg)
+    for tr in (t for t in figs["pareto"]["data"] if t["meta"]["kind"] == "front"):
+        y = np.asarray(tr["y"])
+        assert np.all(np.diff(y) < 0)  # more memory buys lower perplexity along a front
+        m = tr["meta"]["method"]
+        assert len(y) == sum(tg["method"] == m and tg["pareto_method"] == "true" for tg in tags.values())
+    done = finished_trials(optuna.load_study(study_name="ppl", storage=cfg.storage_url))
+    assert figs["hypervolume"]["data"][0]["y"][-1] == pytest.approx(normalized_hypervolume(done, cfg))
+    assert any("predicted perplexity" in n for n in rep.notes)
+    shutil.rmtree(d, ignore_errors=True)
