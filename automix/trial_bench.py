@@ -38,6 +38,60 @@ def _machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} CPU, {torch.get_num_threads()} threads"
 
 
+def _family_models() -> dict:
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                              MistralForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+    common = dict(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
+    return {
+        "llama (GQA)": lambda: LlamaForCausalLM(LlamaConfig(**common)),
+        "mistral": lambda: MistralForCausalLM(MistralConfig(**common)),
+        "qwen2 (qkv bias)": lambda: Qwen2ForCausalLM(Qwen2Config(**common)),
+        "opt (dropout 0.1)": lambda: OPTForCausalLM(OPTConfig(vocab_size=512, hidden_size=128, ffn_dim=352,
+                                                              num_hidden_layers=4, num_attention_heads=8,
+                                                              max_position_embeddings=256, word_embed_proj_dim=128)),
+        "gpt2 (attn dropout)": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=512, n_embd=128, n_layer=4, n_head=8,
+                                                                  n_positions=256, bos_token_id=0, eos_token_id=0)),
+    }
+
+
+def _families(emit) -> None:
+    """Memory model vs exact CPU accounting on one step of random models of each family."""
+    import torch
+
+    from automix import memory
+    from automix.layer_config import LayerConfig
+    from automix.methods import get_method
+    from automix.models import target_layer_names
+
+    emit("## Memory model on other families (random init, batch 4 x 64, rank 8, group 64), bytes")
+    emit()
+    emit(_row(["family", "method", "measured", "predicted", "error", "params & optimizer exact"]))
+    emit(_row(["---"] * 6))
+    for fam, build in _family_models().items():
+        for meth, bits in (("lora", 16), ("qlora", 4), ("qlora", 2)):
+            torch.manual_seed(0)
+            model = build()
+            ls = LayerConfig({"bits": bits, "rank": 8, "group_size": 64}).resolve(target_layer_names(model))
+            est = memory.estimate(model.config, ls, meth, batch_size=4, seq_len=64)
+            method = get_method(meth)
+            prepared = method.prepare(model, ls)
+            prepared.train()
+            params = [p for _, p in method.trainable_parameters(prepared)]
+            opt = torch.optim.AdamW(params)
+            ids = torch.randint(0, 512, (4, 64))
+            with memory.SavedTensorMeter(prepared) as meter:
+                loss = prepared(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            got = memory.measured_breakdown(prepared, params, opt, meter.bytes)
+            exact = all(getattr(est, k) == getattr(got, k) for k in
+                        ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states"))
+            emit(_row([fam, f"{meth} {bits}-bit", str(got.total), str(est.total),
+                       f"{100 * (est.total - got.total) / got.total:+.2f}%", "yes" if exact else "NO"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="automix bench trial", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="builtin:tiny")
@@ -48,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--methods", action="store_true",
+                   help="also measure one step of every registered method against its memory profile")
+    p.add_argument("--families", action="store_true",
+                   help="also check the memory model on small random Llama/Mistral/Qwen2/OPT/GPT-2 models")
     p.add_argument("--out", help="write the tables to this markdown file")
     p.add_argument("--json", help="write raw results to this JSON file")
     args = p.parse_args(argv)
@@ -116,6 +174,34 @@ def main(argv: list[str] | None = None) -> int:
         emit()
         emit(f"Ordering 2 < 4 < 8 < 16 bits (measured): {'yes' if order else 'NO'}. "
              f"30% pruning at 2 bits saves {_mib(saved_meas)} MiB measured vs {_mib(saved_pred)} MiB predicted.")
+
+    if args.methods:
+        emit()
+        emit(f"## Memory of one training step per method (4-bit, rank {args.rank}, group 64, batch "
+             f"{args.batch_size} x {args.seq_len}, calibration 16 x 64), MiB")
+        emit()
+        emit(_row(["method", "status", "measured", "predicted", "error", "trainable params",
+                   "activations (meas / pred)", "prepare s"]))
+        emit(_row(["---"] * 8))
+        from automix.methods import available_methods
+
+        for name in available_methods():
+            r = run_trial({**base, "method": name, "steps": 1,
+                           "method_settings": {"calib_samples": 16, "calib_seq_len": 64},
+                           "layers": {"default": {"bits": 4, "group_size": 64, "rank": args.rank}}})
+            raw.setdefault("methods", {})[name] = r.to_dict()
+            if r.status != "ok":
+                emit(_row([name, "failed", "-", "-", "-", "-", "-", str(r.failure_reason)[:80]]))
+                continue
+            err = (r.predicted_memory_bytes - r.peak_memory_bytes) / r.peak_memory_bytes
+            emit(_row([name, r.status, _mib(r.peak_memory_bytes), _mib(r.predicted_memory_bytes),
+                       f"{100 * err:+.1f}%", str(r.trainable_params),
+                       f"{_mib(r.memory_measured['activations'])} / {_mib(r.memory_predicted['activations'])}",
+                       f"{r.prepare_seconds:.1f}"]))
+
+    if args.families:
+        emit()
+        _families(emit)
 
     if args.out:
         cmd = "automix bench trial " + " ".join(argv if argv is not None else sys.argv[1:])
