@@ -112,7 +112,7 @@ class TrialSettings(_Strict):
     batch_size: int = Field(4, ge=1)
     seq_len: int = Field(64, ge=2)
     eval_batches: int | None = Field(None, ge=1)
-    group_size: int | None = Field(None, ge=8)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

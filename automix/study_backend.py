@@ -37,8 +37,10 @@ def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
         from automix.search.sampler import AutoMixSampler
 
         known = {1: mem} if cfg.objectives.memory == "predicted" else {}
+        space = getattr(backend, "space", None)
+        features = space.feature_fn() if hasattr(space, "feature_fn") else None
         return AutoMixSampler(
-            search_space=dict(backend.distributions), known_objectives=known,
+            search_space=dict(backend.distributions), known_objectives=known, features=features,
             known_constraints=[lambda p: mem(p) - budget],
             n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed,
         )
@@ -121,7 +123,7 @@ class AutomixBackend:
             t = self.cfg.trial
             self._mem[key] = float(estimate(self.arch, self._layers(params), params["method"],
                                             batch_size=t.batch_size, seq_len=t.seq_len,
-                                            config=self.hf_config,
+                                            dtype=t.dtype, config=self.hf_config,
                                             device="cuda" if self.cfg.resources.gpus else "cpu").total)
         return self._mem[key]
 
@@ -152,6 +154,7 @@ class AutomixBackend:
             "task": cfg.task, "data": str(cfg.resolve_path(cfg.data)) if cfg.data else None,
             "method": params["method"], "layers": self.layers_dict(params),
             "steps": t.steps, "seed": t.seed, "lr": t.lr, "batch_size": t.batch_size, "seq_len": t.seq_len,
+            "dtype": t.dtype,
             "device": "cuda" if cfg.resources.gpus else "cpu",
         }
         if t.eval_batches is not None:
