@@ -55,7 +55,7 @@ def grouped(weight: torch.Tensor, group_size: int) -> torch.Tensor:
     repeating its last value, which leaves its min/max unchanged."""
     n, k = weight.shape
     g = num_groups(k, group_size)
-    w = weight.detach().to(torch.float32) if not weight.requires_grad else weight.to(torch.float32)
+    w = weight.to(torch.float32)  # differentiable when weight requires grad (fake_quantize)
     if g * group_size != k:
         w = torch.cat([w, w[:, -1:].expand(n, g * group_size - k)], dim=1)
     return w.reshape(n, g, group_size)
