@@ -23,7 +23,7 @@ import pandas as pd
 
 __all__ = [
     "ReportDataError", "NoFinishedTrialsError", "StudyData", "load_study_data",
-    "hypervolume_history", "BREAKDOWN_PARTS", "find_parent_run",
+    "hypervolume_history", "BREAKDOWN_PARTS", "find_parent_run", "finish", "layer_names", "resolve_layers",
 ]
 
 # The memory model's categories (automix.memory.MemoryBreakdown), in stacking order.
@@ -129,20 +129,25 @@ def load_study_data(name: str, storage: str | None = None) -> StudyData:
             f"study {name!r} in {url} has no finished trials yet"
             + (f" ({n_fail} failed)" if n_fail else "") + ": nothing to report; run `automix search` first"
         )
-    names = _layer_names(config, trials)
+    names = layer_names(config, [t.user_attrs.get("layers") for t in trials])
     rows = []
     for i, t in enumerate(trials):
         rows.append(_row(t, i + 1, quality))
-        layers = _resolve_layers(t.user_attrs.get("layers"), names)
+        layers = resolve_layers(t.user_attrs.get("layers"), names)
         if layers:
             data.layers[t.number] = layers
         part = (t.user_attrs.get("result") or {}).get("memory_predicted")
         if isinstance(part, Mapping) and any(k in part for k in BREAKDOWN_PARTS):
             data.breakdown[t.number] = {k: float(part.get(k) or 0) for k in BREAKDOWN_PARTS}
+    return finish(data, rows)
+
+
+def finish(data: StudyData, rows: list[dict]) -> StudyData:
+    """Set the frame from its rows: budget feasibility, front flags, what is missing."""
     frame = pd.DataFrame(rows)
     if not data.methods:
         data.methods = sorted(frame.method.dropna().unique().tolist())
-    frame["feasible"] = frame.memory.notna() & (frame.memory <= budget if budget else True)
+    frame["feasible"] = frame.memory.notna() & (frame.memory <= data.budget if data.budget else True)
     _mark_fronts(frame, data.maximize)
     data.frame = frame
     data.missing = _missing(data)
@@ -247,7 +252,7 @@ def _natural(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def _layer_names(config: Mapping[str, Any], trials: Sequence[Any]) -> list[str]:
+def layer_names(config: Mapping[str, Any], recorded: Sequence[Any]) -> list[str]:
     """All target layer names: from the model's config.json when it is on disk (cheap, no
     weights), else every exact name any trial's layer configuration mentions."""
     names: list[str] = []
@@ -259,8 +264,7 @@ def _layer_names(config: Mapping[str, Any], trials: Sequence[Any]) -> list[str]:
     if names:
         return names
     seen: dict[str, None] = {}
-    for t in trials:
-        layers = t.user_attrs.get("layers")
+    for layers in recorded:
         if not isinstance(layers, Mapping):
             continue
         explicit = layers.get("layers") if _is_compact(layers) else layers
@@ -296,7 +300,7 @@ def _is_compact(d: Mapping[str, Any]) -> bool:
     return bool(d) and set(d) <= {"default", "layers"}
 
 
-def _resolve_layers(layers: Any, names: Sequence[str]) -> dict[str, dict[str, float]]:
+def resolve_layers(layers: Any, names: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per-layer settings from a trial's recorded configuration (LayerConfig dict with default
     and overrides, or an already per-layer dict)."""
     if not isinstance(layers, Mapping) or not layers:

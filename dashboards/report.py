@@ -197,6 +197,7 @@ def build_report(
     compare: Sequence[str] = (),
     png: bool = True,
     log_mlflow: bool = True,
+    source: str = "optuna",
 ) -> Report:
     """Write `report.html` and one PNG per view to `out` (default `reports/<study>`) and log
     them on the MLflow parent run of `study` (under `report/`; a comparison under
@@ -204,15 +205,23 @@ def build_report(
 
     Raises ReportDataError for an unknown study, and NoFinishedTrialsError (after writing a page
     that says so) when none of the studies has a finished trial. A compared study without
-    finished trials is left out with a note.
+    finished trials is left out with a note. `source="mlflow"` reads the studies from their
+    MLflow experiments (`tracking_uri`) instead of the Optuna storage (no memory breakdown there).
     """
+    if source not in ("optuna", "mlflow"):
+        raise ValueError(f"source must be 'optuna' or 'mlflow', got {source!r}")
     names = list(dict.fromkeys([study, *compare]))
     out_dir = Path(out) if out is not None else Path("reports") / "-vs-".join(names)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded, notes = [], []
     for name in names:
         try:
-            loaded.append(load_study_data(name, storage))
+            if source == "mlflow":
+                from automix.dashboards.mlflow_data import load_mlflow_study
+
+                loaded.append(load_mlflow_study(name, tracking_uri))
+            else:
+                loaded.append(load_study_data(name, storage))
         except NoFinishedTrialsError as err:
             if name == study:
                 (out_dir / "report.html").write_text(render_empty_html(names, str(err)))
@@ -240,7 +249,7 @@ def main(args: Any) -> int:
     try:
         rep = build_report(args.study, storage=args.storage, tracking_uri=args.tracking_uri,
                            out=args.out, compare=args.compare or (), png=not args.no_png,
-                           log_mlflow=not args.no_mlflow)
+                           log_mlflow=not args.no_mlflow, source="mlflow" if args.from_mlflow else "optuna")
     except NoFinishedTrialsError as err:
         page = Path(args.out or Path("reports") / "-vs-".join(dict.fromkeys([args.study, *(args.compare or ())])))
         print(f"error: {err} (a page saying so: {page / 'report.html'})", file=sys.stderr)

@@ -395,6 +395,23 @@ def test_browser_shows_the_plots_without_console_errors(single):
     assert sections["hypervolume"].count('class="js-line"') >= 3
 
 
+def test_report_read_from_mlflow_matches_the_optuna_one(single):
+    cfg, rep = single
+    ml = build_report(cfg.name, tracking_uri=cfg.tracking, out=rep.out_dir / "from-mlflow", png=False,
+                      log_mlflow=False, source="mlflow")
+    a, b = html_figures(rep.html), html_figures(ml.html)
+    for view in ("pareto", "hypervolume", "layers"):
+        assert len(a[view]["data"]) == len(b[view]["data"])
+        for ta, tb in zip(a[view]["data"], b[view]["data"]):
+            for k in ("x", "y", "z"):
+                if k in ta:
+                    assert np.asarray(ta[k], dtype=object).tolist() == np.asarray(tb[k], dtype=object).tolist() \
+                        or np.allclose(np.asarray(ta[k], dtype=float), np.asarray(tb[k], dtype=float)), (view, k)
+    calib = [tr for tr in b["calibration"]["data"] if tr["meta"]["kind"] == "points"]
+    assert sum(len(tr["x"]) for tr in calib) == 2 * len(complete_trials(cfg))  # predicted accuracy is a metric
+    assert b["memory"]["data"] == [] and any("Optuna storage only" in n for n in ml.notes)
+
+
 # -- optuna-dashboard (`automix ui --optuna`) --------------------------------------------------
 
 def test_optuna_dashboard_serves_history_and_importances_of_our_storage(stores):

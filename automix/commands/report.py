@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output directory (default: reports/<study>)")
     p.add_argument("--compare", nargs="+", default=[], metavar="NAME",
                    help="other studies (same storage) to overlay, e.g. the same model under other samplers")
+    p.add_argument("--from-mlflow", action="store_true",
+                   help="read the studies from their MLflow experiments (--tracking-uri) instead of the "
+                        "Optuna storage (all views but the memory breakdown)")
     p.add_argument("--no-png", action="store_true", help="skip the PNG images (HTML only)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     p.set_defaults(func=run)
