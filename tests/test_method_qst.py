@@ -47,7 +47,7 @@ def test_side_dims_keep_at_least_one_head():
         side_dims(64, 4, 128, 0)
 
 
-def test_padding_mask_is_respected():
+def test_right_padding_is_respected_without_a_mask():
     _, model, _ = prepare("qst", bits=4)
     with torch.no_grad():
         model.out_gate.fill_(0.3)  # let the side network contribute
@@ -55,8 +55,9 @@ def test_padding_mask_is_respected():
     mask = torch.ones(1, 12, dtype=torch.long)
     with torch.no_grad():
         full = model(input_ids=batch, attention_mask=mask).logits
-        padded = torch.cat([batch, tokens(1, 4, 5)], dim=1)
-        pmask = torch.cat([mask, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+        pad, zeros = tokens(1, 4, 5), torch.zeros(1, 4, dtype=torch.long)
+        padded = torch.cat([batch, pad], dim=1)
+        pmask = torch.cat([mask, zeros], dim=1)
         part = model(input_ids=padded, attention_mask=pmask).logits[:, :12]
     torch.testing.assert_close(part, full, atol=1e-4, rtol=1e-4)
 
@@ -73,3 +74,11 @@ def test_qst_saves_far_less_than_qlora():
     qst, _ = measure_vs_predict("qst")
     qlora, _ = measure_vs_predict("qlora")
     assert qst.optimizer_states + qst.activations < 0.5 * (qlora.optimizer_states + qlora.activations)
+
+
+def test_only_non_right_padding_builds_a_mask():
+    from automix.methods.qst import _right_padded
+
+    assert _right_padded(torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+    assert not _right_padded(torch.tensor([[0, 1, 1, 1]]))
+    assert not _right_padded(torch.tensor([[1, 0, 1, 0]]))

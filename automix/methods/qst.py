@@ -100,6 +100,12 @@ def side_dims(hidden: int, n_heads: int, intermediate: int, reduction: int) -> t
     return side, heads, max(1, intermediate // reduction)
 
 
+def _right_padded(attention_mask: Tensor) -> bool:
+    """True when every row is ones then zeros (no padding counts as right-padded)."""
+    m = attention_mask.to(torch.int8)
+    return bool((m[:, 1:] <= m[:, :-1]).all())
+
+
 class QSTModel(nn.Module):
     """Frozen backbone (HF causal LM, usually quantized) + trainable side network.
 
@@ -168,7 +174,10 @@ class QSTModel(nn.Module):
                 labels: Tensor | None = None, **_: Any) -> SimpleNamespace:
         emb, states, final = self._backbone_states(input_ids, attention_mask)
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        # right padding needs no mask: under causal attention a valid query never sees the padded
+        # keys after it (padded positions carry label -100). Only other padding builds a mask
+        # (SDPA then keeps the attention probabilities: more memory than the profile counts).
+        if attention_mask is not None and not _right_padded(attention_mask):
             length = input_ids.shape[1]
             causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
             mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
