@@ -34,14 +34,14 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import norm
 
+from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
+from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
 from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
-from automix.search.pareto import crowding_distance, nondominated_rank
 from automix.search.predictors import PerformancePredictor
 
 __all__ = ["AutoMixSampler"]
 
-_UNIFORM_FRACTIONS = (0.0, 1.0, 0.5, 0.25, 0.75, 0.125, 0.875, 0.375, 0.625)
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -330,7 +330,7 @@ class AutoMixSampler(BaseSampler):
                 p = self._predictors.setdefault(("con", k), self._new_predictor(k))
                 cons_models.append(p.fit(X[rows], c))
 
-        def predict(G: np.ndarray, with_std: bool):
+        def predict(G: np.ndarray) -> Prediction:
             feats, known, ok, cons = self._evaluate(codec, G)
             mean = np.zeros((len(G), n_obj))
             std = np.zeros((len(G), n_obj))
@@ -342,30 +342,31 @@ class AutoMixSampler(BaseSampler):
             for cm in cons_models:
                 m, s = cm.predict(feats)
                 pof *= norm.cdf(-m / np.maximum(s, 1e-12))
-            if known_idx:  # what a configuration costs: its known objectives
-                cost = mean[:, known_idx].sum(axis=1)
-            else:  # or how much of the known constraints it uses up
-                cost = cons.sum(axis=1)
-            predict.cost = cost
-            return mean, std, ok, pof
+            # what a configuration costs: its known objectives, else how much of the known
+            # constraints it uses up
+            cost = mean[:, known_idx].sum(axis=1) if known_idx else cons.sum(axis=1)
+            return Prediction(mean, std, ok, pof, cost)
 
         # current front: feasible observations + pending proposals at their predicted means
         front = losses[feasible]
         if pending:
-            front = np.vstack([front, predict(np.array(pending), False)[0]])
+            front = np.vstack([front, predict(np.array(pending)).mean])
         span = np.ptp(losses, axis=0) + 1e-9
         base = front if len(front) else losses
         reference = base.max(axis=0) + 0.1 * span
 
-        path = self._greedy_path(codec, predict, unknown)
+        has_cost = bool(self._known or self._known_constraints)
+        path = greedy_path(codec, predict, unknown) if has_cost else np.empty((0, codec.dim))
         seeds = genomes[feasible] if feasible.any() else genomes
-        pool = self._search_predicted(codec, np.vstack([seeds, path]) if len(path) else seeds,
-                                      predict, taken)
+        pool = nsga2_candidates(
+            codec, np.vstack([seeds, path]) if len(path) else seeds, predict,
+            lambda G: self._fresh(codec, G, taken), self._rng, self._n_candidates,
+        )
         if len(path):
-            pool = np.unique(np.vstack([pool, self._fresh(codec, path, taken, predict)]), axis=0)
+            pool = np.unique(np.vstack([pool, self._fresh(codec, path, taken)]), axis=0)
         if not len(pool):
             return self._random_feasible(codec, taken)
-        mean, std, _, pof = predict(pool, True)
+        mean, std, _, pof, _ = predict(pool)
         score = expected_hypervolume_improvement(
             mean, std, front[nondominated_mask(front)] if len(front) else front, reference,
             n_samples=64, rng=self._rng,
@@ -374,10 +375,9 @@ class AutoMixSampler(BaseSampler):
             score = std.sum(axis=1) * pof + 1e-12 * self._rng.random(len(pool))
         # local refinement of the acquisition around the best candidates
         top = pool[np.argsort(-score)[:8]]
-        local = self._fresh(codec, codec.mutate(np.repeat(top, 24, axis=0), self._rng, 0.0), taken,
-                            predict)
+        local = self._fresh(codec, codec.mutate(np.repeat(top, 24, axis=0), self._rng, 0.0), taken)
         if len(local):
-            lm, ls, _, lp = predict(local, True)
+            lm, ls, _, lp, _ = predict(local)
             lscore = expected_hypervolume_improvement(
                 lm, ls, front[nondominated_mask(front)] if len(front) else front, reference,
                 n_samples=64, rng=self._rng,
@@ -385,50 +385,6 @@ class AutoMixSampler(BaseSampler):
             if lscore.max() > score.max():
                 return local[int(np.argmax(lscore))]
         return pool[int(np.argmax(score))]
-
-    def _greedy_path(self, codec: Codec, predict, unknown: list[int]) -> np.ndarray:
-        """Configurations along the best predicted gain per unit of known cost, from the
-        cheapest uniform configuration upwards one level at a time (the marginal-gain path of
-        a knapsack; exact when the objective is additive). Needs ordinal genes and a known
-        cost (a known objective or a known constraint)."""
-        if not (self._known or self._known_constraints) or not unknown or not codec.dim:
-            return np.empty((0, codec.dim))
-        if any(g.levels is None or not g.ordinal for g in codec.genes):
-            return np.empty((0, codec.dim))
-        top = np.array([g.n_levels - 1 for g in codec.genes], dtype=float)
-        cur = codec.uniform(0.0)
-        mean, _, ok, pof = predict(cur[None], False)
-        if not ok[0]:
-            return np.empty((0, codec.dim))
-        value, cost = mean[0, unknown].sum(), predict.cost[0]
-        path = [cur]
-        while True:
-            moves = np.flatnonzero(cur < top)
-            if not len(moves):
-                break
-            cand = np.repeat(cur[None], len(moves), axis=0)
-            cand[np.arange(len(moves)), moves] += 1
-            mean, _, ok, pof = predict(cand, False)
-            gain = value - mean[:, unknown].sum(axis=1)
-            extra = np.maximum(predict.cost - cost, 1e-12 * (abs(cost) + 1))
-            ratio = np.where(ok & (pof >= 0.5), gain / extra, -np.inf)
-            # take the best few moves at once (on different genes): a quarter of the
-            # predictions for a path that differs little from the one-move-at-a-time path
-            order = np.argsort(-ratio)[: max(1, len(moves) // 12)]
-            order = order[np.isfinite(ratio[order])]
-            if not len(order):
-                break
-            step = cur.copy()
-            step[moves[order]] += 1
-            step_eval = predict(step[None], False)
-            if not step_eval[2][0]:  # the combined step broke a known constraint: one move
-                order = order[:1]
-                step = cand[order[0]]
-                step_eval = predict(step[None], False)
-            cur = step
-            value, cost = step_eval[0][0, unknown].sum(), predict.cost[0]
-            path.append(cur)
-        return np.array(path)
 
     def _new_predictor(self, salt: Any) -> PerformancePredictor:
         seed = (self._seed or 0) + zlib.crc32(str(salt).encode()) % 10007
@@ -445,7 +401,7 @@ class AutoMixSampler(BaseSampler):
         G = np.array([codec.encode(t.params) for t in rows])
         return self._evaluate(codec, G)[0], np.array([t.values for t in rows]) * signs
 
-    def _fresh(self, codec, G, taken, predict) -> np.ndarray:
+    def _fresh(self, codec: Codec, G: np.ndarray, taken: set[tuple]) -> np.ndarray:
         """Unique, untaken, known-feasible rows of G."""
         if not len(G):
             return G
@@ -457,51 +413,3 @@ class AutoMixSampler(BaseSampler):
                 seen.add(k)
                 keep.append(j)
         return G[keep]
-
-    def _search_predicted(self, codec, seeds, predict, taken) -> np.ndarray:
-        """NSGA-II on the predicted means; returns the archive of all fresh candidates seen."""
-        pop_size = 128
-        n_gen = max(4, self._n_candidates // (2 * pop_size))
-        front = seeds[nondominated_mask(predict(seeds, False)[0])] if len(seeds) else seeds
-        start = [codec.uniform(f) for f in _UNIFORM_FRACTIONS[:5]]
-        start.append(codec.from_unit(self._rng.random((pop_size, codec.dim))))
-        if len(seeds):
-            parents = seeds[self._rng.integers(0, len(seeds), pop_size)]
-            start.append(codec.mutate(parents, self._rng, 1.5 / max(1, codec.dim)))
-        if len(front):
-            parents = front[self._rng.integers(0, len(front), pop_size)]
-            start.append(codec.mutate(parents, self._rng, 1.0 / max(1, codec.dim)))
-        pop = self._fresh(codec, np.vstack(start), taken, predict)
-        archive = {codec.key(g): g for g in pop}
-        if not len(pop):
-            return pop
-        pop = self._select(pop, predict(pop, False), pop_size)
-        for _ in range(n_gen):
-            a = pop[self._rng.integers(0, len(pop), pop_size)]
-            b = pop[self._rng.integers(0, len(pop), pop_size)]
-            children = codec.mutate(codec.crossover(a, b, self._rng), self._rng, 1.0 / max(1, codec.dim))
-            children = self._fresh(codec, children, taken, predict)
-            for g in children:
-                archive.setdefault(codec.key(g), g)
-            merged = np.vstack([pop, children]) if len(children) else pop
-            pop = self._select(merged, predict(merged, False), pop_size)
-        return np.array(list(archive.values()))
-
-    def _select(self, G: np.ndarray, predicted, size: int) -> np.ndarray:
-        """NSGA-II environmental selection on predicted means (weighted by P(feasible))."""
-        if len(G) <= size:
-            return G
-        mean, _, _, pof = predicted
-        # infeasible-looking candidates are pushed behind every likely-feasible one
-        penalised = mean + (pof < 0.5)[:, None] * (np.ptp(mean, axis=0) + 1.0)
-        ranks = nondominated_rank(penalised)
-        chosen: list[int] = []
-        for r in range(ranks.max() + 1):
-            idx = np.flatnonzero(ranks == r)
-            if len(chosen) + len(idx) <= size:
-                chosen.extend(idx.tolist())
-            else:
-                cd = crowding_distance(penalised[idx])
-                chosen.extend(idx[np.argsort(-cd)[: size - len(chosen)]].tolist())
-                break
-        return G[chosen]
