@@ -61,6 +61,7 @@ def test_multi_objective_known_memory_and_no_infeasible_proposals() -> None:
     )
     mems = [_memory(t.params) for t in study.trials]
     assert max(mems) <= budget  # known constraint: never proposed
+    assert ("obj", 1) not in sampler._predictors  # the known objective is never predicted
     assert len({tuple(t.params.values()) for t in study.trials}) == len(study.trials)
     front = np.array([t.values for t in study.best_trials])
     assert len(front) >= 4  # a spread-out front, not one point
@@ -193,3 +194,19 @@ def test_pareto_hypervolume_and_ehvi() -> None:
     # uncertainty gives a dominated point a positive expected improvement
     assert pareto.expected_hypervolume_improvement(
         np.array([[2.5, 2.5]]), np.array([[1.0, 1.0]]), pts[:3], np.array([4.0, 4.0]))[0] > 0
+
+
+def test_warm_start_from_an_earlier_study() -> None:
+    def objective(t):
+        return _damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}) + 0.05 * _memory(t.params)
+
+    earlier = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    earlier.optimize(objective, n_trials=40)
+
+    def run(prior):
+        sampler = _fast(seed=11, n_startup_trials=2, search_space=SPACE, prior_trials=prior)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(objective, n_trials=6)
+        return min(t.value for t in study.trials[2:])  # the guided proposals only
+
+    assert run(earlier.trials) < run([])
