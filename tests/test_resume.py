@@ -95,3 +95,42 @@ def test_sigkill_driver_then_resume(tmp_path):
             assert t.params == study.trials[t.user_attrs["requeued_from"]].params
     # MLflow holds exactly one run per finished trial, none for the stale ones
     assert sorted(Tracker(cfg.tracking, cfg.name).logged_trials()) == sorted(after)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_requeues(tmp_path):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(DRIVER.format(d=tmp_path)).replace("sleep=1.5", "sleep=20"))
+    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        import sqlite3
+
+        t0 = time.time()
+        while time.time() - t0 < 120:  # wait until two trials are in flight
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            try:
+                with sqlite3.connect(f"file:{tmp_path}/optuna.db?mode=ro", uri=True, timeout=5) as con:
+                    if con.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0] >= 2:
+                        break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.3)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        proc.wait(timeout=60)  # stops promptly, without waiting for the 20 s trials
+        assert time.time() - t0 < 100
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    study = optuna.load_study(study_name="killme", storage=url)
+    states = [t.state for t in study.get_trials()]
+    assert TrialState.RUNNING not in states
+    stopped = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
+    assert len(stopped) == 2 and all(t.user_attrs["stale"] and t.state == TrialState.FAIL for t in stopped)
+    queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert sorted(t.user_attrs["requeued_from"] for t in queued) == sorted(t.number for t in stopped)
+    assert finished_trials(study) == []  # interrupted trials do not count as finished
