@@ -10,6 +10,7 @@ adds a per-study heatmap and memory breakdown. A study with no finished trials i
 from __future__ import annotations
 
 import html
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,11 @@ def _front_table(s: StudyData, unit: tuple[str, float]) -> str:
     return f"<h3>{html.escape(s.name)}: front configurations</h3><table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def _hide_password(url: str) -> str:
+    """The page is shared (and logged to MLflow): never print a database password."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
 def render_html(studies: Sequence[StudyData], figures: dict[str, go.Figure],
                 notes: Sequence[str] = ()) -> str:
     """The self-contained page: plotly.js inlined once, one section per view."""
@@ -140,7 +146,7 @@ def render_html(studies: Sequence[StudyData], figures: dict[str, go.Figure],
         f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{_STYLE}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
         f"<h1>{html.escape(title)}</h1><p class=meta>generated {stamp} from "
-        f"{html.escape(', '.join(sorted({s.storage for s in studies})))}</p>"
+        f"{html.escape(', '.join(sorted({_hide_password(s.storage) for s in studies})))}</p>"
         f"{_summary_table(studies, unit)}"
         + (f"<ul>{note_html}</ul>" if note_html else "")
         + "".join(sections) + f"<h2>front configurations</h2>{fronts}</body></html>"

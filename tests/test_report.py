@@ -472,3 +472,13 @@ def test_compare_leaves_out_an_empty_study_with_a_note(stores, tmp_path):
                        compare=["empty"], png=False, log_mlflow=False)
     assert any("left out" in n and "'empty'" in n for n in rep.notes)
     assert "left out" in rep.html.read_text() and rep.mlflow_run_id is None
+
+
+def test_page_never_shows_a_database_password(single):
+    from automix.dashboards.report import render_html
+
+    cfg, rep = single
+    data = load_study_data(cfg.name, cfg.storage_url)
+    data.storage = "postgresql://automix:s3cret-pw@db.example:5432/optuna"
+    page = render_html([data], {"pareto": rep.figures["pareto"]})
+    assert "s3cret-pw" not in page and "postgresql://automix:***@db.example:5432/optuna" in page
