@@ -191,7 +191,9 @@ class StudyRun:
     hypervolume: float = 0.0
     seconds: float = 0.0
     interrupted: bool = False
-    overhead_seconds: list[float] = field(default_factory=list)
+    overhead_seconds: list[float] = field(default_factory=list)  # tell + MLflow + front, per trial
+    ask_seconds: list[float] = field(default_factory=list)       # sampler proposal + spec, per trial
+    trial_seconds: list[float] = field(default_factory=list)     # submit -> result, per trial
     artifacts: list[str] = field(default_factory=list)
 
 
@@ -261,6 +263,7 @@ def run_study(
                 run.done = len(finished)
                 run.failed = sum(t.state == TrialState.FAIL for t in finished)
                 while executor.free_slots() > 0 and run.done + len(pending) < run.target:
+                    t_ask = time.perf_counter()
                     trial = study.ask(dict(backend.distributions))
                     params = dict(trial.params)
                     mem = float(backend.predicted_memory(params))
@@ -274,6 +277,7 @@ def run_study(
                     trial.set_user_attr("spec", payload)
                     pending[trial.number] = dict(params=params, mem=mem, t0=time.time())
                     executor.submit(trial.number, payload)
+                    run.ask_seconds.append(time.perf_counter() - t_ask)
                 run.running = len(pending)
                 display.update()
                 if not pending:
@@ -282,6 +286,7 @@ def run_study(
                     t0 = time.perf_counter()
                     _finish(study, tracker, cfg, outcome, pending.pop(outcome.key), run)
                     run.overhead_seconds.append(time.perf_counter() - t0)
+                    run.trial_seconds.append(outcome.seconds)
                     run.running = len(pending)
                     display.update()
     except KeyboardInterrupt:
