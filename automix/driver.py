@@ -258,10 +258,10 @@ def run_study(
     t_start = time.time()
     try:
         with display:
-            while True:
-                finished = finished_trials(study)
-                run.done = len(finished)
-                run.failed = sum(t.state == TrialState.FAIL for t in finished)
+            finished = finished_trials(study)
+            run.done = len(finished)
+            run.failed = sum(t.state == TrialState.FAIL for t in finished)
+            while True:  # run.done / run.failed are refreshed by _finish as results arrive
                 while executor.free_slots() > 0 and run.done + len(pending) < run.target:
                     t_ask = time.perf_counter()
                     trial = study.ask(dict(backend.distributions))

@@ -136,7 +136,7 @@ def bench_overhead(n_trials: int, workers: int) -> dict:
             "tell_log_p90_s": float(np.quantile(post, 0.9))}
 
 
-def bench_quickstart(study: str, workers: int, n_trials: int | None) -> dict:
+def bench_quickstart(study: str, workers: int, n_trials: int | None, model: str | None = None) -> dict:
     """Wall time of the quickstart study (real trials) with `workers` parallel trials."""
     from automix.driver import run_study
     from automix.study import load_study
@@ -147,6 +147,8 @@ def bench_quickstart(study: str, workers: int, n_trials: int | None) -> dict:
                          tracking_uri=f"sqlite:///{d}/mlflow.db")
         if n_trials:
             cfg.n_trials = n_trials
+        if model:
+            cfg.model = model
         backend = AutomixBackend(cfg)
         t0 = time.perf_counter()
         run = run_study(cfg, backend, progress=False, write_artifacts=False)
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quickstart", default=None, help="study file for the parallelism run "
                    "(e.g. studies/quickstart.yaml); omitted: overhead only")
     p.add_argument("--quickstart-trials", type=int, default=None)
+    p.add_argument("--model", default=None, help="override the study's model (same architecture, "
+                   "e.g. a local copy of the built-in model)")
     args = p.parse_args(argv)
     rows = [bench_overhead(args.trials, w) for w in (1, 2)]
     print("\n## Orchestration overhead (trivial trial; Ray + Optuna SQLite + MLflow SQLite)\n")
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['workers']} | {r['trials']} | {r['startup_s']:.1f} | {r['total_s']:.2f} | "
               f"{r['per_trial_s']:.3f} | {r['tell_log_mean_s']:.3f} | {r['tell_log_p90_s']:.3f} |")
     if args.quickstart:
-        qs = [bench_quickstart(args.quickstart, w, args.quickstart_trials) for w in (1, 2)]
+        qs = [bench_quickstart(args.quickstart, w, args.quickstart_trials, args.model) for w in (1, 2)]
         print("\n## Quickstart study, real trials on the built-in tiny model\n")
         print("| workers | trials | failed | wall incl. start-up (s) | search loop (s) | mean trial (s) "
               "| sampler ask (s) | tell+log (s) | front size |")

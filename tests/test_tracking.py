@@ -68,3 +68,21 @@ def test_check_tracking_uri(tmp_path):
         check_tracking_uri("http://127.0.0.1:9", timeout=2)
     with pytest.raises(TrackingError, match="cannot be reached"):
         check_tracking_uri("postgresql://nobody@127.0.0.1:9/none")
+
+
+def test_ui_command(monkeypatch, tmp_path):
+    import argparse
+
+    from automix.commands import ui
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(tracking_uri=None, optuna=False, storage=None, host="127.0.0.1", port=None)
+    cmd = ui.command(args)
+    assert cmd[1:4] == ["-m", "mlflow", "ui"]
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path.resolve()}/automix-mlflow.db"
+    # optuna-dashboard missing: a clear message saying how to install it
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    args.optuna = True
+    with pytest.raises(SystemExit, match="optuna-dashboard is not installed: `pip install optuna-dashboard`"):
+        ui.command(args)
