@@ -117,16 +117,18 @@ def _fast_tmp(factory: pytest.TempPathFactory, name: str) -> Path:
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     d = _fast_tmp(tmp_path_factory, "report")
-    cfgs = {"random": run_small_study(d, "cmp-random", "random"),
-            "tpe": run_small_study(d, "cmp-tpe", "tpe", seed=5)}
-    # a study that exists but has no finished trial (a search that is just starting)
-    storage = f"sqlite:///{d}/optuna.db"
-    empty = optuna.create_study(study_name="empty", storage=storage, directions=["maximize", "minimize"])
-    empty.set_user_attr("config", {"name": "empty", "memory_budget": 30000, "sampler": "random"})
-    empty.ask()  # RUNNING, not finished
-    yield d, cfgs
-    if str(d).startswith("/dev/shm/"):
-        shutil.rmtree(d, ignore_errors=True)
+    try:
+        cfgs = {"random": run_small_study(d, "cmp-random", "random"),
+                "tpe": run_small_study(d, "cmp-tpe", "tpe", seed=5)}
+        # a study that exists but has no finished trial (a search that is just starting)
+        storage = f"sqlite:///{d}/optuna.db"
+        empty = optuna.create_study(study_name="empty", storage=storage, directions=["maximize", "minimize"])
+        empty.set_user_attr("config", {"name": "empty", "memory_budget": 30000, "sampler": "random"})
+        empty.ask()  # RUNNING, not finished
+        yield d, cfgs
+    finally:
+        if str(d).startswith("/dev/shm/"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
