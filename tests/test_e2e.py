@@ -76,7 +76,8 @@ def test_study_end_to_end_export_and_load(tmp_path, capsys):
     from automix.tracking import Tracker
 
     path = study_file(tmp_path)
-    assert main(["search", str(path), "--no-progress"]) == 0
+    assert main(["search", str(path), "--no-progress", "--export", str(tmp_path / "quick")]) == 0
+    assert (tmp_path / "quick" / "layers.yaml").is_file()
     url = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.load_study(study_name="e2e", storage=url)
     trials = study.get_trials()

@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="require an existing study and continue it (re-running without it continues too)")
     p.add_argument("--n-trials", type=int, default=None, help="total finished trials to reach")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument("--export", metavar="DIR", default=None,
+                   help="when the study is done, export its best configuration within the budget to DIR")
     p.add_argument("--local", action="store_true", help="run trials in this process, one at a time (no Ray)")
     p.set_defaults(func=_safe_run)
 
@@ -55,8 +57,19 @@ def run(args: argparse.Namespace) -> int:
     print_status(cfg, console)
     if result.requeued:
         console.print(f"re-ran {len(result.requeued)} trial(s) a previous driver left unfinished")
-    console.print(f"done in {result.seconds:.0f} s. Export the best configuration under the budget with:\n"
-                  f"  automix export --study {cfg.name} --max-memory <SIZE> --out exported/{cfg.name}")
+    console.print(f"search loop done in {result.seconds:.0f} s")
+    if args.export:
+        from automix.driver import open_study
+        from automix.export import export_trial, select_trial
+
+        study = open_study(cfg, create=False)
+        trial = select_trial(study, cfg, None, "accuracy")
+        path = export_trial(study, cfg, trial, args.export)
+        console.print(f"exported trial {trial.number} ({trial.user_attrs.get('method')}, "
+                      f"{cfg.objectives.quality} {trial.values[0]:.4g}) to {path}/layers.yaml")
+    else:
+        console.print(f"export the best configuration under a memory limit with:\n"
+                      f"  automix export --study {cfg.name} --max-memory <SIZE> --out exported/{cfg.name}")
     return 0
 
 
