@@ -24,13 +24,21 @@ from test_report import (LayeredBackend, _fast_tmp, complete_trials, html_figure
                          mlflow_trial_tags)
 
 
-def test_study_that_records_less_degrades_to_messages(tmp_path_factory, capsys):
+@pytest.fixture
+def fast_dir(tmp_path_factory):
+    """A tmpfs directory for the study's SQLite stores (seconds, not a minute), removed after."""
+    d = _fast_tmp(tmp_path_factory, "study")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_study_that_records_less_degrades_to_messages(fast_dir, capsys):
     """The orchestration benchmark's backend records no predicted accuracy, no memory breakdown
     and block (not layer) settings: the report says so instead of drawing empty axes."""
     from automix.cli import main
     from automix.driver import run_study
 
-    d = _fast_tmp(tmp_path_factory, "plain")
+    d = fast_dir
     cfg = StudyConfig(name="plain", task="boolq", methods=["lora", "qlora"], search_space={"path": "synthetic"},
                       memory_budget=5000, n_trials=6, workers=1, sampler="random",
                       storage=f"sqlite:///{d}/optuna.db", tracking_uri=f"sqlite:///{d}/mlflow.db")
@@ -51,10 +59,9 @@ def test_study_that_records_less_degrades_to_messages(tmp_path_factory, capsys):
     assert mem["data"] == [] and "no memory breakdown" in mem["layout"]["annotations"][0]["text"]
     layers = figs["layers"]["data"]  # the synthetic backend's per-block bits still show
     assert [tr["name"] for tr in layers] == ["bits"] and list(layers[0]["x"]) == ["block0", "block1", "block2"]
-    shutil.rmtree(d, ignore_errors=True)
 
 
-def test_report_on_the_real_backend_records(tmp_path_factory):
+def test_report_on_the_real_backend_records(fast_dir):
     """The production path: `AutomixBackend` on a config-only Llama directory with the quickstart
     search space (compact layer configurations with real layer names), a stand-in trial
     function reporting the memory model's breakdown as `run_trial` does."""
@@ -66,7 +73,7 @@ def test_report_on_the_real_backend_records(tmp_path_factory):
     from automix.layer_config import LayerConfig
     from automix.study_backend import AutomixBackend
 
-    d = _fast_tmp(tmp_path_factory, "real")
+    d = fast_dir
     LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2, vocab_size=512, architectures=["LlamaForCausalLM"]
                 ).save_pretrained(d / "model")
@@ -99,13 +106,12 @@ def test_report_on_the_real_backend_records(tmp_path_factory):
         assert list(row) == [s.bits for s in want.values()]
     bars = [tr for tr in figs["memory"]["data"] if tr["type"] == "bar"]
     assert {"weights", "activations", "optimizer_states"} <= {tr["meta"]["part"] for tr in bars}
-    shutil.rmtree(d, ignore_errors=True)
 
 
-def test_perplexity_study_fronts_fall_and_hypervolume_matches_the_driver(tmp_path_factory):
+def test_perplexity_study_fronts_fall_and_hypervolume_matches_the_driver(fast_dir):
     from automix.driver import finished_trials, normalized_hypervolume, run_study
 
-    d = _fast_tmp(tmp_path_factory, "ppl")
+    d = fast_dir
     cfg = StudyConfig(name="ppl", task="lm", objectives={"quality": "perplexity"}, methods=["lora", "qlora"],
                       search_space={"path": "synthetic"}, memory_budget=22500, n_trials=10, workers=1,
                       sampler="random", storage=f"sqlite:///{d}/optuna.db", tracking_uri=f"sqlite:///{d}/mlflow.db")
@@ -123,4 +129,3 @@ def test_perplexity_study_fronts_fall_and_hypervolume_matches_the_driver(tmp_pat
     done = finished_trials(optuna.load_study(study_name="ppl", storage=cfg.storage_url))
     assert figs["hypervolume"]["data"][0]["y"][-1] == pytest.approx(normalized_hypervolume(done, cfg))
     assert any("predicted perplexity" in n for n in rep.notes)
-    shutil.rmtree(d, ignore_errors=True)
