@@ -258,21 +258,27 @@ def main(argv: list[str] | None = None) -> int:
     extra_bits = [b for b in args.gap_bits if need_gap and b not in args.bits]
     for b in extra_bits:  # reference rows for the QuAILoRA gap, initialisation only
         rows.append(run_one("qlora", b, args, opts, steps=0))
+    def write(final: bool) -> str:
+        report = render(rows, args, argv, check_targets(rows, args))
+        if not final:
+            report += "\n(partial: the run is still going)\n"
+        if args.out:
+            from pathlib import Path
+
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(report)
+        return report
+
     for bits in args.bits:
         for name in args.methods:
             row = run_one(name, bits, args, opts)
             rows.append(row)
             print(f"{bits}-bit {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items()
                                                    if k not in ("method", "bits")), file=sys.stderr)
+            write(final=False)
         if not args.no_peft:
             rows.append(peft_loftq_reference(args, bits))
-    report = render(rows, args, argv, check_targets(rows, args))
-    print(report)
-    if args.out:
-        from pathlib import Path
-
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
+    print(write(final=True))
     return 0
 
 
