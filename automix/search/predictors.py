@@ -38,8 +38,8 @@ class _Model:
     def fit(self, X: np.ndarray, y: np.ndarray) -> "_Model":  # pragma: no cover - interface
         raise NotImplementedError
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
-        raise NotImplementedError
+    def predict(self, X: np.ndarray, return_std: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError  # pragma: no cover - interface
 
 
 def _short_lbfgs(obj_func, initial_theta, bounds):
@@ -75,9 +75,11 @@ class _GP(_Model):
             self._gp.fit((X - self._lo) / self._span, y)
         return self
 
-    def predict(self, X):
-        mean, std = self._gp.predict((X - self._lo) / self._span, return_std=True)
-        return mean, std
+    def predict(self, X, return_std=True):
+        Xs = (X - self._lo) / self._span
+        if not return_std:
+            return self._gp.predict(Xs), np.zeros(len(X))
+        return self._gp.predict(Xs, return_std=True)
 
 
 class _Trees(_Model):
@@ -95,7 +97,9 @@ class _Trees(_Model):
         ).fit(X, y)
         return self
 
-    def predict(self, X):
+    def predict(self, X, return_std=True):
+        if not return_std:
+            return self._m.predict(X), np.zeros(len(X))
         per_tree = np.stack([t.predict(X) for t in self._m.estimators_])
         return per_tree.mean(axis=0), per_tree.std(axis=0)
 
@@ -140,7 +144,7 @@ class _Bagged(_Model):
                 self._members.append(self.factory(self.seed + k).fit(Xt[idx], yt[idx]))
         return self
 
-    def predict(self, X):
+    def predict(self, X, return_std=True):
         Xt = self._tf.transform(X) if self._tf else X
         preds = np.stack([m.predict(Xt) for m in self._members]) * self._y_sd + self._y_mu
         return preds[0] * 0.5 + preds.mean(axis=0) * 0.5, preds.std(axis=0)
@@ -211,6 +215,10 @@ class PerformancePredictor:
             cross-validating all of them is not).
         min_std_fraction: the predictive std never drops below this fraction of the chosen
             model's cross-validated RMSE, so EHVI keeps some exploration.
+        refit_after, refit_growth: past `refit_after` training points the chosen model is
+            refitted only once the data grew by `refit_growth` (a few new trials barely move a
+            model fitted on hundreds; this keeps proposals fast at 500+ trials).
+        max_cv_points: model selection cross-validates on at most this many (random) points.
         blas_threads: BLAS threads while fitting/predicting (None: leave as is). The
             matrices here are small, where one thread is much faster than several contending
             for a shared CPU.
@@ -223,6 +231,9 @@ class PerformancePredictor:
         seed: int = 0,
         reselect_growth: float = 1.25,
         min_std_fraction: float = 0.2,
+        refit_after: int = 200,
+        refit_growth: float = 1.04,
+        max_cv_points: int = 250,
         blas_threads: int | None = 1,
     ) -> None:
         for name in models:
@@ -235,6 +246,9 @@ class PerformancePredictor:
         self.reselect_growth = reselect_growth
         self.min_std_fraction = min_std_fraction
         self.blas_threads = blas_threads
+        self.refit_after, self.refit_growth = refit_after, refit_growth
+        self.max_cv_points = max_cv_points
+        self._fitted_at = 0
         self.chosen: str | None = None
         self.scores: dict[str, dict[str, float]] = {}
         self._selected_at = 0
@@ -259,11 +273,20 @@ class PerformancePredictor:
             px, py = np.empty((0, X.shape[1])), np.empty(0)
         n = len(y)
         with self._threads():
-            if self.chosen is None or n >= self._selected_at * self.reselect_growth:
-                self._select(X, y, px, py)
-            self._model = make_model(self.chosen, self.seed).fit(
-                np.vstack([X, px]), np.hstack([y, py])
-            )
+            reselect = self.chosen is None or n >= self._selected_at * self.reselect_growth
+            if reselect:
+                if n > self.max_cv_points:
+                    keep = np.random.default_rng(self.seed + n).choice(n, self.max_cv_points, False)
+                    self._select(X[keep], y[keep], px, py)
+                else:
+                    self._select(X, y, px, py)
+                self._selected_at = n
+            stale_ok = n >= self.refit_after and n < self._fitted_at * self.refit_growth
+            if reselect or self._model is None or not stale_ok:
+                self._model = make_model(self.chosen, self.seed).fit(
+                    np.vstack([X, px]), np.hstack([y, py])
+                )
+                self._fitted_at = n
         return self
 
     def _threads(self):
@@ -305,10 +328,13 @@ class PerformancePredictor:
         self._rmse = self.scores[self.chosen]["rmse"]
         self._selected_at = n
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted mean and standard deviation for each row of X."""
+    def predict(self, X: np.ndarray, return_std: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted mean and standard deviation for each row of X (std zeros when not asked:
+        cheaper for ensembles and GPs)."""
         if self._model is None:
             raise RuntimeError("PerformancePredictor.predict called before fit")
         with self._threads():
-            mean, std = self._model.predict(np.asarray(X, dtype=float))
+            mean, std = self._model.predict(np.asarray(X, dtype=float), return_std)
+        if not return_std:
+            return mean, std
         return mean, np.maximum(std, self.min_std_fraction * self._rmse)

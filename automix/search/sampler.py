@@ -330,12 +330,12 @@ class AutoMixSampler(BaseSampler):
                 p = self._predictors.setdefault(("con", k), self._new_predictor(k))
                 cons_models.append(p.fit(X[rows], c))
 
-        def predict(G: np.ndarray) -> Prediction:
+        def predict(G: np.ndarray, with_std: bool = False) -> Prediction:
             feats, known, ok, cons = self._evaluate(codec, G)
             mean = np.zeros((len(G), n_obj))
             std = np.zeros((len(G), n_obj))
             for i in unknown:
-                mean[:, i], std[:, i] = models[i].predict(feats)
+                mean[:, i], std[:, i] = models[i].predict(feats, with_std)
             for col, i in enumerate(known_idx):
                 mean[:, i] = known[:, col] * signs[i]
             pof = np.ones(len(G))
@@ -366,7 +366,7 @@ class AutoMixSampler(BaseSampler):
             pool = np.unique(np.vstack([pool, self._fresh(codec, path, taken)]), axis=0)
         if not len(pool):
             return self._random_feasible(codec, taken)
-        mean, std, _, pof, _ = predict(pool)
+        mean, std, _, pof, _ = predict(pool, True)
         score = expected_hypervolume_improvement(
             mean, std, front[nondominated_mask(front)] if len(front) else front, reference,
             n_samples=64, rng=self._rng,
@@ -377,7 +377,7 @@ class AutoMixSampler(BaseSampler):
         top = pool[np.argsort(-score)[:8]]
         local = self._fresh(codec, codec.mutate(np.repeat(top, 24, axis=0), self._rng, 0.0), taken)
         if len(local):
-            lm, ls, _, lp, _ = predict(local)
+            lm, ls, _, lp, _ = predict(local, True)
             lscore = expected_hypervolume_improvement(
                 lm, ls, front[nondominated_mask(front)] if len(front) else front, reference,
                 n_samples=64, rng=self._rng,
