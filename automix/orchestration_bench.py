@@ -156,7 +156,8 @@ def bench_quickstart(study: str, workers: int, n_trials: int | None, model: str 
     return {"workers": workers, "trials": run.target, "failed": run.failed, "wall_s": wall,
             "per_trial_s": wall / run.target, "front": len(run.front), "study_s": run.seconds,
             "ask_s": float(np.mean(run.ask_seconds)), "tell_s": float(np.mean(run.overhead_seconds)),
-            "trial_s": float(np.mean(run.trial_seconds)) if run.trial_seconds else float("nan")}
+            "trial_s": float(np.mean(run.trial_seconds)) if run.trial_seconds else float("nan"),
+            "in_flight": float(np.sum(run.trial_seconds)) / max(run.seconds, 1e-9)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         qs = [bench_quickstart(args.quickstart, w, args.quickstart_trials, args.model) for w in (1, 2)]
         print("\n## Quickstart study, real trials on the built-in tiny model\n")
         print("| workers | trials | failed | wall incl. start-up (s) | search loop (s) | mean trial (s) "
-              "| sampler ask (s) | tell+log (s) | front size |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| trials in flight (mean) | sampler ask (s) | tell+log (s) | front size |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in qs:
             print(f"| {r['workers']} | {r['trials']} | {r['failed']} | {r['wall_s']:.1f} | {r['study_s']:.1f} | "
-                  f"{r['trial_s']:.1f} | {r['ask_s']:.2f} | {r['tell_s']:.2f} | {r['front']} |")
+                  f"{r['trial_s']:.1f} | {r['in_flight']:.2f} | {r['ask_s']:.2f} | {r['tell_s']:.2f} | {r['front']} |")
         print(f"\nsearch-loop speed-up with 2 workers: {qs[0]['study_s'] / qs[1]['study_s']:.2f}x")
     return 0

@@ -145,6 +145,7 @@ class StudyConfig(_Strict):
     n_trials: int = Field(ge=1)
     sampler: Literal["automix", "tpe", "nsga2", "random"] = "automix"
     sampler_seed: int = 0
+    sampler_options: dict[str, Any] = Field(default_factory=dict)  # extra sampler keyword arguments
     trial: TrialSettings = Field(default_factory=TrialSettings)
     resources: Resources = Field(default_factory=Resources)
     workers: int = Field(1, ge=1)

@@ -33,23 +33,27 @@ def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
     def constraints(trial: Any) -> list[float]:
         return [float(trial.user_attrs.get("predicted_memory", mem(trial.params))) - budget]
 
-    if cfg.sampler == "automix":
-        from automix.search.sampler import AutoMixSampler
+    opts = dict(cfg.sampler_options)
+    try:
+        if cfg.sampler == "automix":
+            from automix.search.sampler import AutoMixSampler
 
-        known = {1: mem} if cfg.objectives.memory == "predicted" else {}
-        space = getattr(backend, "space", None)
-        features = space.feature_fn() if hasattr(space, "feature_fn") else None
-        return AutoMixSampler(
-            search_space=dict(backend.distributions), known_objectives=known, features=features,
-            known_constraints=[lambda p: mem(p) - budget],
-            n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed,
-        )
-    if cfg.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=cfg.sampler_seed, constraints_func=constraints,
-                                          multivariate=True)
-    if cfg.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=cfg.sampler_seed, constraints_func=constraints)
-    return optuna.samplers.RandomSampler(seed=cfg.sampler_seed)
+            known = {1: mem} if cfg.objectives.memory == "predicted" else {}
+            space = getattr(backend, "space", None)
+            features = space.feature_fn() if hasattr(space, "feature_fn") else None
+            kwargs = dict(search_space=dict(backend.distributions), known_objectives=known, features=features,
+                          known_constraints=[lambda p: mem(p) - budget],
+                          n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed)
+            return AutoMixSampler(**{**kwargs, **opts})
+        if cfg.sampler == "tpe":
+            return optuna.samplers.TPESampler(**{"seed": cfg.sampler_seed, "constraints_func": constraints,
+                                                 "multivariate": True, **opts})
+        if cfg.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(**{"seed": cfg.sampler_seed, "constraints_func": constraints,
+                                                    **opts})
+        return optuna.samplers.RandomSampler(**{"seed": cfg.sampler_seed, **opts})
+    except TypeError as err:
+        raise StudyConfigError(f"{cfg.source or '<study>'}: sampler_options: {err}") from None
 
 
 def compact_layers(resolved: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

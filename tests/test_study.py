@@ -130,3 +130,14 @@ def test_unreachable_tracking_and_storage(tmp_path):
                                               "storage: sqlite:////no/such/dir/o.db\n"))
     with pytest.raises(StudyConfigError, match="storage: directory /no/such/dir does not exist"):
         preflight(cfg, NoSpace())
+
+
+def test_sampler_options_are_checked(tmp_path):
+    from automix.orchestration_bench import SyntheticBackend
+    from automix.study_backend import make_sampler
+
+    cfg = load_study(write(tmp_path, GOOD + "sampler: tpe\nsampler_options: {n_startup_trials: 3}\n"))
+    assert make_sampler(cfg, SyntheticBackend(cfg.methods))._n_startup_trials == 3
+    cfg = load_study(write(tmp_path, GOOD + "sampler_options: {n_candidatez: 10}\n"))
+    with pytest.raises(StudyConfigError, match="sampler_options: .*n_candidatez"):
+        make_sampler(cfg, SyntheticBackend(cfg.methods))
