@@ -243,6 +243,7 @@ def preflight(cfg: StudyConfig, backend: Any) -> None:
     from automix.tracking import TrackingError, check_tracking_uri
 
     where = cfg.source or "<study>"
+    params: dict[str, Any] = {}
     smallest = getattr(backend, "smallest_memory", None)
     if smallest is not None:
         got = smallest()
@@ -253,6 +254,16 @@ def preflight(cfg: StudyConfig, backend: Any) -> None:
                 f"possible configuration ({format_size(mem)}"
                 + (f", method {params.get('method')}" if params.get("method") else "") + ")"
             )
+    if isinstance(backend, AutomixBackend):
+        from pydantic import ValidationError
+
+        from automix.trial import TrialSpec
+
+        try:  # the spec every trial will get (trial settings + extra keys) is a valid TrialSpec
+            TrialSpec.model_validate(backend.payload(params or {"method": cfg.methods[0]}))
+        except ValidationError as err:
+            why = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
+            raise StudyConfigError(f"{where}: trial: the trial spec is not valid ({why})") from None
     try:
         check_tracking_uri(cfg.tracking)
     except TrackingError as err:

@@ -23,12 +23,12 @@ MODEL = os.environ.get("AUTOMIX_TEST_MODEL", "builtin:tiny")
 
 
 def study_file(tmp_path: Path, **over) -> Path:
-    d = dict(name="e2e", budget="64MiB", n_trials=4, workers=2, sampler="automix")
+    d = dict(name="e2e", budget="64MiB", n_trials=4, workers=2, sampler="automix", model=MODEL, extra="")
     d.update(over)
     p = tmp_path / f"{d['name']}.yaml"
     p.write_text(textwrap.dedent(f"""\
         name: {d['name']}
-        model: {MODEL}
+        model: {d['model']}
         task: lm
         methods: [qlora, lora]
         search_space: {{path: {REPO / 'search_spaces' / 'quickstart.yaml'}}}
@@ -36,7 +36,7 @@ def study_file(tmp_path: Path, **over) -> Path:
         memory_budget: {d['budget']}
         n_trials: {d['n_trials']}
         sampler: {d['sampler']}
-        trial: {{steps: 3, batch_size: 2, seq_len: 32, eval_batches: 2, extra: {{eval_batch_size: 8}}}}
+        trial: {{steps: 3, batch_size: 2, seq_len: 32, eval_batches: 2, extra: {{eval_batch_size: 8{d['extra']}}}}}
         resources: {{cpus: 1}}
         workers: {d['workers']}
         timeout_per_trial: 600
@@ -46,16 +46,36 @@ def study_file(tmp_path: Path, **over) -> Path:
     return p
 
 
-def test_budget_below_smallest_configuration(tmp_path):
+@pytest.fixture()
+def config_only_model(tmp_path) -> str:
+    """A Llama model directory with only its config: all a study needs before trials run."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2,
+                architectures=["LlamaForCausalLM"]).save_pretrained(tmp_path / "cfg-model")
+    return str(tmp_path / "cfg-model")
+
+
+def test_bad_trial_settings_fail_before_trials(tmp_path, config_only_model):
     from automix.study import StudyConfigError, load_study
     from automix.study_backend import AutomixBackend, preflight
 
-    cfg = load_study(study_file(tmp_path, budget="1KiB"))
+    cfg = load_study(study_file(tmp_path, model=config_only_model, extra=", eval_batchsize: 8"))
+    with pytest.raises(StudyConfigError, match=r"trial: the trial spec is not valid \(eval_batchsize: Extra inputs"):
+        preflight(cfg, AutomixBackend(cfg))
+
+
+def test_budget_below_smallest_configuration(tmp_path, config_only_model):
+    from automix.study import StudyConfigError, load_study
+    from automix.study_backend import AutomixBackend, preflight
+
+    cfg = load_study(study_file(tmp_path, budget="1KiB", model=config_only_model))
     backend = AutomixBackend(cfg)
     smallest, params = backend.smallest_memory()
     assert smallest > 1024
     with pytest.raises(StudyConfigError, match=r"memory_budget: 1.00 KiB is below the smallest possible "
-                                               r"configuration \(.*MiB, method q?lora\)"):
+                                               r"configuration \(.*iB, method q?lora\)"):
         preflight(cfg, backend)
     # the smallest configuration is a real one: every other choice of one parameter costs more
     for name, dist in backend.space.distributions.items():
