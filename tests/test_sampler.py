@@ -210,3 +210,14 @@ def test_warm_start_from_an_earlier_study() -> None:
         return min(t.value for t in study.trials[2:])  # the guided proposals only
 
     assert run(earlier.trials) < run([])
+
+
+def test_tight_known_budget_startup_stays_feasible_and_distinct() -> None:
+    # only 28 of 4^6 configurations fit: random / Latin-hypercube points must be repaired
+    budget = 14.0
+    sampler = _fast(seed=12, n_startup_trials=8, search_space=SPACE,
+                    known_constraints=[lambda p: _memory(p) - budget])
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: _damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}), n_trials=12)
+    assert all(_memory(t.params) <= budget for t in study.trials)
+    assert len({tuple(t.params.values()) for t in study.trials}) == 12

@@ -222,6 +222,42 @@ class AutoMixSampler(BaseSampler):
                 return genome
         return self._random_feasible(codec, taken)
 
+    def _anchor(self, codec: Codec) -> np.ndarray | None:
+        """A feasible uniform configuration (the cheapest first) to repair others towards."""
+        for frac in _UNIFORM_FRACTIONS:
+            g = codec.uniform(frac)
+            if self._feasible(codec, g):
+                return g
+        return None
+
+    def _repair(self, codec: Codec, pool: np.ndarray) -> np.ndarray:
+        """Make infeasible rows feasible by copying a random subset of genes from the anchor:
+        the smallest such subset found by bisection (random configurations under a tight
+        memory budget are mostly infeasible; repaired ones sit near the budget)."""
+        ok = self._evaluate(codec, pool)[2]
+        if ok.all():
+            return pool
+        anchor = self._anchor(codec)
+        if anchor is None:
+            return pool[ok]
+        out = [g for g in pool[ok]]
+        for g in pool[~ok]:
+            order = self._rng.permutation(codec.dim)
+            lo, hi = 0, codec.dim  # replacing all `hi` genes gives the (feasible) anchor
+            while lo < hi:
+                mid = (lo + hi) // 2
+                trial = g.copy()
+                trial[order[:mid]] = anchor[order[:mid]]
+                if self._feasible(codec, trial):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            fixed = g.copy()
+            fixed[order[:hi]] = anchor[order[:hi]]
+            if self._feasible(codec, fixed):
+                out.append(fixed)
+        return np.array(out).reshape(-1, codec.dim)
+
     def _make_design(self, codec: Codec) -> list[np.ndarray]:
         from scipy.stats import qmc
 
@@ -236,33 +272,36 @@ class AutoMixSampler(BaseSampler):
         if n_lhs and codec.dim:
             seed = int(self._rng.integers(2**31))
             pool = codec.from_unit(qmc.LatinHypercube(d=codec.dim, seed=seed).random(8 * n_lhs))
-            pool = pool[self._evaluate(codec, pool)[2]]
-            chosen = list(design)
+            pool = self._repair(codec, pool)
             feats = codec.features(pool)
+            used = np.zeros(len(pool), dtype=bool)
             # greedy max-min distance among feasible points: spread-out and diverse
-            for _ in range(min(n_lhs, len(pool))):
-                if chosen:
-                    ref = codec.features(np.array(chosen))
+            while len(design) < self._n_startup and not used.all():
+                if design:
+                    ref = codec.features(np.array(design))
                     d = np.min(((feats[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
                 else:
                     d = self._rng.random(len(pool))
+                d[used] = -np.inf
                 i = int(np.argmax(d))
+                used[i] = True
                 if codec.key(pool[i]) not in seen:
-                    chosen.append(pool[i])
+                    design.append(pool[i])
                     seen.add(codec.key(pool[i]))
-                feats[i] = np.inf  # never re-pick
-            design = chosen
         return design
 
     def _random_feasible(self, codec: Codec, taken: set[tuple]) -> np.ndarray:
+        pool = np.empty((0, codec.dim))
         for _ in range(20):
-            pool = codec.from_unit(self._rng.random((256, codec.dim)))
-            ok = self._evaluate(codec, pool)[2]
-            for g in pool[ok]:
+            pool = self._repair(codec, codec.from_unit(self._rng.random((64, codec.dim))))
+            for g in pool:
                 if codec.key(g) not in taken:
                     return g
-        warnings.warn("AutoMixSampler: no new feasible configuration found; proposing a repeat")
-        return pool[0]
+        # nothing new and feasible: the least violating configuration, with a warning
+        warnings.warn("AutoMixSampler: no new configuration satisfies known_constraints")
+        pool = codec.from_unit(self._rng.random((256, codec.dim)))
+        violation = np.clip(self._evaluate(codec, pool)[3], 0, None).sum(axis=1)
+        return pool[int(np.argmin(violation))]
 
     def _evaluate(self, codec: Codec, genomes: np.ndarray):
         """Features, known objective values, known-constraint feasibility and the constraint
