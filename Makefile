@@ -17,8 +17,10 @@ browser:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	    else echo "note: chromium not found and cannot be installed here; report PNGs will be skipped"; fi; }
 
+# The main job: the quickstart study (built-in tiny model, local Ray, SQLite stores in ./), its
+# Pareto front printed, the best configuration under the budget exported to exported/quickstart.
 quickstart: setup
-	$(PY) -m automix bench kernels --quick
+	$(PY) -m automix search studies/quickstart.yaml --export exported/quickstart
 
 test: setup
 	$(PY) -m pytest -q
