@@ -108,6 +108,7 @@ class TrialResult:
     losses: list[float] = field(default_factory=list)
     prepare_seconds: float = 0.0
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0  # process CPU time of training (robust to a contended machine)
     eval_seconds: float = 0.0
     tokens_per_second: float | None = None
     device: str = ""
@@ -253,7 +254,7 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
     if spec.steps > 0 and not params:
         raise TrialFailure("invalid_input", f"method {spec.method!r} has nothing to train with these "
                            "layer settings (every rank is 0?); use --steps 0 to only evaluate")
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     tokens = 0
     if spec.steps > 0:
         opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -298,6 +299,7 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
         result.peak_memory_bytes = sum(static.values())
         result.predicted_memory_bytes = predicted.weights + predicted.quant_metadata + predicted.adapters
     result.train_seconds = time.perf_counter() - t1
+    result.train_cpu_seconds = time.process_time() - c1
     if tokens and result.train_seconds > 0:
         result.tokens_per_second = tokens / result.train_seconds
 
