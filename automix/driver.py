@@ -10,7 +10,7 @@ Resuming (re-running the same study, or `--resume`) keeps every finished trial; 
 RUNNING by a killed driver, or stopped by Ctrl-C, are marked failed ("stale") and their
 configurations are enqueued to run again.
 
-The loop is generic over a `TrialBackend`: the real one (`automix.study.AutomixBackend`) maps
+The loop is generic over a `TrialBackend`: the real one (`automix.study_backend.AutomixBackend`) maps
 search parameters to `TrialSpec`s for `automix.trial.run_trial`; the orchestration benchmark
 uses a synthetic one.
 """
@@ -222,7 +222,7 @@ def run_study(
     """Run (or continue) a study until it has `n_trials` finished trials.
 
     `executor` defaults to a `RayExecutor` built from the study's resources; `sampler` to the
-    one `automix.study.make_sampler` builds for it. Ctrl-C cancels the trials in flight,
+    one `automix.study_backend.make_sampler` builds for it. Ctrl-C cancels the trials in flight,
     records them as interrupted (requeued on resume) and re-raises KeyboardInterrupt.
     """
     from optuna.trial import TrialState

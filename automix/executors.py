@@ -185,19 +185,19 @@ class RayExecutor(Executor):
                 raise ValueError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
             self._owns_ray = True
         self._ray = ray
-        self._remote = ray.remote(_call).options(
+        _ship_by_value(self.fn)
+        # The job function itself is the Ray task (exported once per session, not per job).
+        self._remote = ray.remote(self.fn).options(
             num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries,
             retry_exceptions=False, resources=resources or None,
         )
-        _ship_by_value(self.fn)
-        self._fn_ref = ray.put(self.fn)  # shipped once, not with every job
         self._running: dict[Any, _Running] = {}  # ObjectRef -> job
 
     def in_flight(self) -> int:
         return len(self._running)
 
     def submit(self, key: Hashable, payload: Any, *, attempts: int = 1) -> None:
-        ref = self._remote.remote(self._fn_ref, payload)
+        ref = self._remote.remote(payload)
         self._running[ref] = _Running(key, payload, time.time(), attempts)
 
     def poll(self, timeout: float = 1.0) -> list[Outcome]:
@@ -303,8 +303,3 @@ def _ship_by_value(fn: Callable[[Any], Any]) -> None:
         cloudpickle.register_pickle_by_value(module)
     except (ValueError, TypeError):  # already registered, or a built-in module
         pass
-
-
-def _call(fn: Callable[[Any], Any], payload: Any) -> Any:
-    """What a Ray worker runs: the job function on its payload."""
-    return fn(payload)

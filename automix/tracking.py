@@ -174,7 +174,7 @@ class Tracker:
         finished: float | None = None,
     ) -> str:
         """Log (or re-log, idempotently) one finished trial as a nested run; returns its id."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         if number in self._runs:
             return self._runs[number]

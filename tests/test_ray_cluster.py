@@ -116,9 +116,9 @@ def test_trials_on_both_nodes_and_node_death(cluster, tmp_path):
         ex.submit(k, {"key": k, "dir": str(tmp_path), "sleep": 1.0})
         if ex.free_slots() == 0:
             for o in drain(ex, 1).values():
-                assert o.status == "ok"
+                assert o.status == "ok", o.error
     first = drain(ex, ex.in_flight())
-    assert all(o.status == "ok" for o in first.values())
+    assert all(o.status == "ok" for o in first.values()), {k: o.error for k, o in first.items()}
     nodes_used = {p.name.split("-", 2)[2] for p in tmp_path.glob("start-*")}
     assert nodes_used == {head_id, node2_id}  # trials ran on both nodes
 
