@@ -9,7 +9,10 @@ the trained model's low loss depends on its attention and MLP weights.
 Document kinds (one line each):
   copy:    "copy: kep zor wib > kep zor wib"
   recall:  "recall: ka=3 mo=8 tu=1 ; mo=8 ka=3"
-  add:     "add: 482+39=521"
+  add:     "add: 48+39=87"
+  facts:   "facts: zibo has 471. kuta has 120." - a fixed table of entities and numbers that
+           is the same in every document, so it can only be known from memory (MLP weights):
+           the kind of knowledge quantization destroys first in real LLMs
   passage: BoolQ-style "passage: the fox is red. ... question: is the fox red? answer: yes"
   text:    template sentences ("the big fox sees a red owl.") for a bit of natural-ish text
 """
@@ -59,9 +62,32 @@ def recall_doc(rng: random.Random) -> str:
 
 
 def add_doc(rng: random.Random) -> str:
-    a = rng.randint(0, 10 ** rng.randint(1, 3) - 1)
-    b = rng.randint(0, 10 ** rng.randint(1, 3) - 1)
+    a = rng.randint(0, 10 ** rng.randint(1, 2) - 1)
+    b = rng.randint(0, 10 ** rng.randint(1, 2) - 1)
     return f"add: {a}+{b}={a + b}"
+
+
+KNOWLEDGE_SIZE = 256
+_KNOWLEDGE_SEED = 20_241_125
+
+
+def knowledge_table() -> list[tuple[str, str]]:
+    """The fixed (entity, 3-digit number) table every `facts` document draws from."""
+    rng = random.Random(_KNOWLEDGE_SEED)
+    names: list[str] = []
+    while len(names) < KNOWLEDGE_SIZE:
+        n = rng.choice(CONSONANTS) + rng.choice(VOWELS) + rng.choice(CONSONANTS) + rng.choice(VOWELS)
+        if n not in names:
+            names.append(n)
+    return [(n, str(rng.randint(100, 999))) for n in names]
+
+
+_KNOWLEDGE = knowledge_table()
+
+
+def facts_doc(rng: random.Random) -> str:
+    picks = rng.sample(_KNOWLEDGE, k=rng.randint(2, 4))
+    return "facts: " + " ".join(f"{e} has {v}." for e, v in picks)
 
 
 @dataclass(frozen=True)
@@ -74,12 +100,12 @@ class PassageExample:
 
 
 def passage_example(rng: random.Random, negation_rate: float = 0.0) -> PassageExample:
-    """Facts about 3-5 distinct things; a yes/no question about one of them.
+    """Facts about 2-4 distinct things; a yes/no question about one of them.
 
     With probability `negation_rate` the question is negated ("is the owl not big"), which
     flips the answer: a harder variant that fine-tuning can teach.
     """
-    nouns = rng.sample(NOUNS, k=rng.randint(3, 5))
+    nouns = rng.sample(NOUNS, k=rng.randint(2, 4))
     facts = []
     for noun in nouns:
         cat = rng.choice(sorted(ATTRIBUTES))
@@ -89,6 +115,11 @@ def passage_example(rng: random.Random, negation_rate: float = 0.0) -> PassageEx
     asked = value if truth else rng.choice([v for v in ATTRIBUTES[cat] if v != value])
     negated = rng.random() < negation_rate
     passage = " ".join(f"the {n} is {v}." for n, _, v in facts)
+    if not truth and rng.random() < 0.7:  # the easier case: the asked value is not in the passage
+        used = {v for _, _, v in facts}
+        free = [v for v in ATTRIBUTES[cat] if v not in used]
+        if free:
+            asked = rng.choice(free)
     question = f"is the {noun} not {asked}" if negated else f"is the {noun} {asked}"
     return PassageExample(passage, question, truth != negated)
 
@@ -127,12 +158,14 @@ DOC_KINDS: dict[str, Callable[[random.Random], str]] = {
     "copy": copy_doc,
     "recall": recall_doc,
     "add": add_doc,
+    "facts": facts_doc,
     "passage": passage_doc,
     "text": text_doc,
 }
 
 # Mixture weights of the pretraining corpus.
-DEFAULT_MIX: dict[str, float] = {"copy": 0.2, "recall": 0.25, "add": 0.2, "passage": 0.25, "text": 0.1}
+DEFAULT_MIX: dict[str, float] = {"copy": 0.15, "recall": 0.15, "add": 0.1, "facts": 0.35, "passage": 0.2,
+                                  "text": 0.05}
 
 
 def documents(seed: int, mix: dict[str, float] | None = None) -> Iterator[str]:

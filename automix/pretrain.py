@@ -210,13 +210,16 @@ def _probe_items(kind: str, n: int, seed: int) -> list[tuple[str, str]]:
         if kind == "copy":
             doc = corpus.copy_doc(rng)
             head, _, tail = doc.partition(" >")
-            items.append((head + " >", tail))
+            items.append((head + " >", tail.partition(" >")[0]))
         elif kind == "recall":
             doc = corpus.recall_doc(rng)
             facts, _, queries = doc.partition(" ; ")
             q = queries.split(" ")[0]
             key, _, val = q.partition("=")
             items.append((f"{facts} ; {key}=", val))
+        elif kind == "facts":
+            ent, val = rng.choice(corpus.knowledge_table())
+            items.append((f"facts: {ent} has", f" {val}"))
         elif kind == "add":
             doc = corpus.add_doc(rng)
             head, _, tail = doc.partition("=")
@@ -252,11 +255,11 @@ def exact_match(model: Any, tokenizer: Any, items: list[tuple[str, str]], batch_
 
 
 def probe_accuracies(model: Any, tokenizer: Any, n: int = 200) -> dict[str, float]:
-    """Accuracy on each in-context skill of the corpus (copy, recall, add, BoolQ plain/negated)."""
+    """Accuracy on each skill of the corpus (copy, recall, memorized facts, add, BoolQ plain/negated)."""
     from automix.data import BoolQTask
 
     out = {k: exact_match(model, tokenizer, _probe_items(k, n, corpus.PROBE_SEED + i))
-           for i, k in enumerate(("copy", "recall", "add"))}
+           for i, k in enumerate(("copy", "recall", "facts", "add"))}
     out["boolq_plain"] = BoolQTask(eval_size=n, negation_rate=0.0).evaluate(model, tokenizer)["accuracy"]
     out["boolq_negated"] = BoolQTask(eval_size=n, negation_rate=1.0).evaluate(model, tokenizer)["accuracy"]
     return out

@@ -1,0 +1,111 @@
+"""Measure the built-in model's quantization sensitivity and task accuracies (markdown tables).
+
+    python benchmarks/tiny_model_sensitivity.py [--model builtin:tiny] [--bits-single 2]
+
+Round-to-nearest (min-max, asymmetric, group 64) through `automix.quant.quantize` when it is
+importable, else an equivalent local RTN. Perplexity is the `lm` task's held-out perplexity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+
+
+def rtn_dequant(w: torch.Tensor, bits: int, group_size: int = 64) -> tuple[torch.Tensor, str]:
+    try:
+        from automix.quant import quantize
+
+        return quantize(w, bits, group_size=group_size).dequantize(w.dtype), "automix.quant.quantize"
+    except ImportError:
+        out_f, in_f = w.shape
+        g = w.reshape(out_f, in_f // group_size, group_size)
+        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+        scale = (hi - lo).clamp_min(1e-8) / (2 ** bits - 1)
+        q = ((g - lo) / scale).round().clamp(0, 2 ** bits - 1)
+        return (q * scale + lo).reshape(out_f, in_f), "local RTN"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="builtin:tiny")
+    ap.add_argument("--bits-single", type=int, default=2)
+    ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--probe-n", type=int, default=200)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    from automix.data import get_task
+    from automix.models import linear_weight, load_model, target_layers
+    from automix.pretrain import probe_accuracies
+
+    t0 = time.perf_counter()
+    model, tok = load_model(args.model)
+    lm = get_task("lm")
+    layers = target_layers(model)
+    originals = {n: linear_weight(m).detach().clone() for n, m in layers.items()}
+
+    def set_bits(names: list[str], bits: int | None) -> str:
+        how = "none"
+        with torch.no_grad():
+            for n in names:
+                w = originals[n]
+                if bits is None:
+                    linear_weight(layers[n]).copy_(w)
+                else:
+                    dq, how = rtn_dequant(w, bits, args.group_size)
+                    linear_weight(layers[n]).copy_(dq)
+        return how
+
+    base = lm.evaluate(model, tok)
+    base_acc = probe_accuracies(model, tok, args.probe_n)
+    print(f"# Built-in model quantization sensitivity ({args.model})\n")
+    print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()} "
+          f"{os.cpu_count()}-core CPU, torch {torch.__version__}, 2 threads")
+    print(f"command: `python benchmarks/{os.path.basename(__file__)} {' '.join(argv or sys.argv[1:])}`\n")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"parameters: {n_params:,}; target layers: {len(layers)}; held-out lm tokens: {int(base['tokens'])}\n")
+
+    print("## All layers, round-to-nearest, group", args.group_size, "\n")
+    print("| bits | perplexity | change | copy | recall | facts | add | boolq plain | boolq negated |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def acc_cells(a: dict) -> str:
+        return " | ".join(f"{a[k]:.3f}" for k in ("copy", "recall", "facts", "add", "boolq_plain", "boolq_negated"))
+
+    print(f"| 16 (none) | {base['perplexity']:.4f} | - | {acc_cells(base_acc)} |")
+    how = "none"
+    for bits in (8, 4, 3, 2):
+        how = set_bits(list(layers), bits)
+        r = lm.evaluate(model, tok)
+        a = probe_accuracies(model, tok, args.probe_n)
+        print(f"| {bits} | {r['perplexity']:.4f} | {100 * (r['perplexity'] / base['perplexity'] - 1):+.2f}% "
+              f"| {acc_cells(a)} |")
+        set_bits(list(layers), None)
+    print(f"\nquantizer: {how}\n")
+
+    print(f"## One layer at a time at {args.bits_single}-bit (all others full precision)\n")
+    print("| layer | perplexity | change |")
+    print("|---|---|---|")
+    changes = {}
+    for n in layers:
+        set_bits([n], args.bits_single)
+        r = lm.evaluate(model, tok)
+        set_bits([n], None)
+        changes[n] = r["perplexity"] / base["perplexity"] - 1
+        print(f"| {n} | {r['perplexity']:.4f} | {100 * changes[n]:+.3f}% |")
+    pos = sorted(v for v in changes.values())
+    hi, lo = pos[-1], min((v for v in pos if v > 0), default=float("nan"))
+    print(f"\nlargest / smallest positive single-layer change: {hi:.4f} / {lo:.6f} = {hi / lo:.1f}x; "
+          f"median {pos[len(pos) // 2]:.4f}")
+    print(f"\ntotal benchmark time {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
