@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="automix bench search", description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--trials", type=int, default=60)
-    ap.add_argument("--samplers", default=",".join(SAMPLERS))
+    ap.add_argument("--samplers", default="automix,random,tpe,nsgaii",
+                    help=f"comma-separated, from {','.join(SAMPLERS)}")
     ap.add_argument("--long", type=int, default=1000,
                     help="also run TPE for this many trials on seed 0 (0 = skip)")
     ap.add_argument("--parts", default="hv,constrained,predictor,timing")
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="SAMPLER:TRIALS:SEEDS for a slow sampler run shorter ('' = none)")
     ap.add_argument("--cache", type=Path, default=None, help="JSON file to resume from")
     ap.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     samplers = [s for s in args.samplers.split(",") if s]
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoints.append(args.trials)
     lines = [f"# Search benchmark: synthetic mixed-precision objectives",
              "",
-             f"Command: `automix bench search {' '.join(argv or [])}`  ",
+             f"Command: `OPENBLAS_NUM_THREADS=1 automix bench search {' '.join(argv)}`  ",
              f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; machine: "
              f"{platform.machine()} {os.cpu_count()} cores (shared), Python {platform.python_version()}",
              "",
