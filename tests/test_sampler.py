@@ -221,3 +221,22 @@ def test_tight_known_budget_startup_stays_feasible_and_distinct() -> None:
     study.optimize(lambda t: _damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}), n_trials=12)
     assert all(_memory(t.params) <= budget for t in study.trials)
     assert len({tuple(t.params.values()) for t in study.trials}) == 12
+
+
+def test_guided_proposals_record_their_predicted_values() -> None:
+    # Reports and MLflow compare what the predictor expected with what the trial measured.
+    sampler = _fast(seed=3, n_startup_trials=6, search_space=SPACE, known_objectives={1: _memory})
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    study.optimize(
+        lambda t: (_damage({k: t.suggest_categorical(k, CHOICES) for k in SPACE}), _memory(t.params)),
+        n_trials=10,
+    )
+    startup, guided = study.trials[:6], study.trials[6:]
+    assert all("automix:predicted_values" not in t.system_attrs for t in startup)
+    for t in guided:
+        predicted = t.system_attrs["automix:predicted_values"]
+        assert len(predicted) == 2 and all(np.isfinite(predicted))
+        assert predicted[1] == pytest.approx(_memory(t.params))  # known objective: exact
+    damage = np.array([t.values[0] for t in guided])
+    guess = np.array([t.system_attrs["automix:predicted_values"][0] for t in guided])
+    assert np.all(np.abs(guess - damage) < 0.5 * damage.max() + 1.0)  # same scale as the truth

@@ -43,6 +43,7 @@ from automix.search.predictors import PerformancePredictor
 __all__ = ["AutoMixSampler"]
 
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
+_PREDICTED_ATTR = "automix:predicted_values"  # system attr: predicted objective values
 
 
 class AutoMixSampler(BaseSampler):
@@ -133,7 +134,12 @@ class AutoMixSampler(BaseSampler):
             if len(complete) < self._n_startup:
                 genome = self._next_design_point(codec, taken)
             else:
-                genome = self._propose(study, codec, complete, pending, taken)
+                genome, predicted = self._propose(study, codec, complete, pending, taken)
+                # What the predictors expect of this proposal, in the study's own units:
+                # the driver logs it and the reports compare it with the measured values.
+                study._storage.set_trial_system_attr(
+                    trial._trial_id, _PREDICTED_ATTR, [float(v) for v in predicted]
+                )
             key = codec.key(genome)
             self._pending[(study._study_id, trial.number)] = key
             return codec.decode(genome)
@@ -337,7 +343,7 @@ class AutoMixSampler(BaseSampler):
         return base, known, np.all(cons <= 0.0, axis=1), cons
 
     # ----------------------------------------------------------------- guided proposals
-    def _propose(self, study, codec, complete, pending, taken) -> np.ndarray:
+    def _propose(self, study, codec, complete, pending, taken) -> tuple[np.ndarray, np.ndarray]:
         signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
         n_obj = len(signs)
         bad = [i for i in self._known if not 0 <= i < n_obj]
@@ -404,7 +410,7 @@ class AutoMixSampler(BaseSampler):
         if len(path):
             pool = np.unique(np.vstack([pool, self._fresh(codec, path, taken)]), axis=0)
         if not len(pool):
-            return self._random_feasible(codec, taken)
+            return self._predicted(self._random_feasible(codec, taken), predict, signs)
         mean, std, _, pof, _ = predict(pool, True)
         score = expected_hypervolume_improvement(
             mean, std, front[nondominated_mask(front)] if len(front) else front, reference,
@@ -422,8 +428,13 @@ class AutoMixSampler(BaseSampler):
                 n_samples=64, rng=self._rng,
             ) * lp
             if lscore.max() > score.max():
-                return local[int(np.argmax(lscore))]
-        return pool[int(np.argmax(score))]
+                return self._predicted(local[int(np.argmax(lscore))], predict, signs)
+        return self._predicted(pool[int(np.argmax(score))], predict, signs)
+
+    @staticmethod
+    def _predicted(genome: np.ndarray, predict, signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The chosen genome with its predicted objective values (un-signed)."""
+        return genome, predict(genome[None, :]).mean[0] * signs
 
     def _new_predictor(self, salt: Any) -> PerformancePredictor:
         seed = (self._seed or 0) + zlib.crc32(str(salt).encode()) % 10007
