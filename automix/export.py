@@ -199,46 +199,11 @@ def export_trial(study: Any, cfg: Any, trial: Any, out: str | Path, with_weights
 
 def _prepare(spec: Any) -> tuple[Any, Any, Any, Any]:
     """The model a trial spec describes, prepared (pruned, quantized, adapters) but untrained:
-    the structure `load` fills from the saved checkpoint. Mirrors `automix.trial.run_trial`'s
-    preparation (same seeds and calibration sets)."""
-    import random
+    the structure `load` fills from the saved checkpoint (same code path as `run_trial`)."""
+    from automix.trial import prepare_model
 
-    import numpy as np
-    import torch
-
-    from automix.data import calibration_batches, get_task
-    from automix.layer_config import LayerConfig, resolved_from_dict
-    from automix.methods import MethodSettings, get_method
-    from automix.models import load_model, target_layer_names
-    from automix.prune import prune_model
-    from automix.trial import TrialSpec
-
-    spec = TrialSpec.model_validate(dict(spec))
-
-    def seed() -> None:
-        random.seed(spec.seed)
-        np.random.seed(spec.seed % (2**32))
-        torch.manual_seed(spec.seed)
-
-    seed()
-    model, tokenizer = load_model(spec.model, dtype=getattr(torch, spec.dtype))
-    names = target_layer_names(model)
-    ls = (LayerConfig.from_yaml(spec.layers).resolve(names) if isinstance(spec.layers, str)
-          else resolved_from_dict(spec.layers, names, source="spec.layers"))
-    task = get_task(spec.task, spec.data, **({"eval_path": spec.eval_data} if spec.eval_data else {}))
-    method = get_method(spec.method)
-    settings = method.check_settings(MethodSettings.from_dict(spec.method_settings))
-    if any(s.prune > 0 for s in ls.values()):
-        seed()
-        calib = calibration_batches(tokenizer, spec.prune_calib_samples, min(spec.seq_len, 128), spec.seed, task)
-        prune_model(model, ls, spec.prune_mode, calib)
-    calib = None
-    if method.needs_calibration:
-        seed()
-        calib = calibration_batches(tokenizer, settings.calib_samples, settings.calib_seq_len, spec.seed, task)
-    seed()
-    model = method.prepare(model, ls, settings, calib)
-    return spec, model, tokenizer, (method, task)
+    p = prepare_model(spec)
+    return p.spec, p.model, p.tokenizer, (p.method, p.task)
 
 
 def save_weights(spec: Any, out: str | Path) -> dict[str, str]:

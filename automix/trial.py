@@ -201,22 +201,38 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def _run(spec: TrialSpec, result: TrialResult) -> None:
-    import torch
+@dataclass
+class PreparedTrial:
+    """A trial's model after pruning and the method's preparation, before any training step."""
 
-    from automix import memory
+    spec: TrialSpec
+    model: Any
+    tokenizer: Any
+    task: Any
+    method: Any
+    settings: Any
+    layer_settings: dict[str, Any]
+    memory_layer_settings: dict[str, Any]  # what the memory model sees (masks do not shrink tensors)
+    arch: Any
+
+
+def prepare_model(spec: TrialSpec | Mapping[str, Any], device: str = "cpu") -> PreparedTrial:
+    """Load, prune and prepare (quantize, initialise adapters) the model a spec describes.
+
+    Deterministic for the spec's seed, so `run_trial` and `automix.export.load` (which fills
+    the same structure from a saved checkpoint) build exactly the same model.
+    """
     from automix.data import calibration_batches, get_task
-    from automix.layer_config import average_bits
     from automix.methods import MethodSettings, get_method
     from automix.models import arch_info, load_model, target_layer_names
     from automix.prune import prune_model
 
-    device = _device(spec.device)
-    result.device = device
-    dtype = getattr(torch, spec.dtype)
-    t0 = time.perf_counter()
+    if not isinstance(spec, TrialSpec):
+        spec = TrialSpec.model_validate(dict(spec))
+    import torch
+
     _seed(spec.seed)
-    model, tokenizer = load_model(spec.model, dtype=dtype)
+    model, tokenizer = load_model(spec.model, dtype=getattr(torch, spec.dtype))
     if tokenizer is None:
         raise TrialFailure("invalid_input", f"model {spec.model!r} has no tokenizer files; a trial "
                            "needs one to build training and evaluation batches")
@@ -227,12 +243,12 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
     method = get_method(spec.method)
     settings = method.check_settings(MethodSettings.from_dict(spec.method_settings))
 
-    structured = spec.prune_mode == "structured"
     if any(s.prune > 0 for s in ls.values()):
         _seed(spec.seed)
         calib = calibration_batches(tokenizer, spec.prune_calib_samples, min(spec.seq_len, 128), spec.seed, task)
         prune_model(model, ls, spec.prune_mode, calib)
-    memory_ls = ls if structured else {n: type(s)(s.bits, s.group_size, 0.0, s.rank) for n, s in ls.items()}
+    memory_ls = ls if spec.prune_mode == "structured" else {
+        n: type(s)(s.bits, s.group_size, 0.0, s.rank) for n, s in ls.items()}
     calib = None
     if method.needs_calibration:
         _seed(spec.seed)
@@ -241,6 +257,22 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
     _seed(spec.seed)
     model = method.prepare(model, ls, settings, calib.to(device) if calib is not None else None)
     model.to(device)
+    return PreparedTrial(spec, model, tokenizer, task, method, settings, ls, memory_ls, info)
+
+
+def _run(spec: TrialSpec, result: TrialResult) -> None:
+    import torch
+
+    from automix import memory
+    from automix.layer_config import average_bits
+
+    device = _device(spec.device)
+    result.device = device
+    t0 = time.perf_counter()
+    prepared = prepare_model(spec, device)
+    model, tokenizer, task = prepared.model, prepared.tokenizer, prepared.task
+    method, settings, ls = prepared.method, prepared.settings, prepared.layer_settings
+    memory_ls, info = prepared.memory_layer_settings, prepared.arch
     profile = method.memory_profile(info, ls, settings)
     shapes = memory.layer_shapes(info, memory_ls)
     bits = ls if profile.quantize_base else {n: type(s)(16, s.group_size, s.prune, s.rank) for n, s in ls.items()}
