@@ -146,6 +146,10 @@ class StudyConfig(_Strict):
     sampler: Literal["automix", "tpe", "nsga2", "random"] = "automix"
     sampler_seed: int = 0
     sampler_options: dict[str, Any] = Field(default_factory=dict)  # extra sampler keyword arguments
+    # Per-layer sensitivity profile as predictor features (AutoMixSampler): "on" loads the cached
+    # profile or computes it in the driver; "auto" does so only for small models (others: run
+    # `automix profile --model ...` on a GPU machine first, then set "on"); "off" never.
+    sensitivity: Literal["auto", "on", "off"] = "auto"
     trial: TrialSettings = Field(default_factory=TrialSettings)
     resources: Resources = Field(default_factory=Resources)
     workers: int = Field(1, ge=1)
@@ -155,6 +159,12 @@ class StudyConfig(_Strict):
     tracking_uri: str | None = None
     # Set by load_study: where the file lives (relative paths are resolved against it).
     source: str | None = Field(None, exclude=True)
+
+    @field_validator("sensitivity", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on / off as a boolean
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("memory_budget", mode="before")
     @classmethod

@@ -20,6 +20,9 @@ import yaml
 
 from automix.study import StudyConfig, StudyConfigError, format_size
 
+# `sensitivity: auto` profiles a model in the driver only below this much weight data.
+_AUTO_PROFILE_MAX_BYTES = 256 * 1024**2
+
 __all__ = ["make_sampler", "compact_layers", "AutomixBackend", "preflight"]
 
 
@@ -40,7 +43,8 @@ def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
 
             known = {1: mem} if cfg.objectives.memory == "predicted" else {}
             space = getattr(backend, "space", None)
-            features = space.feature_fn() if hasattr(space, "feature_fn") else None
+            scores = backend.sensitivity_scores() if hasattr(backend, "sensitivity_scores") else None
+            features = space.feature_fn(scores) if hasattr(space, "feature_fn") else None
             kwargs = dict(search_space=dict(backend.distributions), known_objectives=known, features=features,
                           known_constraints=[lambda p: mem(p) - budget],
                           n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed)
@@ -114,6 +118,24 @@ class AutomixBackend:
         self.distributions = {"method": CategoricalDistribution(list(cfg.methods)),
                               **dict(self.space.distributions)}
         self._mem: dict[tuple, float] = {}
+
+    def sensitivity_scores(self) -> dict[str, dict[int, float]] | None:
+        """Per-layer, per-bits KL sensitivities for the sampler's features, per `cfg.sensitivity`."""
+        mode = getattr(self.cfg, "sensitivity", "off")
+        if mode == "off":
+            return None
+        weights = sum(p.stat().st_size for p in self.model_dir.iterdir()
+                      if p.suffix in (".safetensors", ".bin", ".pt"))
+        if not weights:  # a config-only directory: nothing to profile
+            return None
+        if mode == "auto" and weights > _AUTO_PROFILE_MAX_BYTES:
+            print(f"note: no sensitivity profile for {self.cfg.model} ({format_size(weights)} of weights); "
+                  "run `automix profile --model ...` and set `sensitivity: on` to use one")
+            return None
+        from automix.search.sensitivity import load_or_profile
+
+        profile, _, _ = load_or_profile(str(self.model_dir))
+        return profile.scores("kl")
 
     def _layers(self, params: Mapping[str, Any]) -> dict[str, Any]:
         space_params = {k: v for k, v in params.items() if k != "method"}

@@ -6,8 +6,11 @@ torch path on CPU unless a test asks for the Triton backend explicitly.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Sensitivity profiles computed by studies under test go to a fresh cache, not the user's.
+os.environ.setdefault("AUTOMIX_CACHE_DIR", tempfile.mkdtemp(prefix="automix-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402

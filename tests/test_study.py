@@ -141,3 +141,25 @@ def test_sampler_options_are_checked(tmp_path):
     cfg = load_study(write(tmp_path, GOOD + "sampler_options: {n_candidatez: 10}\n"))
     with pytest.raises(StudyConfigError, match="sampler_options: .*n_candidatez"):
         make_sampler(cfg, SyntheticBackend(cfg.methods))
+
+
+def test_sensitivity_profile_feeds_the_sampler_features(tmp_path, monkeypatch):
+    # The predictor's features use the model's measured per-layer sensitivity when asked for;
+    # "off" falls back to the bits-only proxy.
+    import numpy as np
+
+    from automix.study_backend import AutomixBackend, make_sampler
+
+    monkeypatch.setenv("AUTOMIX_CACHE_DIR", str(tmp_path / "cache"))
+    text = GOOD.replace("search_spaces/quickstart.yaml", str(REPO / "search_spaces/quickstart.yaml"))
+    on = AutomixBackend(load_study(write(tmp_path, text + "sensitivity: on\n")))
+    scores = on.sensitivity_scores()
+    assert set(scores) == set(on.layer_names)
+    assert all(s[2] > s[4] > s[8] >= 0 for s in scores.values())  # fewer bits, more damage
+    assert list((tmp_path / "cache" / "sensitivity").glob("*.json"))  # cached for later studies
+    off = AutomixBackend(load_study(write(tmp_path, text + "sensitivity: off\n")))
+    assert off.sensitivity_scores() is None
+    params = {name: dist.choices[0] for name, dist in on.distributions.items()}
+    f_on = make_sampler(on.cfg, on)._features(params)
+    f_off = make_sampler(off.cfg, off)._features(params)
+    assert f_on.shape == f_off.shape and not np.allclose(f_on, f_off)
