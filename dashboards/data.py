@@ -254,15 +254,7 @@ def _natural(name: str) -> list[Any]:
 
 def layer_names(config: Mapping[str, Any], recorded: Sequence[Any]) -> list[str]:
     """All target layer names: from the model's config.json when it is on disk (cheap, no
-    weights), else every exact name any trial's layer configuration mentions."""
-    names: list[str] = []
-    model = str(config.get("model") or "")
-    try:
-        names = _names_from_model(model)
-    except Exception:  # noqa: BLE001 - a report should not fail on a moved model directory
-        names = []
-    if names:
-        return names
+    weights) and names every layer the trials mention, else every exact name they mention."""
     seen: dict[str, None] = {}
     for layers in recorded:
         if not isinstance(layers, Mapping):
@@ -271,6 +263,12 @@ def layer_names(config: Mapping[str, Any], recorded: Sequence[Any]) -> list[str]
         for n in (explicit or {}):
             if not any(c in n for c in "*?["):
                 seen[n] = None
+    try:
+        names = _names_from_model(str(config.get("model") or ""))
+    except Exception:  # noqa: BLE001 - a report should not fail on a moved model directory
+        names = []
+    if names and set(seen) <= set(names):  # not a different model now at that path
+        return names
     return sorted(seen, key=_natural)
 
 
