@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ValueError as err:  # bad input (file, key, value): a message and status 2, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

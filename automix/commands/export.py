@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--with-weights", action="store_true",
                    help="also save the quantized checkpoint and trained adapters (re-runs the trial)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: the working dir's)")
-    p.set_defaults(func=_safe_run)
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,14 +36,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"run it again with: automix trial --model {spec.get('model', cfg.model)} --task {cfg.task} "
           f"--method {trial.user_attrs.get('method')} --layers {path}/layers.yaml")
     return 0
-
-
-def _safe_run(args: argparse.Namespace) -> int:
-    """Bad input (study file, storage, budget) is a message and exit status 2, not a traceback."""
-    import sys
-
-    try:
-        return run(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2

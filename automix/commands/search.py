@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export", metavar="DIR", default=None,
                    help="when the study is done, export its best configuration within the budget to DIR")
     p.add_argument("--local", action="store_true", help="run trials in this process, one at a time (no Ray)")
-    p.set_defaults(func=_safe_run)
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,14 +71,3 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"export the best configuration under a memory limit with:\n"
                       f"  automix export --study {cfg.name} --max-memory <SIZE> --out exported/{cfg.name}")
     return 0
-
-
-def _safe_run(args: argparse.Namespace) -> int:
-    """Bad input (study file, storage, budget) is a message and exit status 2, not a traceback."""
-    import sys
-
-    try:
-        return run(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2

@@ -11,7 +11,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", help="study file or study name")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: the working dir's SQLite file)")
     p.add_argument("--all", action="store_true", help="list every trial (default: the last 20)")
-    p.set_defaults(func=_safe_run)
+    p.set_defaults(func=run)
 
 
 def print_status(cfg: Any, console: Any = None, show_all: bool = False) -> None:
@@ -56,14 +56,3 @@ def run(args: argparse.Namespace) -> int:
 
     print_status(study_from_ref(args.study, args.storage), show_all=args.all)
     return 0
-
-
-def _safe_run(args: argparse.Namespace) -> int:
-    """Bad input (study file, storage, budget) is a message and exit status 2, not a traceback."""
-    import sys
-
-    try:
-        return run(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
