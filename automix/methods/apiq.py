@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from automix.methods.adapters import replace_module
 from automix.methods.base import MethodError
 from automix.methods.loftq import LowRankInitMethod
 
@@ -165,14 +166,6 @@ def _block_out(out: Any) -> Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _swap(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    old = getattr(parent, child)
-    setattr(parent, child, new)
-    return old
-
-
 def _apiq_module(layer: nn.Module, plan: ApiQPlan) -> ApiQLinear:
     from automix.models import linear_weight
 
@@ -245,17 +238,17 @@ def apiq_calibrate(
             if layerwise:
                 fit(model, block, modules, x_fp, x_q, kws, epochs, lr_clip, lr_lora, weight_decay)
                 for n, m in modules.items():
-                    originals[n] = _swap(model, n, m)
+                    originals[n] = replace_module(model, n, m)
             else:
                 for n, m in modules.items():
-                    originals[n] = _swap(model, n, m)
+                    originals[n] = replace_module(model, n, m)
                 fit(model, block, modules, x_fp, x_q, kws, epochs, lr_clip, lr_lora, weight_decay, y_fp)
             for n, m in modules.items():
                 results[n] = m.bake()
             with torch.no_grad():
                 x_q = [_block_out(block(x, **kw)) for x, kw in zip(x_q, kws)]
             for n, orig in originals.items():
-                _swap(model, n, orig)
+                replace_module(model, n, orig)
             x_fp = y_fp
     finally:
         for n, p in model.named_parameters():
