@@ -5,7 +5,7 @@ import torch
 
 from automix.methods.apiq import ApiQLinear, ApiQPlan, apiq_calibrate, group_by_block
 from automix.models import target_layers
-from tests.test_method_loftq import (
+from tests.method_helpers import (
     check_method_end_to_end,
     structured_layer,
     structured_llama,
@@ -103,7 +103,7 @@ def test_apiq_needs_calibration():
 
 
 def test_apiq_memory_prediction_matches_measurement():
-    from tests.test_method_loftq import check_memory_prediction
+    from tests.method_helpers import check_memory_prediction
 
     check_memory_prediction("apiq", settings={"options": {"epochs": 1}})
 

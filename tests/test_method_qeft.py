@@ -5,8 +5,8 @@ import torch
 
 from automix.methods.qeft import QEFTLinear, gptq_quantize_with_weak, select_weak_columns, weak_column_count
 from automix.quant import quantize
-from tests.test_method_loftq import check_method_end_to_end, prepare, tokens
-from tests.test_method_quailora import correlated_inputs, structured_layer
+from tests.method_helpers import check_method_end_to_end, prepare, tokens
+from tests.method_helpers import correlated_inputs, structured_layer
 
 
 def test_weak_columns_are_the_outlier_channels():
@@ -53,7 +53,7 @@ def test_qeft_trains_fewer_parameters_than_qlora_at_rank_16():
     from automix.layer_config import LayerSettings
     from automix.methods import get_method
     from automix.models import target_layers
-    from tests.test_method_loftq import tiny_llama
+    from tests.method_helpers import tiny_llama
 
     counts = {}
     for name in ("qlora", "qeft"):
@@ -77,6 +77,6 @@ def test_weak_columns_shared_within_input_groups_and_bad_k():
 
 
 def test_qeft_memory_prediction_matches_measurement():
-    from tests.test_method_loftq import check_memory_prediction
+    from tests.method_helpers import check_memory_prediction
 
     check_memory_prediction("qeft")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from automix.methods.qst import QSTModel, side_dims, side_param_count
-from tests.test_method_loftq import check_method_end_to_end, prepare, tiny_llama, tokens
+from tests.method_helpers import check_method_end_to_end, prepare, tiny_llama, tokens
 
 
 def test_qst_method_end_to_end(tmp_path):
@@ -63,13 +63,13 @@ def test_right_padding_is_respected_without_a_mask():
 
 
 def test_qst_memory_prediction_matches_measurement():
-    from tests.test_method_loftq import check_memory_prediction
+    from tests.method_helpers import check_memory_prediction
 
     check_memory_prediction("qst")
 
 
 def test_qst_saves_far_less_than_qlora():
-    from tests.test_method_loftq import measure_vs_predict
+    from tests.method_helpers import measure_vs_predict
 
     qst, _ = measure_vs_predict("qst")
     qlora, _ = measure_vs_predict("qlora")

@@ -2,21 +2,14 @@
 
 import pytest
 import torch
+
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from automix.methods.loftq import loftq_init
 from automix.methods.quailora import calibrated_error, collect_input_hessians, quailora_init, quailora_refine
 from automix.models import target_layers
 from automix.quant import quantize
-from tests.test_method_loftq import structured_layer
-
-
-def correlated_inputs(n: int = 512, in_f: int = 160, seed: int = 0) -> torch.Tensor:
-    """Low-dimensional correlated activations with a few outlier channels."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 24, generator=g) @ torch.randn(24, in_f, generator=g) + 0.1 * torch.randn(n, in_f, generator=g)
-    x[:, [3, 50, 77]] *= 20
-    return x
+from tests.method_helpers import check_memory_prediction, correlated_inputs, structured_layer
 
 
 @pytest.mark.parametrize("bits", [2, 4])
@@ -80,6 +73,6 @@ def test_bad_inputs_raise():
 
 
 def test_quailora_memory_prediction_matches_measurement():
-    from tests.test_method_loftq import check_memory_prediction
+    from tests.method_helpers import check_memory_prediction
 
     check_memory_prediction("quailora")
