@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from automix.methods.qst import QSTModel, side_dims, side_param_count
-from tests.method_helpers import check_method_end_to_end, prepare, tiny_llama, tokens
+from tests.method_helpers import check_method_end_to_end, prepare, tokens
 
 
 def test_qst_method_end_to_end(tmp_path):
