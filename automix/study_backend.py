@@ -33,9 +33,9 @@ def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
     mem = backend.predicted_memory
     budget = float(cfg.memory_budget)
 
-    def constraints(trial: Any) -> list[float]:
-        return [float(trial.user_attrs.get("predicted_memory", mem(trial.params))) - budget]
-
+    # TPE / NSGA-II read the memory constraint the driver sets on each trial when it is asked
+    # (`Trial.set_constraint("memory_budget", ...)`); AutoMixSampler also gets it as a known
+    # constraint so it never proposes an infeasible configuration.
     opts = dict(cfg.sampler_options)
     try:
         if cfg.sampler == "automix":
@@ -50,11 +50,9 @@ def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
                           n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed)
             return AutoMixSampler(**{**kwargs, **opts})
         if cfg.sampler == "tpe":
-            return optuna.samplers.TPESampler(**{"seed": cfg.sampler_seed, "constraints_func": constraints,
-                                                 "multivariate": True, **opts})
+            return optuna.samplers.TPESampler(**{"seed": cfg.sampler_seed, "multivariate": True, **opts})
         if cfg.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(**{"seed": cfg.sampler_seed, "constraints_func": constraints,
-                                                    **opts})
+            return optuna.samplers.NSGAIISampler(**{"seed": cfg.sampler_seed, **opts})
         return optuna.samplers.RandomSampler(**{"seed": cfg.sampler_seed, **opts})
     except TypeError as err:
         raise StudyConfigError(f"{cfg.source or '<study>'}: sampler_options: {err}") from None
