@@ -10,8 +10,9 @@ Document kinds (one line each):
   copy:    "copy: kep zor wib > kep zor wib"
   recall:  "recall: ka=3 mo=8 tu=1 ; mo=8 ka=3"
   add:     "add: 48+39=87"
-  facts:   "facts: zibo has 471. kuta has 120." - a fixed table of entities and numbers that
-           is the same in every document, so it can only be known from memory (MLP weights):
+  facts:   "facts: zibo has 471. kuta has 120." - a run of consecutive entries of a fixed,
+           ordered table of entities and numbers that is the same in every document, so
+           everything after the first entity name can only be known from memory (MLP weights):
            the kind of knowledge quantization destroys first in real LLMs
   passage: BoolQ-style "passage: the fox is red. ... question: is the fox red? answer: yes"
   text:    template sentences ("the big fox sees a red owl.") for a bit of natural-ish text
@@ -67,7 +68,9 @@ def add_doc(rng: random.Random) -> str:
     return f"add: {a}+{b}={a + b}"
 
 
-KNOWLEDGE_SIZE = 256
+# Large enough to put the model under capacity pressure (measured: 256 entries were learned
+# with room to spare and barely noticed 4-bit rounding; 1024 made facts fragile under 2/3-bit).
+KNOWLEDGE_SIZE = 1024
 _KNOWLEDGE_SEED = 20_241_125
 
 
@@ -86,7 +89,9 @@ _KNOWLEDGE = knowledge_table()
 
 
 def facts_doc(rng: random.Random) -> str:
-    picks = rng.sample(_KNOWLEDGE, k=rng.randint(2, 4))
+    """2-4 consecutive table entries from a random start: only the first name is unpredictable."""
+    start, k = rng.randrange(len(_KNOWLEDGE)), rng.randint(2, 4)
+    picks = [_KNOWLEDGE[(start + j) % len(_KNOWLEDGE)] for j in range(k)]
     return "facts: " + " ".join(f"{e} has {v}." for e, v in picks)
 
 
@@ -164,8 +169,14 @@ DOC_KINDS: dict[str, Callable[[random.Random], str]] = {
 }
 
 # Mixture weights of the pretraining corpus.
-DEFAULT_MIX: dict[str, float] = {"copy": 0.15, "recall": 0.15, "add": 0.1, "facts": 0.35, "passage": 0.2,
+DEFAULT_MIX: dict[str, float] = {"copy": 0.3, "recall": 0.05, "add": 0.05, "facts": 0.4, "passage": 0.15,
                                   "text": 0.05}
+
+
+# Mixture of the built-in `lm` task (its fine-tuning stream and its held-out perplexity text):
+# the kinds whose tokens are mostly determined by the context or by memory, so perplexity
+# measures what the blocks know rather than the irreducible randomness of keys and names.
+LM_TASK_MIX: dict[str, float] = {"copy": 0.25, "recall": 0.1, "add": 0.05, "facts": 0.6}
 
 
 def documents(seed: int, mix: dict[str, float] | None = None) -> Iterator[str]:

@@ -200,7 +200,12 @@ def _cycle_shuffled(items: Sequence[Any], seed: int) -> Iterator[Any]:
 
 
 class LMTask(Task):
-    """Perplexity on held-out text; trains on all tokens."""
+    """Perplexity on held-out text; trains on all tokens.
+
+    The built-in version trains and evaluates on the same mixture (`corpus.LM_TASK_MIX`): the
+    pretraining kinds whose tokens the blocks can predict (copies, recalled values, sums,
+    memorized facts), so perplexity is not diluted by text that is random by construction.
+    """
 
     name, metric, higher_is_better = "lm", "perplexity", False
 
@@ -210,7 +215,7 @@ class LMTask(Task):
         self.eval_rows, self.eval_seq_len = eval_rows, eval_seq_len
         if path is None:
             self._train = None
-            self._eval = corpus.sample_documents(eval_rows * 8, seed=corpus.HELDOUT_SEED)
+            self._eval = corpus.sample_documents(eval_rows * 8, seed=corpus.HELDOUT_SEED, mix=corpus.LM_TASK_MIX)
         else:
             tr, ev = load_records(path, ("text",), eval_path)
             for recs, where in ((tr, path), (ev, eval_path or path)):
@@ -222,7 +227,7 @@ class LMTask(Task):
 
     def train_texts(self, seed: int) -> Iterator[str]:
         if self._train is None:
-            return corpus.documents(corpus.HELDOUT_SEED + 101 + seed)
+            return corpus.documents(corpus.HELDOUT_SEED + 101 + seed, corpus.LM_TASK_MIX)
         return _cycle_shuffled(self._train, seed)
 
     def train_batches(self, tokenizer: Any, batch_size: int = 8, seq_len: int = 128, seed: int = 0

@@ -46,7 +46,8 @@ class PretrainConfig:
 
 SIZES: dict[str, PretrainConfig] = {
     "tiny": PretrainConfig(hidden_size=128, n_layers=4, n_heads=4, n_kv_heads=4, intermediate_size=384,
-                           vocab_size=384, seq_len=128, batch_size=32, steps=1200, lr=4e-3),
+                           vocab_size=384, seq_len=128, batch_size=32, steps=1400, lr=4e-3,
+                           weight_decay=0.0),
     "small": PretrainConfig(hidden_size=256, n_layers=6, n_heads=8, n_kv_heads=4, intermediate_size=768,
                             vocab_size=512, seq_len=128, batch_size=32, steps=3000, lr=2e-3),
 }

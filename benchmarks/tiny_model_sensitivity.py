@@ -3,12 +3,14 @@
     python benchmarks/tiny_model_sensitivity.py [--model builtin:tiny] [--bits-single 2]
 
 Round-to-nearest (min-max, asymmetric, group 64) through `automix.quant.quantize` when it is
-importable, else an equivalent local RTN. Perplexity is the `lm` task's held-out perplexity.
+importable, else an equivalent local RTN. Perplexity is the `lm` task's held-out perplexity
+(the built-in mixture `corpus.LM_TASK_MIX`); a second table breaks it down per document kind.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -88,6 +90,29 @@ def main(argv: list[str] | None = None) -> int:
               f"| {acc_cells(a)} |")
         set_bits(list(layers), None)
     print(f"\nquantizer: {how}\n")
+
+    print("## Per corpus document kind, all layers (perplexity change on 24 rows of each kind)\n")
+    from automix import corpus
+    from automix.data import LMTask
+
+    kinds = list(corpus.DOC_KINDS)
+    kind_tasks = {}
+    for k in kinds:
+        t = LMTask(eval_rows=24)
+        t._eval = corpus.sample_documents(200, seed=corpus.HELDOUT_SEED, mix={k: 1.0})
+        kind_tasks[k] = t
+    print("| kind | in lm task | nats/token (16) | " + " | ".join(f"{b}-bit" for b in (8, 4, 3, 2)) + " |")
+    print("|---|---|---|" + "---|" * 4)
+    kind_res: dict[int, dict[str, float]] = {}
+    for bits in (None, 8, 4, 3, 2):
+        set_bits(list(layers), bits)
+        kind_res[bits or 16] = {k: t.evaluate(model, tok)["loss"] for k, t in kind_tasks.items()}
+        set_bits(list(layers), None)
+    for k in kinds:
+        b0 = kind_res[16][k]
+        cells = " | ".join(f"{100 * (math.exp(kind_res[b][k] - b0) - 1):+.2f}%" for b in (8, 4, 3, 2))
+        print(f"| {k} | {'yes' if k in corpus.LM_TASK_MIX else 'no'} | {b0:.3f} | {cells} |")
+    print()
 
     print(f"## One layer at a time at {args.bits_single}-bit (all others full precision)\n")
     print("| layer | perplexity | change |")

@@ -36,6 +36,24 @@ def test_packed_batches_keep_documents_whole():
         assert real.count(tok.bos_token_id) == real.count(tok.eos_token_id)
 
 
+def test_facts_docs_are_runs_of_the_fixed_table():
+    """Every facts document is consecutive table entries, so all but its first name and number
+    are determined by memory; the built-in lm task draws only on the kinds the blocks predict."""
+    table = corpus.knowledge_table()
+    assert len(table) == corpus.KNOWLEDGE_SIZE and len({e for e, _ in table}) == len(table)
+    index = {e: i for i, (e, _) in enumerate(table)}
+    for doc in corpus.sample_documents(50, seed=3, mix={"facts": 1.0}):
+        pairs = [f.strip().split(" has ") for f in doc.removeprefix("facts: ").rstrip(".").split(".")]
+        assert 2 <= len(pairs) <= 4
+        first = index[pairs[0][0]]
+        for j, (ent, val) in enumerate(pairs):
+            assert table[(first + j) % len(table)] == (ent, val)
+    from automix.data import get_task
+
+    texts = get_task("lm")._eval
+    assert {t.split(":")[0] for t in texts} == set(corpus.LM_TASK_MIX)
+
+
 def test_lr_schedule_warms_up_and_decays():
     cfg = pretrain.SIZES["tiny"]
     lrs = [pretrain.lr_at(s, cfg, 1000) for s in range(1000)]
