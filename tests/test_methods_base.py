@@ -107,21 +107,3 @@ def test_registered_method_without_module_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(methods.REGISTRY, "future", "automix.methods.not_written_yet:Future")
     with pytest.raises(MethodError, match="'future' is registered but its module"):
         get_method("future")
-
-
-def test_frozen_quant_matmul_gradient_matches_the_reference():
-    from automix.kernels import quant_matmul
-    from automix.methods.adapters import frozen_quant_matmul
-    from automix.quant import quantize
-
-    torch.manual_seed(1)
-    qw = quantize(torch.randn(37, 70), 3, 32)
-    bias = torch.randn(37)
-    x1 = torch.randn(5, 70, requires_grad=True)
-    x2 = x1.detach().clone().requires_grad_(True)
-    g = torch.randn(5, 37)
-    y1, y2 = frozen_quant_matmul(x1, qw, bias), quant_matmul(x2, qw, bias)
-    assert torch.allclose(y1, y2)
-    (y1 * g).sum().backward()
-    (y2 * g).sum().backward()
-    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)

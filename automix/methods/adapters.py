@@ -79,75 +79,12 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base
-        y = frozen_quant_matmul(x, base.qweight, base.bias) if is_quant_linear(base) else base(x)
+        y = base(x)  # a QuantLinear saves nothing for backward (quant_matmul re-dequantizes)
         h = nn.functional.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)
         return y + (nn.functional.linear(h, self.lora_B) * self.scaling).to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}"
-
-
-class _RecomputeQuantMatmul(torch.autograd.Function):
-    """``quant_matmul`` whose backward re-dequantizes the weight instead of keeping it.
-
-    The CPU path of ``automix.kernels.quant_matmul`` is dequantize + matmul, so autograd would
-    keep a dense copy of every quantized weight alive until backward, which erases the memory
-    that quantization saves. Only the (already resident) packed buffers are needed.
-    """
-
-    @staticmethod
-    def forward(ctx, x, qweight, bias):  # type: ignore[override]
-        from automix.kernels import quant_matmul
-
-        ctx.qweight = qweight
-        with torch.no_grad():
-            return quant_matmul(x, qweight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        w = ctx.qweight.dequantize(grad.dtype)  # (out, in)
-        return grad.matmul(w), None, None
-
-
-def frozen_quant_matmul(x: torch.Tensor, qweight: object, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ dequant(qweight).T + bias`` with the gradient flowing to ``x`` only and nothing but
-    ``x``'s shape kept for backward (the weight is re-dequantized there). Use it in any module that
-    runs a frozen quantized weight on a path that needs input gradients (adapters, QEFT's
-    quantized part); the memory model assumes frozen quantized layers save nothing."""
-    if not torch.is_grad_enabled() or not x.requires_grad:
-        from automix.kernels import quant_matmul
-
-        return quant_matmul(x, qweight, bias)
-    return _RecomputeQuantMatmul.apply(x, qweight, bias)
-
-
-def is_quant_linear(module: nn.Module) -> bool:
-    """A QuantLinear (or subclass) without importing automix.quant."""
-    return hasattr(module, "packed") and hasattr(module, "qweight") and hasattr(module, "scales")
-
-
-def _recompute_quant_linear_cls() -> type:
-    from automix.quant import QuantLinear
-
-    class RecomputeQuantLinear(QuantLinear):
-        """A QuantLinear that saves nothing for backward (see ``_RecomputeQuantMatmul``); the
-        bias stays frozen. ``quantize_layers`` creates these."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return frozen_quant_matmul(x, self.qweight, self.bias)
-
-    return RecomputeQuantLinear
-
-
-_RQL: type | None = None
-
-
-def recompute_quant_linear_cls() -> type:
-    """The ``QuantLinear`` subclass used for frozen quantized layers (built lazily)."""
-    global _RQL
-    if _RQL is None:
-        _RQL = _recompute_quant_linear_cls()
-    return _RQL
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -165,13 +102,11 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 def quantize_layers(model: nn.Module, layer_settings: Mapping[str, LayerSettings],
                     method: str = "minmax", **quant_kwargs: object) -> dict[str, nn.Module]:
-    """Replace every target layer with ``bits < 16`` by a ``QuantLinear`` (its group size; a
-    subclass whose backward recomputes the dequantized weight instead of saving it);
-    layers already wrapped by ``LoRALinear`` get their ``base`` replaced. Returns name -> QuantLinear.
+    """Replace every target layer with ``bits < 16`` by a ``QuantLinear`` (its group size; its
+    backward re-dequantizes the weight instead of saving it); layers already wrapped by ``LoRALinear`` get their ``base`` replaced. Returns name -> QuantLinear.
     Layers already quantized are left alone."""
     from automix.quant import QuantLinear
 
-    cls = recompute_quant_linear_cls()
     done: dict[str, nn.Module] = {}
     for name, s in layer_settings.items():
         if s.bits >= 16:
@@ -182,7 +117,7 @@ def quantize_layers(model: nn.Module, layer_settings: Mapping[str, LayerSettings
             done[name] = base
             continue
         try:
-            q = cls.from_linear(base, s.bits, s.group_size, method, **quant_kwargs)
+            q = QuantLinear.from_linear(base, s.bits, s.group_size, method, **quant_kwargs)
         except ValueError as err:
             raise ValueError(f"layer {name}: {err}") from err
         q.requires_grad_(False)

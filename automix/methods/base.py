@@ -124,9 +124,9 @@ class MemoryProfile:
       train; gradients then flow from there on like from an adapter, so the backbone saves its
       activations from the first such layer on (None: none). Without it (and without ``lora``)
       the memory model assumes nothing in the backbone needs gradients.
-    * Frozen quantized layers are assumed to save nothing for backward: run them through
-      ``automix.methods.adapters.frozen_quant_matmul`` (QuantLinear's own CPU path keeps a dense
-      dequantized copy of the weight alive until backward).
+    * Frozen quantized layers are assumed to save nothing for backward: run them as
+      ``QuantLinear`` / ``automix.kernels.quant_matmul``, whose backward re-dequantizes the weight
+      rather than keeping a dense copy alive.
     * ``param_bytes``: bytes per element of trainable parameters; None (default) means the
       model's dtype (LoRALinear creates A and B in its base layer's dtype).
     """

@@ -96,9 +96,8 @@ class LowRankInitMethod(Method):
     def prepare(self, model: nn.Module, layer_settings: Mapping[str, LayerSettings],
                 settings: MethodSettings | Mapping[str, Any] | None = None,
                 calib: Tensor | None = None) -> nn.Module:
-        from automix.methods.adapters import inject_lora, quantize_layers, recompute_quant_linear_cls, replace_module
-
-        quant_linear = recompute_quant_linear_cls()  # saves nothing for backward (memory model)
+        from automix.methods.adapters import inject_lora, quantize_layers, replace_module
+        from automix.quant import QuantLinear
 
         settings = self.check_settings(settings)
         if self.needs_calibration and (calib is None or calib.ndim != 2 or calib.shape[0] == 0):
@@ -111,7 +110,7 @@ class LowRankInitMethod(Method):
             old = model.get_submodule(name)
             dtype = old.weight.dtype
             bias = getattr(old, "bias", None)
-            layer = quant_linear.from_quantized(as_dtype(qweight, dtype), bias if isinstance(bias, Tensor) else None)
+            layer = QuantLinear.from_quantized(as_dtype(qweight, dtype), bias if isinstance(bias, Tensor) else None)
             layer.requires_grad_(False)
             replace_module(model, name, layer)
         # layers the initialiser left alone (e.g. rank 0 for LoftQ) get plain quantization

@@ -140,11 +140,9 @@ class QEFTLinear(nn.Module):
         return self.weak.shape[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        from automix.methods.adapters import frozen_quant_matmul
-
         x_rest = x.index_select(-1, self.rest_idx)
         x_weak = x.index_select(-1, self.weak_idx)
-        y = frozen_quant_matmul(x_rest, self.quant.qweight, self.quant.bias)
+        y = self.quant(x_rest)
         return y + F.linear(x_weak, self.weak.to(x.dtype))
 
     def dense_weight(self) -> Tensor:
