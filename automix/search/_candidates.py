@@ -2,8 +2,9 @@
 
 Two generators feed the expected-hypervolume-improvement pick:
 
-* :func:`greedy_path` walks from the cheapest configuration upwards, one (or a few) level(s)
-  at a time, always taking the move with the best predicted gain per unit of known cost: the
+* :func:`greedy_path` walks the ordinal genes from their cheapest levels upwards, one (or a
+  few) level(s) at a time (one path per value of each non-ordinal categorical such as the
+  method), always taking the move with the best predicted gain per unit of known cost: the
   marginal-gain path of a knapsack, which traces the predicted front exactly when the
   objective is additive over parameters;
 * :func:`nsga2_candidates` runs NSGA-II on the predicted means (known objectives exact),
@@ -37,38 +38,126 @@ class Prediction(NamedTuple):
 Predict = Callable[[np.ndarray], Prediction]
 
 
-def greedy_path(codec: Codec, predict: Predict, unknown: list[int]) -> np.ndarray:
-    """Configurations along the best predicted gain per unit of known cost (ordinal genes only)."""
+def greedy_path(
+    codec: Codec,
+    predict: Predict,
+    unknown: list[int],
+    base: np.ndarray | None = None,
+    max_paths: int = 8,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Configurations along the best predicted gain per unit of known cost.
+
+    The path walks the ordinal genes (bits, ranks, ...) upwards from their lowest levels. The
+    other genes cannot be walked: continuous ones are held at ``base`` (e.g. the incumbent;
+    default: the middle of their range), and each value of the non-ordinal categoricals (e.g.
+    the fine-tuning method) gets its own path with that value held fixed -- the front of a
+    study with several methods is the union of the per-method fronts. With more than
+    ``max_paths`` combinations of categorical values, ``base``'s combination and random others
+    are walked.
+    """
     empty = np.empty((0, codec.dim))
-    if not unknown or not codec.dim or any(g.levels is None or not g.ordinal for g in codec.genes):
+    walk = [j for j, g in enumerate(codec.genes) if g.levels is not None and g.ordinal]
+    cats = [j for j, g in enumerate(codec.genes) if g.levels is not None and not g.ordinal]
+    if not unknown or not walk:
         return empty
-    top = np.array([g.n_levels - 1 for g in codec.genes], dtype=float)
-    cur = codec.uniform(0.0)
+    start = codec.uniform(0.5) if base is None else np.asarray(base, dtype=float).copy()
+    start[walk] = 0.0
+    combos = _category_combinations(codec, cats, start, max_paths, rng)
+    paths = []
+    for combo in combos:
+        s = start.copy()
+        s[cats] = combo
+        path = _walk(codec, predict, unknown, s, np.array(walk))
+        if len(path):
+            paths.append(path)
+    return np.vstack(paths) if paths else empty
+
+
+def _category_combinations(codec: Codec, cats: list[int], start: np.ndarray, max_paths: int,
+                           rng: np.random.Generator | None) -> np.ndarray:
+    """Value combinations of the non-ordinal genes to walk a path for (start's first)."""
+    if not cats:
+        return np.zeros((1, 0))
+    sizes = [codec.genes[j].n_levels for j in cats]
+    total = int(np.prod(sizes, dtype=float)) if np.prod(sizes, dtype=float) < 1e6 else 10**6
+    first = start[cats].copy()
+    if total <= max_paths:
+        grid = np.stack(np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij"), -1)
+        grid = grid.reshape(-1, len(cats)).astype(float)
+        same = np.all(grid == first, axis=1)
+        return np.vstack([first[None], grid[~same]])
+    rng = rng if rng is not None else np.random.default_rng(0)
+    out, seen = [first], {tuple(first)}
+    for _ in range(50 * max_paths):
+        if len(out) >= max_paths:
+            break
+        c = np.array([rng.integers(0, n) for n in sizes], dtype=float)
+        if tuple(c) not in seen:
+            seen.add(tuple(c))
+            out.append(c)
+    return np.array(out)
+
+
+def _cheapest(codec: Codec, predict: Predict, cur: np.ndarray, walk: np.ndarray) -> np.ndarray:
+    """Each walked gene at its level of least known cost, the others as in `cur` (exact when
+    the cost is a sum over genes, as memory is; e.g. prune 0.25 is cheaper than 0.0)."""
+    rows, where = [], []
+    for j in walk:
+        for level in range(codec.genes[j].n_levels):
+            g = cur.copy()
+            g[j] = level
+            rows.append(g)
+            where.append((j, level))
+    cost = predict(np.array(rows)).cost
+    out = cur.copy()
+    best: dict[int, float] = {}
+    for (j, level), c in zip(where, cost):
+        if j not in best or c < best[j] - 1e-12 * (abs(c) + 1):
+            best[j], out[j] = c, level
+    return out
+
+
+def _walk(codec: Codec, predict: Predict, unknown: list[int], cur: np.ndarray,
+          walk: np.ndarray) -> np.ndarray:
+    """One marginal-gain path over the genes in `walk`, from their cheapest levels upwards in
+    cost: every step moves one (or a few) gene(s) one level, taking the moves with the best
+    predicted gain per unit of extra cost. Moves that cost nothing are taken only when they
+    are predicted to gain, so the path never cycles."""
+    cur = _cheapest(codec, predict, cur, walk)
+    top = np.array([codec.genes[j].n_levels - 1 for j in walk], dtype=float)
     p = predict(cur[None])
     if not p.ok[0]:
-        return empty
+        return np.empty((0, codec.dim))
     value, cost = p.mean[0, unknown].sum(), p.cost[0]
     path = [cur]
     while True:
-        moves = np.flatnonzero(cur < top)
+        up, down = walk[cur[walk] < top], walk[cur[walk] > 0]
+        moves = np.concatenate([up, down])
         if not len(moves):
             break
         cand = np.repeat(cur[None], len(moves), axis=0)
-        cand[np.arange(len(moves)), moves] += 1
+        cand[np.arange(len(moves)), moves] += np.r_[np.ones(len(up)), -np.ones(len(down))]
         p = predict(cand)
         gain = value - p.mean[:, unknown].sum(axis=1)
-        extra = np.maximum(p.cost - cost, 1e-12 * (abs(cost) + 1))
-        ratio = np.where(p.ok & (p.pof >= 0.5), gain / extra, -np.inf)
+        eps = 1e-12 * (abs(cost) + 1)
+        extra = p.cost - cost
+        allowed = p.ok & (p.pof >= 0.5) & ((extra > eps) | ((extra >= -eps) & (gain > 0)))
+        ratio = np.where(allowed, gain / np.maximum(extra, eps), -np.inf)
         # take the best few moves at once (on different genes): far fewer predictions for a
         # path that differs little from the one-move-at-a-time path
-        order = np.argsort(-ratio)[: max(1, len(moves) // 12)]
+        order = np.argsort(-ratio)
         order = order[np.isfinite(ratio[order])]
+        _, first = np.unique(moves[order], return_index=True)
+        order = order[np.sort(first)]  # the best move of each gene, best first
+        order = order[: max(1, len(order) // 12)]
         if not len(order):
             break
         step = cur.copy()
-        step[moves[order]] += 1
+        step[moves[order]] = cand[order, moves[order]]
         q = predict(step[None])
-        if not q.ok[0]:  # the combined step broke a known constraint: take the best move only
+        if len(order) > 1 and not (q.ok[0] and q.cost[0] > cost + eps):
+            # the combined step broke a known constraint (or saved nothing): the best move only
             step = cand[order[0]]
             q = predict(step[None])
         cur = step

@@ -37,6 +37,7 @@ from scipy.stats import norm
 from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
+from automix.search._exploit import local_proposal, profile_proposal
 from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
 from automix.search.predictors import PerformancePredictor
 
@@ -69,6 +70,9 @@ class AutoMixSampler(BaseSampler):
         n_candidates: rough number of configurations scored on the predictors per proposal.
         prior_trials: finished trials of earlier studies of the same space (warm start).
         seed: seed for reproducible proposals.
+        exploit_every: under ``known_constraints`` with one predicted objective, one guided
+            proposal in this many (one more with a front to cover) goes to the best predicted
+            configuration within the constraints instead of to EHVI (0 = never).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class AutoMixSampler(BaseSampler):
         n_candidates: int = 3000,
         prior_trials: Sequence[FrozenTrial] = (),
         seed: int | None = None,
+        exploit_every: int = 2,
     ) -> None:
         if n_startup_trials < 1:
             raise ValueError(f"n_startup_trials must be >= 1, got {n_startup_trials}")
@@ -99,6 +104,7 @@ class AutoMixSampler(BaseSampler):
         self._n_candidates = n_candidates
         self._prior = list(prior_trials)
         self._seed = seed
+        self._exploit_every = exploit_every
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
         self._intersection = IntersectionSearchSpace(include_pruned=True)
@@ -401,11 +407,21 @@ class AutoMixSampler(BaseSampler):
         reference = base.max(axis=0) + 0.1 * span
 
         has_cost = bool(self._known or self._known_constraints)
-        path = greedy_path(codec, predict, unknown) if has_cost else np.empty((0, codec.dim))
+        # non-ordinal and continuous genes of the path: held at the best feasible trial's
+        base = None
+        if feasible.any() and unknown:
+            base = genomes[feasible][int(np.argmin(losses[feasible, unknown[0]]))]
+        path = (greedy_path(codec, predict, unknown, base=base, rng=self._rng) if has_cost
+                else np.empty((0, codec.dim)))
+        fresh = lambda G: self._fresh(codec, G, taken)  # noqa: E731
+        exploit = self._exploit(codec, genomes, X, losses, feasible, unknown, pending, predict,
+                                path, fresh, n_obj)
+        if exploit is not None:
+            return self._predicted(exploit, predict, signs)
         seeds = genomes[feasible] if feasible.any() else genomes
         pool = nsga2_candidates(
-            codec, np.vstack([seeds, path]) if len(path) else seeds, predict,
-            lambda G: self._fresh(codec, G, taken), self._rng, self._n_candidates,
+            codec, np.vstack([seeds, path]) if len(path) else seeds, predict, fresh, self._rng,
+            self._n_candidates,
         )
         if len(path):
             pool = np.unique(np.vstack([pool, self._fresh(codec, path, taken)]), axis=0)
@@ -430,6 +446,35 @@ class AutoMixSampler(BaseSampler):
             if lscore.max() > score.max():
                 return self._predicted(local[int(np.argmax(lscore))], predict, signs)
         return self._predicted(pool[int(np.argmax(score))], predict, signs)
+
+    def _exploit(self, codec, genomes, X, losses, feasible, unknown, pending, predict, path,
+                 fresh, n_obj) -> np.ndarray | None:
+        """Under known constraints (a budget) with one predicted objective, every other guided
+        proposal (every third with a front to cover) goes to the best predicted configuration
+        within the budget: first the profile proposal, then local moves around the best
+        feasible trials (see ``automix.search._exploit``)."""
+        if not self._known_constraints or len(unknown) != 1 or not self._exploit_every:
+            return None
+        period = self._exploit_every if n_obj == 1 else self._exploit_every + 1
+        if (len(genomes) + len(pending) - self._n_startup) % period:
+            return None
+        i = unknown[0]
+        n_base = codec.features(genomes[:1]).shape[1]
+        if X.shape[1] > n_base:
+            g = profile_proposal(codec, lambda G: self._evaluate(codec, G)[0][:, n_base:],
+                                 X[:, n_base:], losses[:, i], predict, fresh)
+            if g is not None:
+                return g
+        order = np.flatnonzero(feasible)[np.argsort(losses[feasible, i])][:3]
+        starts = [genomes[j] for j in order]
+        if len(path):
+            ends = path[predict(path).ok]
+            if len(ends):
+                starts.append(ends[int(np.argmin(predict(ends).mean[:, i]))])
+        if not starts:
+            return None
+        got = local_proposal(codec, np.array(starts), predict, fresh, i, self._rng)
+        return None if got is None else got[0]
 
     @staticmethod
     def _predicted(genome: np.ndarray, predict, signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
