@@ -1,5 +1,7 @@
 """`automix bench search`: AutoMixSampler against Optuna's samplers on synthetic objectives.
 
+(``--problem builtin`` runs the real-trial benchmark instead: ``automix.search.bench_real``.)
+
 Prints (and optionally writes as markdown) four tables:
 
 1. hypervolume (noiseless accuracy vs memory of the evaluated configurations, normalised by a
@@ -220,7 +222,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="SAMPLER:TRIALS:SEEDS for a slow sampler run shorter ('' = none)")
     ap.add_argument("--cache", type=Path, default=None, help="JSON file to resume from")
     ap.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
+    ap.add_argument("--problem", choices=["synthetic", "builtin"], default="synthetic",
+                    help="synthetic objectives (this module) or real trials on the built-in "
+                         "model (automix.search.bench_real; see its --help)")
     argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--problem", default="synthetic")
+    if pre.parse_known_args(argv)[0].problem == "builtin":
+        from automix.search.bench_real import main as real_main
+
+        return real_main(argv)
     args = ap.parse_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     samplers = [s for s in args.samplers.split(",") if s]
