@@ -304,6 +304,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         "hypervolume of the non-dominated set of every configuration evaluated by any sampler "
         "and seed (1.0 = that set); reference point: the worst feasible log perplexity "
         f"evaluated (+5% of the range) at the budget ({format_size(budget)}).", "",
+        "Columns: median over seeds after that many trials; min..max over seeds at the "
+        "sampler's last trial; share of feasible trials; wall seconds of a study (including "
+        "the sampler and the trials it ran; a trial already in the cache costs nothing, so a "
+        "sampler whose proposals repeat another's, like NSGA-II's random first generation, "
+        "looks free).", "",
         "| sampler | " + " | ".join(f"{c} trials" for c in checkpoints) +
         " | min..max at end | feasible | s/study |",
         "|---|" + "---|" * (len(checkpoints) + 3)]
@@ -322,6 +327,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if any(n_for[s] < args.trials for s in samplers):
         lines += ["", "Samplers with fewer trials (`--short`): " + ", ".join(
             f"{s} {n_for[s]}" for s in samplers if n_for[s] < args.trials) + "."]
+    if "nsgaii" in samplers and n_for["nsgaii"] <= 50:
+        lines += ["", "NSGA-II's first generation (50 trials by default) is random: within it, "
+                      "NSGA-II is Optuna's random sampler."]
     best = min((t for r in runs.values() for t in r if t["perplexity"] is not None
                 and t["memory"] <= budget), key=lambda t: t["perplexity"])
     lines += ["", f"Best feasible perplexity evaluated: {best['perplexity']:.3f} at "
@@ -343,9 +351,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if asks:
         lines += ["", f"AutoMixSampler CPU time per proposal: median {statistics.median(asks):.2f} s, "
                       f"max {max(asks):.2f} s.", ""]
-    lines.append(f"(This invocation ran {cache.new_trials} new trials in "
-                 f"{(time.perf_counter() - t_start) / 60:.1f} min.)")
     text = "\n".join(lines)
+    print(f"(this invocation ran {cache.new_trials} new trials in "
+          f"{(time.perf_counter() - t_start) / 60:.1f} min)", file=sys.stderr)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
