@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                          + ", ".join(f"{v:.1f}" for v in t[kind]) + " |")
         lines += ["", "The first proposal includes model selection (cross-validating every "
                   "candidate regressor); it is repeated only when the trials grow by 25%. Wall "
-                  "time is on a 2-core machine shared with other jobs (load ~12).", ""]
+                  "time is on a 2-core machine shared with other jobs.", ""]
 
     text = "\n".join(lines)
     print(text)
