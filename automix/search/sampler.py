@@ -13,6 +13,12 @@ have finished, every proposal is chosen by
    feasible front, using the predictors' uncertainty, times the probability that the observed
    constraints hold.
 
+Under a known constraint (a memory budget) with one predicted objective, every other guided
+proposal (every third when a known objective makes it a front) instead exploits within the
+budget: the end of the marginal-gain path under the simplest model of the trials (one
+engineered feature, e.g. the sensitivity profile's total), then the best predicted swap moves
+around the best feasible trials (``automix.search._exploit``).
+
 Proposals that are still running are treated as already observed at their predicted values
 ("kriging believer"), so ask/tell batches and ``n_jobs > 1`` get diverse, distinct proposals.
 """
@@ -37,7 +43,7 @@ from scipy.stats import norm
 from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
-from automix.search._exploit import local_proposal, profile_proposal
+from automix.search._exploit import exploit_proposal
 from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
 from automix.search.predictors import PerformancePredictor
 
@@ -449,32 +455,16 @@ class AutoMixSampler(BaseSampler):
 
     def _exploit(self, codec, genomes, X, losses, feasible, unknown, pending, predict, path,
                  fresh, n_obj) -> np.ndarray | None:
-        """Under known constraints (a budget) with one predicted objective, every other guided
-        proposal (every third with a front to cover) goes to the best predicted configuration
-        within the budget: first the profile proposal, then local moves around the best
-        feasible trials (see ``automix.search._exploit``)."""
+        """The exploitation proposal when it is its turn (see the module docstring), else None."""
         if not self._known_constraints or len(unknown) != 1 or not self._exploit_every:
             return None
         period = self._exploit_every if n_obj == 1 else self._exploit_every + 1
         if (len(genomes) + len(pending) - self._n_startup) % period:
             return None
-        i = unknown[0]
         n_base = codec.features(genomes[:1]).shape[1]
-        if X.shape[1] > n_base:
-            g = profile_proposal(codec, lambda G: self._evaluate(codec, G)[0][:, n_base:],
-                                 X[:, n_base:], losses[:, i], predict, fresh)
-            if g is not None:
-                return g
-        order = np.flatnonzero(feasible)[np.argsort(losses[feasible, i])][:3]
-        starts = [genomes[j] for j in order]
-        if len(path):
-            ends = path[predict(path).ok]
-            if len(ends):
-                starts.append(ends[int(np.argmin(predict(ends).mean[:, i]))])
-        if not starts:
-            return None
-        got = local_proposal(codec, np.array(starts), predict, fresh, i, self._rng)
-        return None if got is None else got[0]
+        return exploit_proposal(codec, genomes, X[:, n_base:], losses[:, unknown[0]], feasible,
+                                unknown[0], path, predict, fresh,
+                                lambda G: self._evaluate(codec, G)[0][:, n_base:], self._rng)
 
     @staticmethod
     def _predicted(genome: np.ndarray, predict, signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
