@@ -32,13 +32,15 @@ import numpy as np
 from automix.search.synthetic import SyntheticProblem
 
 CHECKPOINTS = (10, 20, 30, 45, 60)
-SAMPLERS = ("automix", "automix-noprofile", "random", "tpe", "nsgaii", "gp")
+SAMPLERS = ("automix", "automix-flat", "automix-noprofile", "random", "tpe", "nsgaii", "gp")
 
 
-def _features(problem: SyntheticProblem):
+def _features(problem: SyntheticProblem, profile: bool = True):
     """Engineered predictor features from a (noisy) sensitivity profile: profile x error(bits)
-    per layer and their sum -- what `automix profile` provides for a real model."""
-    proxy = problem.proxy_sensitivity()
+    per layer and their sum -- what `automix profile` provides for a real model. Without a
+    profile, the relative quantization error alone (what a study with `sensitivity: off` gets
+    from `SearchSpace.feature_fn`)."""
+    proxy = problem.proxy_sensitivity() if profile else np.ones(problem.n_layers)
 
     def features(params: dict[str, Any]) -> np.ndarray:
         b = problem.params_to_bits(params)
@@ -59,6 +61,8 @@ def _make_sampler(name: str, problem: SyntheticProblem, seed: int, budget: float
         kw: dict[str, Any] = {"search_space": dists, "seed": seed}
         if name == "automix":
             kw["features"] = _features(problem)
+        elif name == "automix-flat":
+            kw["features"] = _features(problem, profile=False)
         if budget is None:
             kw["known_objectives"] = {1: problem.memory_of_params}
         else:
@@ -262,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
              "NSGA-II, 300 generations x 300, on the noiseless function); reference point = "
              "chance accuracy at the all-8-bit memory. `automix` gets predictor features from "
              "a noisy sensitivity profile (true sensitivity x log-normal(0, 0.5)) times "
-             "4^-(bits-2); `automix-noprofile` gets none. Optuna samplers use their defaults.",
+             "4^-(bits-2); `automix-flat` gets 4^-(bits-2) alone (no profile, as a study with "
+             "`sensitivity: off`); `automix-noprofile` gets no features. Optuna samplers use "
+             "their defaults.",
              ""]
 
     if "hv" in parts:
