@@ -43,7 +43,7 @@ from scipy.stats import norm
 from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
-from automix.search._exploit import exploit_proposal
+from automix.search._exploit import boundary_fills, exploit_proposal
 from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
 from automix.search.predictors import PerformancePredictor
 
@@ -291,22 +291,31 @@ class AutoMixSampler(BaseSampler):
             seed = int(self._rng.integers(2**31))
             pool = codec.from_unit(qmc.LatinHypercube(d=codec.dim, seed=seed).random(8 * n_lhs))
             pool = self._repair(codec, pool)
-            feats = codec.features(pool)
-            used = np.zeros(len(pool), dtype=bool)
-            # greedy max-min distance among feasible points: spread-out and diverse
-            while len(design) < self._n_startup and not used.all():
-                if design:
-                    ref = codec.features(np.array(design))
-                    d = np.min(((feats[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
-                else:
-                    d = self._rng.random(len(pool))
-                d[used] = -np.inf
-                i = int(np.argmax(d))
-                used[i] = True
-                if codec.key(pool[i]) not in seen:
-                    design.append(pool[i])
-                    seen.add(codec.key(pool[i]))
+            anchor = self._anchor(codec) if self._known_constraints else None
+            if anchor is not None and not self._feasible(codec, codec.uniform(1.0)):
+                # a budget that binds: half the points spread the budget over random subsets
+                fills = boundary_fills(codec, anchor, lambda g: self._feasible(codec, g),
+                                       4 * n_lhs, self._rng)
+                self._spread(codec, fills, design, seen, len(design) + n_lhs // 2)
+            self._spread(codec, pool, design, seen, self._n_startup)
         return design
+
+    def _spread(self, codec: Codec, pool: np.ndarray, design: list, seen: set, size: int) -> None:
+        """Add points of `pool` to `design` (up to `size`) by greedy max-min distance."""
+        feats = codec.features(pool)
+        used = np.zeros(len(pool), dtype=bool)
+        while len(design) < size and not used.all():
+            if design:
+                ref = codec.features(np.array(design))
+                d = np.min(((feats[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
+            else:
+                d = self._rng.random(len(pool))
+            d[used] = -np.inf
+            i = int(np.argmax(d))
+            used[i] = True
+            if codec.key(pool[i]) not in seen:
+                design.append(pool[i])
+                seen.add(codec.key(pool[i]))
 
     def _random_feasible(self, codec: Codec, taken: set[tuple]) -> np.ndarray:
         pool = np.empty((0, codec.dim))
