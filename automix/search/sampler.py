@@ -43,7 +43,7 @@ from scipy.stats import norm
 from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
-from automix.search._exploit import boundary_fills, cheapest, exploit_proposal
+from automix.search._exploit import boundary_fills, exploit_proposal
 from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
 from automix.search.predictors import PerformancePredictor
 
@@ -241,12 +241,7 @@ class AutoMixSampler(BaseSampler):
         return self._random_feasible(codec, taken)
 
     def _anchor(self, codec: Codec) -> np.ndarray | None:
-        """A feasible configuration to repair others towards: the cheapest one (each discrete
-        parameter at its level of least known-constraint value: the fewest bits but the
-        largest prune ratio), else a feasible uniform one."""
-        base = cheapest(codec, codec.uniform(0.0), lambda G: self._evaluate(codec, G)[3].sum(axis=1))
-        if self._feasible(codec, base):
-            return base
+        """A feasible uniform configuration (the cheapest first) to repair others towards."""
         for frac in _UNIFORM_FRACTIONS:
             g = codec.uniform(frac)
             if self._feasible(codec, g):
