@@ -294,8 +294,11 @@ class AutoMixSampler(BaseSampler):
             anchor = self._anchor(codec) if self._known_constraints else None
             if anchor is not None and not self._feasible(codec, codec.uniform(1.0)):
                 # a budget that binds: half the points spread the budget over random subsets
-                fills = boundary_fills(codec, anchor, lambda g: self._feasible(codec, g),
-                                       4 * n_lhs, self._rng)
+                def evaluate(g: np.ndarray) -> tuple[bool, float]:
+                    _, _, ok, cons = self._evaluate(codec, g[None])
+                    return bool(ok[0]), float(cons[0].sum())
+
+                fills = boundary_fills(codec, anchor, evaluate, 4 * n_lhs, self._rng)
                 self._spread(codec, fills, design, seen, len(design) + n_lhs // 2)
             self._spread(codec, pool, design, seen, self._n_startup)
         return design
