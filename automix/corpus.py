@@ -7,14 +7,17 @@ the context (copying, key-value recall, reading a passage) or by computing (carr
 the trained model's low loss depends on its attention and MLP weights.
 
 Document kinds (one line each):
-  copy:    "copy: kep zor wib > kep zor wib"
-  recall:  "recall: ka=3 mo=8 tu=1 ; mo=8 ka=3"
-  add:     "add: 48+39=87"
+  copy:    "copy: kep zor wib > kep zor wib" (half the time the copy starts at a random word:
+           "copy: kep zor wib > zor wib")
+  recall:  "recall: k3 m8 t1 ; m8 k3" (one-token keys right before their digit, so a lookup is
+           the induction pattern: find the earlier key, copy the token after it)
+  add:     "add: 4+9=13", "add: 47+8=55" (one or two digits plus one digit)
   facts:   "facts: zibo has 471. kuta has 120." - a run of consecutive entries of a fixed,
            ordered table of entities and numbers that is the same in every document, so
            everything after the first entity name can only be known from memory (MLP weights):
            the kind of knowledge quantization destroys first in real LLMs
-  passage: BoolQ-style "passage: the fox is red. ... question: is the fox red? answer: yes"
+  passage: BoolQ-style "passage: the fox is red. ... question: is the fox red? answer: yes",
+           with 1-3 questions about the same passage (more answer tokens per document)
   text:    template sentences ("the big fox sees a red owl.") for a bit of natural-ish text
 """
 
@@ -43,28 +46,29 @@ def _syllable_word(rng: random.Random) -> str:
 
 
 def copy_doc(rng: random.Random) -> str:
+    """A word string, then the string again, half the time from a random word onwards: a
+    predictable copy whose offset varies, so only induction (find the current token earlier in
+    the context, predict what followed it) solves it, not a fixed positional shift."""
     words = [_syllable_word(rng) for _ in range(rng.randint(2, 6))]
-    s = " ".join(words)
-    return f"copy: {s} > {s}"
+    start = 0 if rng.random() < COPY_FROM_START else rng.randrange(len(words))
+    return f"copy: {' '.join(words)} > {' '.join(words[start:])}"
+
+
+COPY_FROM_START = 0.5
 
 
 def recall_doc(rng: random.Random) -> str:
-    n = rng.randint(3, 6)
-    keys: list[str] = []
-    while len(keys) < n:
-        k = rng.choice(CONSONANTS) + rng.choice(VOWELS)
-        if k not in keys:
-            keys.append(k)
+    keys = rng.sample(LETTERS, k=rng.randint(3, 6))
     vals = [str(rng.randint(0, 9)) for _ in keys]
-    facts = " ".join(f"{k}={v}" for k, v in zip(keys, vals))
-    q = rng.sample(range(n), k=min(n, rng.randint(2, 3)))
-    queries = " ".join(f"{keys[i]}={vals[i]}" for i in q)
+    facts = " ".join(f"{k}{v}" for k, v in zip(keys, vals))
+    q = rng.sample(range(len(keys)), k=rng.randint(2, len(keys)))
+    queries = " ".join(f"{keys[i]}{vals[i]}" for i in q)
     return f"recall: {facts} ; {queries}"
 
 
 def add_doc(rng: random.Random) -> str:
-    a = rng.randint(0, 10 ** rng.randint(1, 2) - 1)
-    b = rng.randint(0, 10 ** rng.randint(1, 2) - 1)
+    a = rng.randint(0, 9) if rng.random() < 0.6 else rng.randint(10, 99)
+    b = rng.randint(0, 9)
     return f"add: {a}+{b}={a + b}"
 
 
@@ -104,29 +108,44 @@ class PassageExample:
     answer: bool
 
 
+# Share of "no" questions whose asked value appears nowhere in the passage (the rest name a value
+# of the same kind, possibly one another noun has, so the answer needs the noun-value binding).
+ABSENT_WHEN_FALSE = 0.7
+
+
+def _passage_facts(rng: random.Random) -> list[tuple[str, str, str]]:
+    """2-4 (noun, attribute kind, value) facts about distinct nouns."""
+    facts = []
+    for noun in rng.sample(NOUNS, k=rng.randint(2, 4)):
+        cat = rng.choice(sorted(ATTRIBUTES))
+        facts.append((noun, cat, rng.choice(ATTRIBUTES[cat])))
+    return facts
+
+
+def _question(rng: random.Random, facts: list[tuple[str, str, str]], negation_rate: float) -> tuple[str, bool]:
+    """A yes/no question about one of the facts, and its answer."""
+    noun, cat, value = rng.choice(facts)
+    truth = rng.random() < 0.5
+    asked = value if truth else rng.choice([v for v in ATTRIBUTES[cat] if v != value])
+    if not truth and rng.random() < ABSENT_WHEN_FALSE:  # easier: the asked value is not in the passage
+        used = {v for _, _, v in facts}
+        free = [v for v in ATTRIBUTES[cat] if v not in used]
+        if free:
+            asked = rng.choice(free)
+    negated = rng.random() < negation_rate
+    question = f"is the {noun} not {asked}" if negated else f"is the {noun} {asked}"
+    return question, truth != negated
+
+
 def passage_example(rng: random.Random, negation_rate: float = 0.0) -> PassageExample:
     """Facts about 2-4 distinct things; a yes/no question about one of them.
 
     With probability `negation_rate` the question is negated ("is the owl not big"), which
     flips the answer: a harder variant that fine-tuning can teach.
     """
-    nouns = rng.sample(NOUNS, k=rng.randint(2, 4))
-    facts = []
-    for noun in nouns:
-        cat = rng.choice(sorted(ATTRIBUTES))
-        facts.append((noun, cat, rng.choice(ATTRIBUTES[cat])))
-    noun, cat, value = rng.choice(facts)
-    truth = rng.random() < 0.5
-    asked = value if truth else rng.choice([v for v in ATTRIBUTES[cat] if v != value])
-    negated = rng.random() < negation_rate
-    passage = " ".join(f"the {n} is {v}." for n, _, v in facts)
-    if not truth and rng.random() < 0.7:  # the easier case: the asked value is not in the passage
-        used = {v for _, _, v in facts}
-        free = [v for v in ATTRIBUTES[cat] if v not in used]
-        if free:
-            asked = rng.choice(free)
-    question = f"is the {noun} not {asked}" if negated else f"is the {noun} {asked}"
-    return PassageExample(passage, question, truth != negated)
+    facts = _passage_facts(rng)
+    question, answer = _question(rng, facts, negation_rate)
+    return PassageExample(" ".join(f"the {n} is {v}." for n, _, v in facts), question, answer)
 
 
 def boolq_prompt(passage: str, question: str) -> str:
@@ -138,8 +157,15 @@ def boolq_prompt(passage: str, question: str) -> str:
 
 
 def passage_doc(rng: random.Random, negation_rate: float = 0.05) -> str:
-    ex = passage_example(rng, negation_rate)
-    return boolq_prompt(ex.passage, ex.question) + (" yes" if ex.answer else " no")
+    """A BoolQ-style prompt and answer, then up to two more questions on the same passage."""
+    facts = _passage_facts(rng)
+    passage = " ".join(f"the {n} is {v}." for n, _, v in facts)
+    parts = []
+    for i in range(rng.randint(1, 3)):
+        question, answer = _question(rng, facts, negation_rate)
+        prompt = boolq_prompt(passage, question)
+        parts.append((prompt if i == 0 else prompt[len("passage: " + passage) + 1:]) + (" yes" if answer else " no"))
+    return " ".join(parts)
 
 
 def text_doc(rng: random.Random) -> str:
@@ -169,7 +195,7 @@ DOC_KINDS: dict[str, Callable[[random.Random], str]] = {
 }
 
 # Mixture weights of the pretraining corpus.
-DEFAULT_MIX: dict[str, float] = {"copy": 0.3, "recall": 0.05, "add": 0.05, "facts": 0.4, "passage": 0.15,
+DEFAULT_MIX: dict[str, float] = {"copy": 0.25, "recall": 0.12, "add": 0.10, "facts": 0.38, "passage": 0.10,
                                   "text": 0.05}
 
 

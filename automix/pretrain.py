@@ -42,12 +42,13 @@ class PretrainConfig:
     min_lr_frac: float = 0.05
     weight_decay: float = 0.01
     tie_embeddings: bool = True
+    bf16_autocast: bool = False  # bf16 matmuls on CPUs with AVX512-BF16: ~1.4x more steps per minute
 
 
 SIZES: dict[str, PretrainConfig] = {
     "tiny": PretrainConfig(hidden_size=128, n_layers=4, n_heads=4, n_kv_heads=4, intermediate_size=384,
-                           vocab_size=384, seq_len=128, batch_size=32, steps=1400, lr=4e-3,
-                           weight_decay=0.0),
+                           vocab_size=384, seq_len=128, batch_size=32, steps=1950, lr=4e-3,
+                           weight_decay=0.0, bf16_autocast=True),
     "small": PretrainConfig(hidden_size=256, n_layers=6, n_heads=8, n_kv_heads=4, intermediate_size=768,
                             vocab_size=512, seq_len=128, batch_size=32, steps=3000, lr=2e-3),
 }
@@ -135,6 +136,14 @@ def build_model(cfg: PretrainConfig, tokenizer: Any) -> torch.nn.Module:
     return LlamaForCausalLM(mc)
 
 
+def _cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 / AMX); elsewhere autocast would be slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def lr_at(step: int, cfg: PretrainConfig, steps: int) -> float:
     """Linear warm-up then cosine decay to `min_lr_frac` of the peak."""
     warm = max(1, int(cfg.warmup_frac * steps))
@@ -169,6 +178,7 @@ def pretrain(size: str = "tiny", out: str | Path | None = None, steps: int | Non
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    bf16 = cfg.bf16_autocast and _cpu_has_bf16()
     batches = packed_batches(tokenizer, corpus.documents(corpus.TRAIN_SEED_BASE + seed), cfg.batch_size,
                              cfg.seq_len)
     history: list[tuple[int, float]] = []
@@ -177,7 +187,8 @@ def pretrain(size: str = "tiny", out: str | Path | None = None, steps: int | Non
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, n_steps)
         batch = next(batches)
-        loss = model(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -193,6 +204,7 @@ def pretrain(size: str = "tiny", out: str | Path | None = None, steps: int | Non
     tokenizer.save_pretrained(out_dir)
     meta = {"size": size, "seed": seed, "steps": n_steps, "config": asdict(cfg), "final_loss_ema": ema,
             "train_seconds": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads(),
+            "bf16_autocast": bf16,
             "loss_history": history}
     (out_dir / "automix_pretrain.json").write_text(json.dumps(meta, indent=2))
     if log:
@@ -208,16 +220,14 @@ def _probe_items(kind: str, n: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     items = []
     for _ in range(n):
-        if kind == "copy":
-            doc = corpus.copy_doc(rng)
-            head, _, tail = doc.partition(" >")
-            items.append((head + " >", tail.partition(" >")[0]))
+        if kind == "copy":  # the first word is given (a copy may start at any word): the rest is determined
+            words = [corpus._syllable_word(rng) for _ in range(rng.randint(3, 6))]
+            items.append((f"copy: {' '.join(words)} > {words[0]}", " " + " ".join(words[1:])))
         elif kind == "recall":
             doc = corpus.recall_doc(rng)
             facts, _, queries = doc.partition(" ; ")
-            q = queries.split(" ")[0]
-            key, _, val = q.partition("=")
-            items.append((f"{facts} ; {key}=", val))
+            q = queries.split(" ")[0]  # "<key><digit>": the key is asked, the digit is the answer
+            items.append((f"{facts} ; {q[:-1]}", q[-1]))
         elif kind == "facts":
             ent, val = rng.choice(corpus.knowledge_table())
             items.append((f"facts: {ent} has", f" {val}"))

@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bits-single", type=int, default=2)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--probe-n", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from automix.data import get_task
     from automix.models import linear_weight, load_model, target_layers
     from automix.pretrain import probe_accuracies
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     base_acc = probe_accuracies(model, tok, args.probe_n)
     print(f"# Built-in model quantization sensitivity ({args.model})\n")
     print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()} "
-          f"{os.cpu_count()}-core CPU, torch {torch.__version__}, 2 threads")
+          f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads")
     print(f"command: `python benchmarks/{os.path.basename(__file__)} {' '.join(argv or sys.argv[1:])}`\n")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,}; target layers: {len(layers)}; held-out lm tokens: {int(base['tokens'])}\n")

@@ -70,12 +70,15 @@ def test_bad_arguments():
 
 
 def test_builtin_model_has_learned_its_tasks():
-    """The shipped tiny model must have learned skills that need its blocks (copying, memorized
-    facts), or quantizing it is meaningless. Chance: copy/facts exact match ~0."""
+    """The shipped tiny model must have learned skills that need its blocks (copying, in-context
+    key-value recall, memorized facts, addition), or quantizing it is meaningless.
+    Chance: recall 0.1 (ten digits), copy/facts/add exact match ~0."""
     model, tok = models.load_model("builtin:tiny")
     acc = pretrain.probe_accuracies(model, tok, n=100)
-    assert acc["copy"] > 0.9
+    assert acc["copy"] > 0.8
+    assert acc["recall"] > 0.9
     assert acc["facts"] > 0.9
+    assert acc["add"] > 0.4
     from automix.data import get_task
 
     assert get_task("lm").evaluate(model, tok)["perplexity"] < 3.0
@@ -98,7 +101,7 @@ def test_builtin_model_is_sensitive_to_2bit_quantization():
                 models.linear_weight(m).copy_(quantize(orig[n], bits, group_size=64).dequantize(torch.float32))
         ppl[bits] = lm.evaluate(model, tok)["perplexity"]
     assert ppl[8] / base < 1.01
-    assert ppl[2] / base > 1.05  # measured +11%; the issue's target (x2) is not reached yet
+    assert ppl[2] / base > 2.0  # the issue's target: 2-bit at least doubles perplexity
 
 
 def test_cli_parser_registers_pretrain(tmp_path, capsys):
