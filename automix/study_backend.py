@@ -116,6 +116,7 @@ class AutomixBackend:
         self.distributions = {"method": CategoricalDistribution(list(cfg.methods)),
                               **dict(self.space.distributions)}
         self._mem: dict[tuple, float] = {}
+        self._padded: bool | None = None
 
     def sensitivity_scores(self) -> dict[str, dict[int, float]] | None:
         """Per-layer, per-bits KL sensitivities for the sampler's features, per `cfg.sensitivity`."""
@@ -148,8 +149,31 @@ class AutomixBackend:
             self._mem[key] = float(estimate(self.arch, self._layers(params), params["method"],
                                             batch_size=t.batch_size, seq_len=t.seq_len,
                                             dtype=t.dtype, config=self.hf_config,
-                                            device="cuda" if self.cfg.resources.gpus else "cpu").total)
+                                            device="cuda" if self.cfg.resources.gpus else "cpu",
+                                            padded=self.batches_padded()).total)
         return self._mem[key]
+
+    def batches_padded(self) -> bool:
+        """Whether the trials' training batches carry padding, read off the first batch as
+        `run_trial` does: padding makes attention keep an explicit mask, which the trial's own
+        memory prediction counts, so the sampler's known memory must count it too."""
+        if self._padded is None:
+            from transformers import AutoTokenizer
+
+            from automix.data import get_task
+
+            t, cfg = self.cfg.trial, self.cfg
+            shape = {"batch_size": t.batch_size, "seq_len": t.seq_len, "seed": t.seed, **t.extra}
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+                task = get_task(cfg.task, str(cfg.resolve_path(cfg.data)) if cfg.data else None)
+                batch = next(iter(task.train_batches(tokenizer, int(shape["batch_size"]), int(shape["seq_len"]),
+                                                     int(shape["seed"]))))
+                mask = batch.get("attention_mask")
+                self._padded = mask is not None and not bool(mask.all())
+            except (OSError, ValueError, StopIteration):  # no tokenizer / bad data: preflight reports it
+                self._padded = False
+        return self._padded
 
     def smallest_memory(self) -> tuple[float, dict[str, Any]]:
         """The least memory any configuration of the space can take (coordinate-wise minimum,

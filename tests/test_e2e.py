@@ -83,6 +83,24 @@ def test_budget_below_smallest_configuration(tmp_path, config_only_model):
             assert backend.predicted_memory({**params, name: v}) >= smallest
 
 
+def test_sampler_memory_is_the_memory_the_trial_reports(tmp_path):
+    """The known memory objective the sampler filters proposals with must be the one the trial
+    records (padding, which adds an attention mask, included), or proposals the sampler deemed
+    within the budget come back over it."""
+    from automix.study import load_study
+    from automix.study_backend import AutomixBackend
+    from automix.trial import run_trial
+
+    cfg = load_study(study_file(tmp_path, model="builtin:tiny"))
+    backend = AutomixBackend(cfg)
+    _, params = backend.smallest_memory()
+    for method in ("qlora", "lora"):
+        spec = {**backend.payload({**params, "method": method}), "steps": 1, "eval_batches": 1}
+        result = run_trial(spec)
+        assert result.status == "ok", result.failure_reason
+        assert backend.predicted_memory({**params, "method": method}) == result.predicted_memory_bytes
+
+
 @pytest.mark.slow
 def test_study_end_to_end_export_and_load(tmp_path, capsys):
     import optuna
