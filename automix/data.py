@@ -19,7 +19,7 @@ import math
 import random
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +151,12 @@ def _collate(rows: Sequence[list[int]], pad_id: int, label_masks: Sequence[list[
             keep = torch.tensor(label_masks[i], dtype=torch.bool)
             labels[i, : len(r)] = torch.where(keep, t, torch.full_like(t, -100))
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def is_padded(batch: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a batch carries padding (then attention keeps an explicit mask: more memory)."""
+    mask = batch.get("attention_mask")
+    return mask is not None and not bool(mask.all())
 
 
 def _pad_id(tokenizer: Any) -> int:

@@ -332,7 +332,7 @@ def load_model(spec: str | os.PathLike = "builtin:tiny", dtype: torch.dtype = to
     `spec` is 'builtin:tiny', 'builtin:small' or a local `save_pretrained` directory. The model
     is returned in eval mode.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = resolve_model_dir(spec)
     _check_config(path)
@@ -341,13 +341,22 @@ def load_model(spec: str | os.PathLike = "builtin:tiny", dtype: torch.dtype = to
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load the model weights in {path}: {err}") from err
     model.to(device).eval()
-    tokenizer = None
-    if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
-                                            "tokenizer.model")):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, load_tokenizer(path)
+
+
+def load_tokenizer(spec: str | os.PathLike) -> Any:
+    """The tokenizer of a model directory (or 'builtin:...'), None when it has no tokenizer
+    files; a missing pad token falls back to EOS, as batches need one."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_dir(spec)
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
+                                                "tokenizer.model")):
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 # ----------------------------------------------------------------------------- fingerprints

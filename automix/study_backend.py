@@ -158,21 +158,19 @@ class AutomixBackend:
         `run_trial` does: padding makes attention keep an explicit mask, which the trial's own
         memory prediction counts, so the sampler's known memory must count it too."""
         if self._padded is None:
-            from transformers import AutoTokenizer
+            from automix.data import get_task, is_padded
+            from automix.models import load_tokenizer
 
-            from automix.data import get_task
-
-            t, cfg = self.cfg.trial, self.cfg
-            shape = {"batch_size": t.batch_size, "seq_len": t.seq_len, "seed": t.seed, **t.extra}
+            spec = {**self._spec_fields(), **self.cfg.trial.extra}
+            self._padded = False  # no tokenizer / bad data: the trial fails, preflight reports it
             try:
-                tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-                task = get_task(cfg.task, str(cfg.resolve_path(cfg.data)) if cfg.data else None)
-                batch = next(iter(task.train_batches(tokenizer, int(shape["batch_size"]), int(shape["seq_len"]),
-                                                     int(shape["seed"]))))
-                mask = batch.get("attention_mask")
-                self._padded = mask is not None and not bool(mask.all())
-            except (OSError, ValueError, StopIteration):  # no tokenizer / bad data: preflight reports it
-                self._padded = False
+                tokenizer = load_tokenizer(self.model_dir)
+                if tokenizer is not None:
+                    batches = get_task(spec["task"], spec["data"]).train_batches(
+                        tokenizer, int(spec["batch_size"]), int(spec["seq_len"]), int(spec["seed"]))
+                    self._padded = is_padded(next(batches))
+            except (OSError, ValueError, StopIteration):
+                pass
         return self._padded
 
     def smallest_memory(self) -> tuple[float, dict[str, Any]]:
@@ -196,18 +194,21 @@ class AutomixBackend:
         return compact_layers({n: _settings_dict(s) for n, s in self._layers(params).items()})
 
     def payload(self, params: Mapping[str, Any]) -> dict:
+        return {**self._spec_fields(), "method": params["method"], "layers": self.layers_dict(params),
+                **self.cfg.trial.extra}
+
+    def _spec_fields(self) -> dict[str, Any]:
+        """The trial spec fields every trial of the study shares (before `trial.extra`)."""
         t, cfg = self.cfg.trial, self.cfg
         spec = {
             "model": str(self.model_dir) if not cfg.model.startswith("builtin:") else cfg.model,
             "task": cfg.task, "data": str(cfg.resolve_path(cfg.data)) if cfg.data else None,
-            "method": params["method"], "layers": self.layers_dict(params),
             "steps": t.steps, "seed": t.seed, "lr": t.lr, "batch_size": t.batch_size, "seq_len": t.seq_len,
             "dtype": t.dtype,
             "device": "cuda" if cfg.resources.gpus else "cpu",
         }
         if t.eval_batches is not None:
             spec["eval_batches"] = t.eval_batches
-        spec.update(t.extra)
         return spec
 
     def describe(self, params: Mapping[str, Any]) -> tuple[str, dict, dict]:

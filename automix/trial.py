@@ -264,6 +264,7 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
     import torch
 
     from automix import memory
+    from automix.data import is_padded
     from automix.layer_config import average_bits
 
     device = _device(spec.device)
@@ -298,7 +299,7 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
             batch = {k: v.to(device) for k, v in next(batches).items()}
             if step == 0:
                 shape = tuple(batch["input_ids"].shape)
-                padded = "attention_mask" in batch and not bool(batch["attention_mask"].all())
+                padded = is_padded(batch)
                 with memory.SavedTensorMeter(model) as meter:
                     loss = model(**batch).loss
             else:
