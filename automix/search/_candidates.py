@@ -57,8 +57,7 @@ def greedy_path(
     are walked.
     """
     empty = np.empty((0, codec.dim))
-    walk = [j for j, g in enumerate(codec.genes) if g.levels is not None and g.ordinal]
-    cats = [j for j, g in enumerate(codec.genes) if g.levels is not None and not g.ordinal]
+    walk, cats = codec.ordinal_genes, codec.categorical_genes
     if not unknown or not walk:
         return empty
     start = codec.uniform(0.5) if base is None else np.asarray(base, dtype=float).copy()

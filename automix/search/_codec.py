@@ -114,6 +114,9 @@ class Codec:
         self.names = sorted(search_space)
         self.genes = [_Gene(n, search_space[n]) for n in self.names]
         self.dim = len(self.genes)
+        # indices of the discrete genes: ordered levels (walked up/down) and unordered categories
+        self.ordinal_genes = [j for j, g in enumerate(self.genes) if g.levels is not None and g.ordinal]
+        self.categorical_genes = [j for j, g in enumerate(self.genes) if g.levels is not None and not g.ordinal]
 
     def encode(self, params: dict[str, Any]) -> np.ndarray:
         return np.array([g.encode(params[g.name]) for g in self.genes], dtype=float)

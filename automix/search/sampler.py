@@ -442,7 +442,7 @@ class AutoMixSampler(BaseSampler):
             self._n_candidates,
         )
         if len(path):
-            pool = np.unique(np.vstack([pool, self._fresh(codec, path, taken)]), axis=0)
+            pool = np.unique(np.vstack([pool, fresh(path)]), axis=0)
         if not len(pool):
             return self._predicted(self._random_feasible(codec, taken), predict, signs)
         mean, std, _, pof, _ = predict(pool, True)
