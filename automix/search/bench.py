@@ -355,12 +355,17 @@ def main(argv: list[str] | None = None) -> int:
                   "candidate regressor); it is repeated only when the trials grow by 25%. Wall "
                   "time is on a 2-core machine shared with other jobs.", ""]
 
+    emit_report(lines, args.out)
+    return 0
+
+
+def emit_report(lines: list[str], out: Path | None) -> None:
+    """Print the benchmark's markdown and, with ``--out``, keep it in that file."""
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from automix.search.bench import emit_report
+
 SAMPLERS = ("automix", "random", "tpe", "nsgaii", "gp")
 _STUDY_SAMPLER = {"automix": "automix", "random": "random", "tpe": "tpe", "nsgaii": "nsga2"}
 _SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml"
@@ -357,13 +359,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if asks:
         lines += ["", f"AutoMixSampler CPU time per proposal: median {statistics.median(asks):.2f} s, "
                       f"max {max(asks):.2f} s.", ""]
-    text = "\n".join(lines)
     print(f"(this invocation ran {cache.new_trials} new trials in "
           f"{(time.perf_counter() - t_start) / 60:.1f} min)", file=sys.stderr)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_report(lines, args.out)
     return 0
 
 
