@@ -45,6 +45,9 @@ def _syllable_word(rng: random.Random) -> str:
     return rng.choice(CONSONANTS) + rng.choice(VOWELS) + rng.choice(CONSONANTS)
 
 
+COPY_FROM_START = 0.5  # share of copies that start at the first word
+
+
 def copy_doc(rng: random.Random) -> str:
     """A word string, then the string again, half the time from a random word onwards: a
     predictable copy whose offset varies, so only induction (find the current token earlier in
@@ -52,9 +55,6 @@ def copy_doc(rng: random.Random) -> str:
     words = [_syllable_word(rng) for _ in range(rng.randint(2, 6))]
     start = 0 if rng.random() < COPY_FROM_START else rng.randrange(len(words))
     return f"copy: {' '.join(words)} > {' '.join(words[start:])}"
-
-
-COPY_FROM_START = 0.5
 
 
 def recall_doc(rng: random.Random) -> str:
@@ -122,6 +122,10 @@ def _passage_facts(rng: random.Random) -> list[tuple[str, str, str]]:
     return facts
 
 
+def _passage_text(facts: list[tuple[str, str, str]]) -> str:
+    return " ".join(f"the {n} is {v}." for n, _, v in facts)
+
+
 def _question(rng: random.Random, facts: list[tuple[str, str, str]], negation_rate: float) -> tuple[str, bool]:
     """A yes/no question about one of the facts, and its answer."""
     noun, cat, value = rng.choice(facts)
@@ -145,26 +149,28 @@ def passage_example(rng: random.Random, negation_rate: float = 0.0) -> PassageEx
     """
     facts = _passage_facts(rng)
     question, answer = _question(rng, facts, negation_rate)
-    return PassageExample(" ".join(f"the {n} is {v}." for n, _, v in facts), question, answer)
+    return PassageExample(_passage_text(facts), question, answer)
 
 
 def boolq_prompt(passage: str, question: str) -> str:
     """The prompt both the corpus and the BoolQ task use; the answer follows as ' yes' / ' no'."""
+    return f"passage: {passage.strip()} {_question_prompt(question)}"
+
+
+def _question_prompt(question: str) -> str:
     q = question.strip()
     if not q.endswith("?"):
         q += "?"
-    return f"passage: {passage.strip()} question: {q} answer:"
+    return f"question: {q} answer:"
 
 
 def passage_doc(rng: random.Random, negation_rate: float = 0.05) -> str:
     """A BoolQ-style prompt and answer, then up to two more questions on the same passage."""
     facts = _passage_facts(rng)
-    passage = " ".join(f"the {n} is {v}." for n, _, v in facts)
-    parts = []
-    for i in range(rng.randint(1, 3)):
+    parts = [f"passage: {_passage_text(facts)}"]
+    for _ in range(rng.randint(1, 3)):
         question, answer = _question(rng, facts, negation_rate)
-        prompt = boolq_prompt(passage, question)
-        parts.append((prompt if i == 0 else prompt[len("passage: " + passage) + 1:]) + (" yes" if answer else " no"))
+        parts.append(_question_prompt(question) + (" yes" if answer else " no"))
     return " ".join(parts)
 
 
