@@ -7,7 +7,7 @@ the context (copying, key-value recall, reading a passage) or by computing (carr
 the trained model's low loss depends on its attention and MLP weights.
 
 Document kinds (one line each):
-  copy:    "copy: kep zor wib > kep zor wib" (half the time the copy starts at a random word:
+  copy:    "copy: kep zor wib > kep zor wib" (70% of the time the copy starts at a random word:
            "copy: kep zor wib > zor wib")
   recall:  "recall: k3 m8 t1 ; m8 k3" (one-token keys right before their digit, so a lookup is
            the induction pattern: find the earlier key, copy the token after it)
@@ -17,7 +17,8 @@ Document kinds (one line each):
            everything after the first entity name can only be known from memory (MLP weights):
            the kind of knowledge quantization destroys first in real LLMs
   passage: BoolQ-style "passage: the fox is red. ... question: is the fox red? answer: yes",
-           with 1-3 questions about the same passage (more answer tokens per document)
+           with 1-3 questions about the same passage (more answer tokens per document); a "no"
+           asks a value the passage does not state, often of a kind it never mentions
   text:    template sentences ("the big fox sees a red owl.") for a bit of natural-ish text
 """
 
@@ -45,11 +46,11 @@ def _syllable_word(rng: random.Random) -> str:
     return rng.choice(CONSONANTS) + rng.choice(VOWELS) + rng.choice(CONSONANTS)
 
 
-COPY_FROM_START = 0.5  # share of copies that start at the first word
+COPY_FROM_START = 0.3  # share of copies that start at the first word
 
 
 def copy_doc(rng: random.Random) -> str:
-    """A word string, then the string again, half the time from a random word onwards: a
+    """A word string, then the string again, mostly from a random word onwards: a
     predictable copy whose offset varies, so only induction (find the current token earlier in
     the context, predict what followed it) solves it, not a fixed positional shift."""
     words = [_syllable_word(rng) for _ in range(rng.randint(2, 6))]
@@ -108,17 +109,24 @@ class PassageExample:
     answer: bool
 
 
-# Share of "no" questions whose asked value appears nowhere in the passage (the rest name a value
-# of the same kind, possibly one another noun has, so the answer needs the noun-value binding).
-ABSENT_WHEN_FALSE = 0.7
+# How a "no" question is built. The rest of the "no"s ask another value of the right kind that
+# the passage never states (a value another noun has only when every other value of the kind is
+# stated: such questions need the noun-value binding, which the tiny model never learned in any
+# recipe run). Measured (benchmarks/tiny_model.md): the tiny
+# model cannot learn exact token-identity checks (is this value in the passage?) in a few
+# hundred steps even on passages alone, but learns "does the passage say anything of this kind"
+# in 200 steps, so questions about an unmentioned kind give the task a learnable part.
+OTHER_KIND_WHEN_FALSE = 0.6  # ask a value of a kind the passage does not mention at all
+ABSENT_WHEN_FALSE = 1.0  # of the rest: a same-kind value stated for no noun of the passage
 
 
 def _passage_facts(rng: random.Random) -> list[tuple[str, str, str]]:
-    """2-4 (noun, attribute kind, value) facts about distinct nouns."""
+    """2-4 (noun, attribute kind, value) facts about distinct nouns, of one or two kinds."""
+    kinds = rng.sample(sorted(ATTRIBUTES), k=rng.randint(1, 2))
     facts = []
     for noun in rng.sample(NOUNS, k=rng.randint(2, 4)):
-        cat = rng.choice(sorted(ATTRIBUTES))
-        facts.append((noun, cat, rng.choice(ATTRIBUTES[cat])))
+        kind = rng.choice(kinds)
+        facts.append((noun, kind, rng.choice(ATTRIBUTES[kind])))
     return facts
 
 
@@ -126,16 +134,23 @@ def _passage_text(facts: list[tuple[str, str, str]]) -> str:
     return " ".join(f"the {n} is {v}." for n, _, v in facts)
 
 
+def _false_value(rng: random.Random, facts: list[tuple[str, str, str]], kind: str, value: str) -> str:
+    """A value the passage does not state for the asked noun (see OTHER_KIND_WHEN_FALSE)."""
+    unmentioned = [k for k in sorted(ATTRIBUTES) if k not in {f[1] for f in facts}]
+    if unmentioned and rng.random() < OTHER_KIND_WHEN_FALSE:
+        return rng.choice(ATTRIBUTES[rng.choice(unmentioned)])
+    same_kind = [v for v in ATTRIBUTES[kind] if v != value]
+    if rng.random() < ABSENT_WHEN_FALSE:
+        stated = {v for _, _, v in facts}
+        same_kind = [v for v in same_kind if v not in stated] or same_kind
+    return rng.choice(same_kind)
+
+
 def _question(rng: random.Random, facts: list[tuple[str, str, str]], negation_rate: float) -> tuple[str, bool]:
     """A yes/no question about one of the facts, and its answer."""
-    noun, cat, value = rng.choice(facts)
+    noun, kind, value = rng.choice(facts)
     truth = rng.random() < 0.5
-    asked = value if truth else rng.choice([v for v in ATTRIBUTES[cat] if v != value])
-    if not truth and rng.random() < ABSENT_WHEN_FALSE:  # easier: the asked value is not in the passage
-        used = {v for _, _, v in facts}
-        free = [v for v in ATTRIBUTES[cat] if v not in used]
-        if free:
-            asked = rng.choice(free)
+    asked = value if truth else _false_value(rng, facts, kind, value)
     negated = rng.random() < negation_rate
     question = f"is the {noun} not {asked}" if negated else f"is the {noun} {asked}"
     return question, truth != negated
@@ -201,7 +216,7 @@ DOC_KINDS: dict[str, Callable[[random.Random], str]] = {
 }
 
 # Mixture weights of the pretraining corpus.
-DEFAULT_MIX: dict[str, float] = {"copy": 0.25, "recall": 0.12, "add": 0.10, "facts": 0.38, "passage": 0.10,
+DEFAULT_MIX: dict[str, float] = {"copy": 0.28, "recall": 0.14, "add": 0.10, "facts": 0.33, "passage": 0.10,
                                   "text": 0.05}
 
 

@@ -49,3 +49,25 @@ def test_boolq_examples_are_balanced_and_consistent():
         facts = dict(re.findall(r"the (\w+) is (\w+)\.", e.passage))
         noun, neg, value = re.fullmatch(r"is the (\w+) (not )?(\w+)", e.question).groups()
         assert e.answer == ((facts[noun] == value) != bool(neg))
+
+
+def test_no_answers_ask_values_the_passage_never_states_often_of_an_unmentioned_kind():
+    """The learnable part of the BoolQ-style task: a "no" never hinges on which noun has a value
+    (unless the kind has no value left), and a share of them ask about a kind never mentioned."""
+    kind_of = {v: k for k, vs in corpus.ATTRIBUTES.items() for v in vs}
+    rng = random.Random(5)
+    n_no = other_kind = 0
+    for _ in range(2000):
+        e = corpus.passage_example(rng)
+        stated = dict(re.findall(r"the (\w+) is (\w+)\.", e.passage))
+        assert 1 <= len({kind_of[v] for v in stated.values()}) <= 2
+        if e.answer:
+            continue
+        noun, value = re.fullmatch(r"is the (\w+) (\w+)", e.question).groups()
+        n_no += 1
+        kinds = {kind_of[v] for v in stated.values()}
+        if kind_of[value] not in kinds:
+            other_kind += 1
+        elif value in stated.values():  # only when every other value of the kind is stated
+            assert set(corpus.ATTRIBUTES[kind_of[value]]) - {stated[noun]} <= set(stated.values())
+    assert abs(other_kind / n_no - corpus.OTHER_KIND_WHEN_FALSE) < 0.05
