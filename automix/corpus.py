@@ -109,13 +109,13 @@ class PassageExample:
     answer: bool
 
 
-# How a "no" question is built. The rest of the "no"s ask another value of the right kind that
-# the passage never states (a value another noun has only when every other value of the kind is
-# stated: such questions need the noun-value binding, which the tiny model never learned in any
-# recipe run). Measured (benchmarks/tiny_model.md): the tiny
-# model cannot learn exact token-identity checks (is this value in the passage?) in a few
-# hundred steps even on passages alone, but learns "does the passage say anything of this kind"
-# in 200 steps, so questions about an unmentioned kind give the task a learnable part.
+# How a "no" question is built. Measured (benchmarks/tiny_model.md): in a few hundred steps,
+# even on passages alone, the tiny model cannot learn an exact token-identity check (is this
+# value in the passage?), but it learns "does the passage say anything of this kind" in 200.
+# So most "no"s ask about a kind the passage never mentions (the learnable part); the rest ask
+# a same-kind value the passage does not state (the identity part). A value another noun has
+# (which needs the noun-value binding, never learned in any recipe run) is asked only when
+# every other value of the kind is stated.
 OTHER_KIND_WHEN_FALSE = 0.6  # ask a value of a kind the passage does not mention at all
 ABSENT_WHEN_FALSE = 1.0  # of the rest: a same-kind value stated for no noun of the passage
 
@@ -136,7 +136,8 @@ def _passage_text(facts: list[tuple[str, str, str]]) -> str:
 
 def _false_value(rng: random.Random, facts: list[tuple[str, str, str]], kind: str, value: str) -> str:
     """A value the passage does not state for the asked noun (see OTHER_KIND_WHEN_FALSE)."""
-    unmentioned = [k for k in sorted(ATTRIBUTES) if k not in {f[1] for f in facts}]
+    mentioned = {k for _, k, _ in facts}
+    unmentioned = [k for k in sorted(ATTRIBUTES) if k not in mentioned]
     if unmentioned and rng.random() < OTHER_KIND_WHEN_FALSE:
         return rng.choice(ATTRIBUTES[rng.choice(unmentioned)])
     same_kind = [v for v in ATTRIBUTES[kind] if v != value]

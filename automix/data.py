@@ -283,10 +283,10 @@ def _as_bool(value: Any, where: str) -> bool:
 class BoolQTask(Task):
     """Yes/no reading comprehension scored by answer log-likelihood; trains on the answer only.
 
-    The built-in version mixes plain questions (learned in pretraining: the built-in model gets
-    0.84) with negated ones ("is the owl not big", rare in pretraining), so a pretrained model is
-    above chance but not saturated and fine-tuning has something to teach (measured: 0.68 ->
-    0.73 at 4-bit in 100 QLoRA steps, `benchmarks/boolq_finetune_check.py`).
+    The built-in version mixes plain questions (learned in pretraining) with negated ones ("is
+    the owl not big", rare in pretraining), so a pretrained model is above chance but not
+    saturated and fine-tuning has something to teach (measured by
+    `benchmarks/boolq_finetune_check.py`; numbers in `benchmarks/tiny_model.md`).
     """
 
     name, metric, higher_is_better = "boolq", "accuracy", True
