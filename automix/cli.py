@@ -10,12 +10,13 @@ import argparse
 import importlib
 import sys
 
+
 # Order is the order shown by --help.
 COMMANDS = ["pretrain", "profile", "trial", "search", "status", "export", "report", "ui", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from automix import __version__
+    from automix import __version__  # lazy: CLI start-up (a command loads only what it runs)
 
     parser = argparse.ArgumentParser(
         prog="automix",

@@ -9,121 +9,22 @@ deterministically and saves the prepared model and its trained state, which `loa
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["ExportError", "trials_table", "front_table", "write_study_artifacts", "select_trial",
-           "export_trial", "save_weights", "ExportedModel", "load"]
+from automix.config.study import format_size
+from automix.study.backend import compact_layers
+from automix.study.results import finished_trials, pareto_numbers
+from automix.trial import prepare_model, run_trial
+
+__all__ = ["ExportError", "select_trial", "export_trial", "save_weights", "ExportedModel", "load"]
 
 
 class ExportError(ValueError):
     """No configuration can be exported as asked (nothing within the budget, unknown study)."""
-
-
-_COLUMNS = ["number", "state", "method", "quality", "memory_bytes", "feasible", "pareto",
-            "pareto_method", "avg_bits", "accuracy", "perplexity", "peak_memory_bytes",
-            "predicted_memory_bytes", "trainable_params", "train_seconds", "failure_reason"]
-
-
-def trials_table(study: Any, cfg: Any) -> list[dict]:
-    """One row per finished trial (complete or failed), with front membership."""
-    from automix.driver import finished_trials, pareto_numbers
-
-    trials = finished_trials(study)
-    overall, per_method = pareto_numbers(trials, cfg.directions, cfg.memory_budget)
-    rows = []
-    for t in sorted(trials, key=lambda t: t.number):
-        r = t.user_attrs.get("result", {}) or {}
-        mem = t.values[1] if t.values else t.user_attrs.get("predicted_memory")
-        rows.append({
-            "number": t.number, "state": t.state.name, "method": t.user_attrs.get("method", t.params.get("method")),
-            "quality": t.values[0] if t.values else None, "memory_bytes": mem,
-            "feasible": mem is not None and mem <= cfg.memory_budget,
-            "pareto": t.number in overall, "pareto_method": t.number in per_method,
-            "avg_bits": r.get("avg_bits", (t.user_attrs.get("summary") or {}).get("avg_bits")),
-            **{k: r.get(k) for k in ("accuracy", "perplexity", "peak_memory_bytes",
-                                     "predicted_memory_bytes", "trainable_params", "train_seconds")},
-            "failure_reason": (t.user_attrs.get("failure_reason") or "")[:200],
-        })
-    return rows
-
-
-def front_table(rows: Sequence[dict]) -> list[dict]:
-    return sorted((r for r in rows if r["pareto"]), key=lambda r: r["memory_bytes"])
-
-
-def _csv(rows: Sequence[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=_COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def _front_figure(rows: Sequence[dict], cfg: Any) -> Any:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    ok = [r for r in rows if r["state"] == "COMPLETE"]
-    for m in sorted({r["method"] for r in ok}):
-        pts = [r for r in ok if r["method"] == m]
-        fig.add_trace(go.Scatter(
-            x=[r["memory_bytes"] / 2**20 for r in pts], y=[r["quality"] for r in pts], mode="markers",
-            name=f"{m} trials", opacity=0.5, text=[f"trial {r['number']}, avg bits {r['avg_bits']}" for r in pts],
-        ))
-    front = front_table(rows)
-    fig.add_trace(go.Scatter(x=[r["memory_bytes"] / 2**20 for r in front], y=[r["quality"] for r in front],
-                             mode="lines+markers", line_shape="hv", name="Pareto front",
-                             text=[f"trial {r['number']} ({r['method']})" for r in front]))
-    fig.add_vline(x=cfg.memory_budget / 2**20, line_dash="dash", annotation_text="budget")
-    fig.update_layout(title=f"{cfg.name}: {cfg.objectives.quality} vs memory",
-                      xaxis_title="memory (MiB)", yaxis_title=cfg.objectives.quality)
-    return fig
-
-
-def write_study_artifacts(study: Any, cfg: Any, tracker: Any = None, out_dir: str | Path | None = None
-                          ) -> list[str]:
-    """trials.csv, front.csv, front.html (+ front.png when kaleido can render), hypervolume.csv.
-
-    Written to `out_dir` (default: a temp dir) and logged on the study's MLflow parent run.
-    Returns the names written; a missing PNG renderer is reported in `front_png.txt`.
-    """
-    import tempfile
-
-    from automix.driver import finished_trials, normalized_hypervolume
-
-    rows = trials_table(study, cfg)
-    tmp = None
-    if out_dir is None:
-        tmp = tempfile.TemporaryDirectory()
-        out_dir = tmp.name
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "trials.csv").write_text(_csv(rows))
-    (out / "front.csv").write_text(_csv(front_table(rows)))
-    trials = sorted(finished_trials(study), key=lambda t: t.number)
-    hv = [(i + 1, normalized_hypervolume(trials[: i + 1], cfg)) for i in range(len(trials))]
-    (out / "hypervolume.csv").write_text("trials,hypervolume\n" + "".join(f"{n},{v:.6g}\n" for n, v in hv))
-    fig = _front_figure(rows, cfg)
-    fig.write_html(out / "front.html", include_plotlyjs="cdn")
-    written = ["trials.csv", "front.csv", "hypervolume.csv", "front.html"]
-    try:
-        fig.write_image(out / "front.png")
-        written.append("front.png")
-    except Exception as err:  # kaleido or its browser missing: HTML only
-        (out / "front_png.txt").write_text(f"front.png not rendered (HTML only): {type(err).__name__}: {err}\n")
-        written.append("front_png.txt")
-    if tracker is not None:
-        for name in written:
-            tracker.log_file(out / name)
-    if tmp is not None:
-        tmp.cleanup()
-    return written
 
 
 # -- choosing and exporting a configuration ---------------------------------------------------
@@ -132,9 +33,6 @@ def select_trial(study: Any, cfg: Any, max_memory: float | None = None, pick: st
     """The front trial to export: within `max_memory` (default: the study budget), best quality
     ("accuracy"), least memory ("memory"), or the knee of the front ("knee")."""
     from optuna.trial import TrialState
-
-    from automix.driver import finished_trials, pareto_numbers
-    from automix.study import format_size
 
     if pick not in ("accuracy", "memory", "knee"):
         raise ExportError(f"--pick must be accuracy, memory or knee, got {pick!r}")
@@ -170,8 +68,6 @@ def export_trial(study: Any, cfg: Any, trial: Any, out: str | Path, with_weights
     """Write the chosen trial: layers.yaml, manifest.json and (with weights) the checkpoint."""
     import yaml
 
-    from automix.study_backend import compact_layers
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     layers = trial.user_attrs.get("layers")
@@ -200,8 +96,6 @@ def export_trial(study: Any, cfg: Any, trial: Any, out: str | Path, with_weights
 def _prepare(spec: Any) -> tuple[Any, Any, Any, Any]:
     """The model a trial spec describes, prepared (pruned, quantized, adapters) but untrained:
     the structure `load` fills from the saved checkpoint (same code path as `run_trial`)."""
-    from automix.trial import prepare_model
-
     p = prepare_model(spec)
     return p.spec, p.model, p.tokenizer, (p.method, p.task)
 
@@ -210,8 +104,6 @@ def save_weights(spec: Any, out: str | Path) -> dict[str, str]:
     """Re-run the trial (deterministic for its seed) saving its trained state, then write the
     full quantized checkpoint. Returns the files written (relative to `out`)."""
     from safetensors.torch import save_file
-
-    from automix.trial import run_trial
 
     out = Path(out)
     (out / "weights").mkdir(parents=True, exist_ok=True)

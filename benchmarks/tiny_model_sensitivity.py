@@ -43,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from automix.data import get_task
-    from automix.models import linear_weight, load_model, target_layers
-    from automix.pretrain import probe_accuracies
+    from automix.trial.data import get_task
+    from automix.arch import linear_weight, target_layers
+    from automix.trial.models import load_model
+    from automix.builtin.pretrain import probe_accuracies
 
     t0 = time.perf_counter()
     model, tok = load_model(args.model)
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nquantizer: {how}\n")
 
     print("## Per corpus document kind, all layers (perplexity change on 24 rows of each kind)\n")
-    from automix import corpus
-    from automix.data import LMTask
+    from automix.builtin import corpus
+    from automix.trial.data import LMTask
 
     kinds = list(corpus.DOC_KINDS)
     kind_tasks = {}

@@ -9,11 +9,11 @@ __all__ = ["build_report", "load_study_data"]
 
 def __getattr__(name: str):  # lazy: plotly and pandas load only when a report is made
     if name == "build_report":
-        from automix.dashboards.report import build_report
+        from automix.dashboards.report import build_report  # lazy: plotly and pandas load only when a report is made
 
         return build_report
     if name == "load_study_data":
-        from automix.dashboards.data import load_study_data
+        from automix.dashboards.data import load_study_data  # lazy: plotly and pandas load only when a report is made
 
         return load_study_data
     raise AttributeError(name)

@@ -20,13 +20,20 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from transformers import AutoConfig
+
+from automix.arch import target_layer_names
+from automix.builtin import builtin_model_dir
+from automix.config.study import default_storage_url, format_size
+from automix.search.pareto import hypervolume, nondominated_mask
+from automix.study.tracking import ROLE
 
 __all__ = [
     "ReportDataError", "NoFinishedTrialsError", "StudyData", "load_study_data",
     "hypervolume_history", "BREAKDOWN_PARTS", "find_parent_run", "finish", "layer_names", "resolve_layers",
 ]
 
-# The memory model's categories (automix.memory.MemoryBreakdown), in stacking order.
+# The memory model's categories (automix.trial.memory.MemoryBreakdown), in stacking order.
 BREAKDOWN_PARTS = ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states",
                    "activations", "transient")
 SETTINGS = ("bits", "prune", "rank", "group_size")
@@ -94,8 +101,6 @@ def load_study_data(name: str, storage: str | None = None) -> StudyData:
     """
     import optuna
     from optuna.trial import TrialState
-
-    from automix.study import default_storage_url
 
     url = storage or default_storage_url()
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
@@ -204,8 +209,6 @@ def _row(t: Any, order: int, quality: str) -> dict:
 
 def _mark_fronts(frame: pd.DataFrame, maximize: bool) -> None:
     """Front flags as the driver's `pareto` / `pareto_method` tags: complete, within budget."""
-    from automix.search.pareto import nondominated_mask
-
     frame["front"] = False
     frame["front_method"] = False
     ok = (frame.state == "COMPLETE") & frame.feasible
@@ -232,8 +235,6 @@ def _missing(data: StudyData) -> list[str]:
     if c.measured_memory.isna().all() or c.predicted_memory.isna().all():
         out.append("predicted and measured memory are not both recorded")
     if data.front_frame.empty:
-        from automix.study import format_size
-
         out.append(f"no complete trial fits the memory budget of {format_size(data.budget or 0)} (the "
                    f"smallest uses {format_size(c.memory.min())}): the fronts are empty")
     else:
@@ -273,25 +274,19 @@ def layer_names(config: Mapping[str, Any], recorded: Sequence[Any]) -> list[str]
 
 
 def _names_from_model(model: str) -> list[str]:
+    """Layer names from the model's config.json alone (no weights); [] when it is not on disk."""
     if not model:
         return []
     if model.startswith("builtin:"):
-        from automix.pretrain import cached_model_dir
-
-        size = model.split(":", 1)[1] or "tiny"
-        import automix.models as models
-
-        candidates = [Path(models.__file__).parent / "assets" / size, cached_model_dir(size)]
+        try:
+            d = builtin_model_dir(model.split(":", 1)[1] or "tiny")
+        except ValueError:  # not trained on this machine
+            return []
     else:
-        candidates = [Path(model).expanduser()]
-    for d in candidates:
-        if (d / "config.json").is_file():
-            from transformers import AutoConfig
-
-            from automix.models import target_layer_names
-
-            return list(target_layer_names(AutoConfig.from_pretrained(d)))
-    return []
+        d = Path(model).expanduser()
+    if not (d / "config.json").is_file():
+        return []
+    return list(target_layer_names(AutoConfig.from_pretrained(d)))
 
 
 def _is_compact(d: Mapping[str, Any]) -> bool:
@@ -328,8 +323,6 @@ def hypervolume_history(data: StudyData, method: str | None = None) -> pd.DataFr
     the largest memory seen). With `method`, only that method's trials count (x stays the
     study's trial count, so methods share the axis).
     """
-    from automix.search.pareto import hypervolume, nondominated_mask
-
     f = data.frame.sort_values("order")
     scale = data.budget or float(data.complete.memory.max()) or 1.0
     pts = np.empty((0, 2))
@@ -350,11 +343,9 @@ def hypervolume_history(data: StudyData, method: str | None = None) -> pd.DataFr
 def find_parent_run(tracking_uri: str, study: str) -> tuple[Any, str] | None:
     """(MlflowClient, parent run id) of the study's MLflow experiment, or None when there is none.
 
-    Looks the run up read-only (unlike `automix.tracking.Tracker`, which would create it).
+    Looks the run up read-only (unlike `automix.study.tracking.Tracker`, which would create it).
     """
     from mlflow.tracking import MlflowClient
-
-    from automix.tracking import ROLE
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(study)

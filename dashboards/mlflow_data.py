@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 from automix.dashboards.data import (NoFinishedTrialsError, ReportDataError, StudyData, finish, layer_names,
                                      resolve_layers)
+from automix.config.study import default_tracking_uri
+from automix.study.tracking import ROLE, TRIAL
 
 __all__ = ["load_mlflow_study"]
 
@@ -78,9 +80,6 @@ def load_mlflow_study(name: str, tracking_uri: str | None = None) -> StudyData:
     Same frame as `load_study_data`; per-layer settings are downloaded for front trials only.
     """
     from mlflow.tracking import MlflowClient
-
-    from automix.study import default_tracking_uri
-    from automix.tracking import ROLE, TRIAL
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():

@@ -21,6 +21,8 @@ import plotly.graph_objects as go
 from automix.dashboards import views
 from automix.dashboards.data import (NoFinishedTrialsError, ReportDataError, StudyData, find_parent_run,
                                      load_study_data)
+from automix.config.study import default_tracking_uri
+from automix.dashboards.mlflow_data import load_mlflow_study
 
 __all__ = ["Report", "build_report", "study_figures", "render_html", "render_empty_html", "write_pngs"]
 
@@ -172,8 +174,6 @@ def write_pngs(figures: dict[str, go.Figure], out_dir: Path, width: int = 1100) 
 
 
 def _log_to_mlflow(report: Report, study: StudyData, tracking_uri: str | None, others: Sequence[str]) -> None:
-    from automix.study import default_tracking_uri
-
     uri = tracking_uri or study.tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         report.mlflow_note = f"not logged to MLflow: no tracking database at {uri}"
@@ -223,8 +223,6 @@ def build_report(
     for name in names:
         try:
             if source == "mlflow":
-                from automix.dashboards.mlflow_data import load_mlflow_study
-
                 loaded.append(load_mlflow_study(name, tracking_uri))
             else:
                 loaded.append(load_study_data(name, storage))

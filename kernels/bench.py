@@ -25,6 +25,9 @@ from typing import Callable
 
 import torch
 
+from automix.kernels import quant_matmul
+from automix.quant import quantize
+
 FULL_SHAPES = ["4096x4096", "8192x8192", "4096x11008", "8192x28672"]
 FULL_M = [1, 16, 128, 4096]
 CPU_SHAPES = ["4096x4096", "4096x11008"]
@@ -69,9 +72,6 @@ def parse_shape(text: str) -> tuple[int, int]:
 def bench(shapes: list[str], ms: list[int], bits_list: list[int], group_size: int,
           device: torch.device, backend: str, min_time: float,
           copy_mib: int | None = None) -> tuple[list[dict], float]:
-    from automix.kernels import quant_matmul
-    from automix.quant import quantize
-
     cuda = device.type == "cuda"
     act_dtype = torch.float16 if cuda else torch.float32
     bw = copy_bandwidth(device, copy_mib or (1024 if cuda else 256))

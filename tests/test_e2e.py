@@ -58,8 +58,8 @@ def config_only_model(tmp_path) -> str:
 
 
 def test_bad_trial_settings_fail_before_trials(tmp_path, config_only_model):
-    from automix.study import StudyConfigError, load_study
-    from automix.study_backend import AutomixBackend, preflight
+    from automix.config.study import StudyConfigError, load_study
+    from automix.study.backend import AutomixBackend, preflight
 
     cfg = load_study(study_file(tmp_path, model=config_only_model, extra=", eval_batchsize: 8"))
     with pytest.raises(StudyConfigError, match=r"trial: the trial spec is not valid \(eval_batchsize: Extra inputs"):
@@ -67,8 +67,8 @@ def test_bad_trial_settings_fail_before_trials(tmp_path, config_only_model):
 
 
 def test_budget_below_smallest_configuration(tmp_path, config_only_model):
-    from automix.study import StudyConfigError, load_study
-    from automix.study_backend import AutomixBackend, preflight
+    from automix.config.study import StudyConfigError, load_study
+    from automix.study.backend import AutomixBackend, preflight
 
     cfg = load_study(study_file(tmp_path, budget="1KiB", model=config_only_model))
     backend = AutomixBackend(cfg)
@@ -87,8 +87,8 @@ def test_sampler_memory_is_the_memory_the_trial_reports(tmp_path):
     """The known memory objective the sampler filters proposals with must be the one the trial
     records (padding, which adds an attention mask, included), or proposals the sampler deemed
     within the budget come back over it."""
-    from automix.study import load_study
-    from automix.study_backend import AutomixBackend
+    from automix.config.study import load_study
+    from automix.study.backend import AutomixBackend
     from automix.trial import run_trial
 
     cfg = load_study(study_file(tmp_path, model="builtin:tiny"))
@@ -107,11 +107,11 @@ def test_study_end_to_end_export_and_load(tmp_path, capsys):
     from optuna.trial import TrialState
 
     from automix.cli import main
-    from automix.driver import pareto_numbers
+    from automix.study.results import pareto_numbers
     from automix.export import load
-    from automix.layer_config import LayerConfig
-    from automix.models import target_layer_names
-    from automix.tracking import Tracker
+    from automix.config.layers import LayerConfig
+    from automix.arch import target_layer_names
+    from automix.study.tracking import Tracker
 
     path = study_file(tmp_path)
     assert main(["search", str(path), "--no-progress", "--export", str(tmp_path / "quick")]) == 0
@@ -155,7 +155,7 @@ def test_study_end_to_end_export_and_load(tmp_path, capsys):
     assert chosen.values[1] <= best_small.values[1] + 1
     from transformers import AutoConfig
 
-    from automix.models import resolve_model_dir
+    from automix.trial.models import resolve_model_dir
 
     # the layer file is the chosen trial's configuration, on the model's layer names
     names = target_layer_names(AutoConfig.from_pretrained(resolve_model_dir(MODEL)))

@@ -10,9 +10,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from automix.export import ExportError, export_trial, select_trial, write_study_artifacts
-from automix.layer_config import LayerConfig
-from automix.study import StudyConfig
+from automix.export import ExportError, export_trial, select_trial
+from automix.study.artifacts import write_study_artifacts
+from automix.config.layers import LayerConfig
+from automix.config.study import StudyConfig
 
 NAMES = [f"model.layers.{i}.mlp.down_proj" for i in range(3)]
 

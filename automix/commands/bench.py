@@ -8,10 +8,10 @@ import importlib
 # benchmark name -> module exposing main(argv) -> int
 BENCHMARKS = {
     "kernels": "automix.kernels.bench",
-    "search": "automix.search.bench",
-    "methods": "automix.methods.bench",
-    "trial": "automix.trial_bench",
-    "orchestration": "automix.orchestration_bench",
+    "search": "automix.bench.search",
+    "methods": "automix.bench.methods",
+    "trial": "automix.bench.trial",
+    "orchestration": "automix.bench.orchestration",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the best configuration of a study under a memory limit")
     p.add_argument("--study", required=True, help="study name (or study file)")
@@ -19,9 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from automix.driver import open_study
+    from automix.study.storage import open_study  # lazy: CLI start-up (a command loads only what it runs)
     from automix.export import export_trial, select_trial
-    from automix.study import format_size, parse_size, study_from_ref
+    from automix.config.study import format_size, parse_size  # lazy: CLI start-up (a command loads only what it runs)
+    from automix.study.storage import study_from_ref  # lazy: CLI start-up (a command loads only what it runs)
 
     cfg = study_from_ref(args.study, args.storage)
     study = open_study(cfg, create=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "pretrain",
@@ -27,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from automix.pretrain import cached_model_dir, pretrain, probe_accuracies
+    from automix.builtin import cached_model_dir  # lazy: CLI start-up (a command loads only what it runs)
+    from automix.builtin.pretrain import pretrain, probe_accuracies
 
     if args.steps is not None and args.steps < 1:
         raise SystemExit(f"automix pretrain: --steps must be >= 1, got {args.steps}")
@@ -38,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(min(2, torch.get_num_threads()) or 1)
         pretrain(size=args.size, out=out, steps=args.steps, seed=args.seed)
     if args.probe:
-        from automix.data import get_task
-        from automix.models import load_model
+        from automix.trial.data import get_task  # lazy: CLI start-up (a command loads only what it runs)
+        from automix.trial.models import load_model
 
         model, tok = load_model(str(out))
         ppl = get_task("lm").evaluate(model, tok)["perplexity"]

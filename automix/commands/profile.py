@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "profile", help="measure per-layer quantization sensitivity (cached per model)",
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from automix.search.sensitivity import load_or_profile
+    from automix.trial.sensitivity import load_or_profile  # lazy: CLI start-up (a command loads only what it runs)
 
     for b in args.bits:
         if b not in (2, 3, 4, 8, 16):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report", help="HTML + PNG report of a study's fronts, hypervolume, calibration and configurations",
@@ -27,6 +28,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from automix.dashboards.report import main
+    from automix.dashboards.report import main  # lazy: CLI start-up (a command loads only what it runs)
 
     return main(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="run or resume a study (Ray trials, Optuna + MLflow tracking)",
                        description="Run a study: the driver asks the sampler for configurations, runs "
@@ -27,10 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from automix.driver import run_study
-    from automix.executors import LocalExecutor
-    from automix.study import load_study
-    from automix.study_backend import AutomixBackend, preflight
+    from automix.study.loop import run_study  # lazy: CLI start-up (a command loads only what it runs)
+    from automix.study.executors import LocalExecutor
+    from automix.config.study import load_study  # lazy: CLI start-up (a command loads only what it runs)
+    from automix.study.backend import AutomixBackend, preflight  # lazy: CLI start-up (a command loads only what it runs)
 
     console = Console()
     cfg = load_study(args.study, workers=args.workers)
@@ -52,14 +53,14 @@ def run(args: argparse.Namespace) -> int:
     executor = LocalExecutor(backend.function) if args.local else None
     result = run_study(cfg, backend, executor=executor, ray_address=args.ray_address,
                        progress=not args.no_progress)
-    from automix.commands.status import print_status
+    from automix.commands.status import print_status  # lazy: CLI start-up (a command loads only what it runs)
 
     print_status(cfg, console)
     if result.requeued:
         console.print(f"re-ran {len(result.requeued)} trial(s) a previous driver left unfinished")
     console.print(f"search loop done in {result.seconds:.0f} s")
     if args.export:
-        from automix.driver import open_study
+        from automix.study.storage import open_study  # lazy: CLI start-up (a command loads only what it runs)
         from automix.export import export_trial, select_trial
 
         study = open_study(cfg, create=False)

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="table of a study's trials and its Pareto front")
     p.add_argument("study", help="study file or study name")
@@ -19,9 +20,9 @@ def print_status(cfg: Any, console: Any = None, show_all: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from automix.driver import open_study
-    from automix.export import front_table, trials_table
-    from automix.study import format_size
+    from automix.study.storage import open_study  # lazy: CLI start-up (a command loads only what it runs)
+    from automix.study.results import front_table, trials_table
+    from automix.config.study import format_size  # lazy: CLI start-up (a command loads only what it runs)
 
     console = console or Console()
     study = open_study(cfg, create=False)
@@ -52,7 +53,7 @@ def print_status(cfg: Any, console: Any = None, show_all: bool = False) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from automix.study import study_from_ref
+    from automix.study.storage import study_from_ref  # lazy: CLI start-up (a command loads only what it runs)
 
     print_status(study_from_ref(args.study, args.storage), show_all=args.all)
     return 0

@@ -7,6 +7,7 @@ import json
 import sys
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trial", help="run one trial: prepare, fine-tune, evaluate, measure memory",
                        description="Run one trial. Without --data the task's built-in synthetic data "
@@ -67,7 +68,7 @@ def _mib(n: int | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from automix.trial import run_trial
+    from automix.trial import run_trial  # lazy: CLI start-up (a command loads only what it runs)
 
     try:
         spec = _spec(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ui", help="open the MLflow UI (or optuna-dashboard) on the tracking stores")
     p.add_argument("--tracking-uri", default=None, help="MLflow backend (default: the working dir's SQLite file)")
@@ -22,7 +23,7 @@ def command(args: argparse.Namespace) -> list[str]:
     import shutil
     import sys
 
-    from automix.study import default_storage_url, default_tracking_uri
+    from automix.config.study import default_storage_url, default_tracking_uri  # lazy: CLI start-up (a command loads only what it runs)
 
     if args.optuna:
         storage = args.storage or default_storage_url()

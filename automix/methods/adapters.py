@@ -9,7 +9,7 @@ Typical use inside a method's ``prepare`` (this is what ``qlora`` does)::
     # LoftQ / QuAILoRA / ApiQ then overwrite adapters[name].lora_A / lora_B (and may replace
     # adapters[name].base with their own QuantLinear via QuantLinear.from_quantized).
 
-Names are the stable target-layer names of ``automix.models.target_layers`` (e.g.
+Names are the stable target-layer names of ``automix.arch.target_layers`` (e.g.
 "model.layers.3.mlp.down_proj"); after injection that name holds the ``LoRALinear`` and the
 original layer lives at "<name>.base".
 """
@@ -22,20 +22,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from automix.layer_config import LayerSettings
-
-
-def layer_dims(module: nn.Module) -> tuple[int, int]:
-    """(out_features, in_features) of nn.Linear, GPT-2 Conv1D, QuantLinear or LoRALinear."""
-    if hasattr(module, "out_features") and hasattr(module, "in_features"):
-        return int(module.out_features), int(module.in_features)
-    if type(module).__name__ == "Conv1D":
-        w = module.weight
-        return int(w.shape[1]), int(w.shape[0])
-    w = getattr(module, "weight", None)
-    if isinstance(w, torch.Tensor) and w.dim() == 2:
-        return int(w.shape[0]), int(w.shape[1])
-    raise ValueError(f"cannot tell the shape of {type(module).__name__}")
+from automix.arch import linear_shape
+from automix.config.layers import LayerSettings
+from automix.quant import QuantLinear
 
 
 def _module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -58,7 +47,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Module, rank: int, alpha: float = 16.0, dropout: float = 0.0,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        out_f, in_f = layer_dims(base)
+        out_f, in_f = linear_shape(base)
         if rank < 1 or rank > min(out_f, in_f):
             raise ValueError(f"LoRA rank must be in [1, {min(out_f, in_f)}] for a "
                              f"({out_f}, {in_f}) layer, got {rank}")
@@ -105,8 +94,6 @@ def quantize_layers(model: nn.Module, layer_settings: Mapping[str, LayerSettings
     """Replace every target layer with ``bits < 16`` by a ``QuantLinear`` (its group size; its
     backward re-dequantizes the weight instead of saving it); layers already wrapped by ``LoRALinear`` get their ``base`` replaced. Returns name -> QuantLinear.
     Layers already quantized are left alone."""
-    from automix.quant import QuantLinear
-
     done: dict[str, nn.Module] = {}
     for name, s in layer_settings.items():
         if s.bits >= 16:

@@ -28,6 +28,9 @@ from torch import Tensor, nn
 from automix.methods.adapters import replace_module
 from automix.methods.base import MethodError
 from automix.methods.loftq import LowRankInitMethod
+from automix.arch import block_index, linear_weight
+from automix.quant import fake_quantize, quantize
+from automix.quant.grid import clip_logits_init
 
 
 @dataclass
@@ -50,7 +53,6 @@ class ApiQLinear(nn.Module):
     def __init__(self, weight: Tensor, bias: Tensor | None, plan: ApiQPlan,
                  clip_init: float = 4.0) -> None:
         super().__init__()
-        from automix.quant.quantizer import clip_logits_init
 
         out_f, in_f = weight.shape
         self.in_features, self.out_features = in_f, out_f
@@ -80,7 +82,6 @@ class ApiQLinear(nn.Module):
             return self._frozen_weight
         if not self.quantized:
             return self.weight
-        from automix.quant import fake_quantize
 
         return fake_quantize(self.weight, self.plan.bits, self.plan.group_size, self.clip_max, self.clip_min)
 
@@ -95,8 +96,6 @@ class ApiQLinear(nn.Module):
         """(QuantizedWeight or None for 16-bit, A, B) and switch forward to the baked weight."""
         qweight = None
         if self.quantized:
-            from automix.quant import quantize
-
             qweight = quantize(self.weight, self.plan.bits, self.plan.group_size,
                                clip_max_logit=self.clip_max.detach(), clip_min_logit=self.clip_min.detach())
             self._frozen_weight = qweight.dequantize(torch.float32).to(self.weight.device)
@@ -114,8 +113,6 @@ class _StopForward(Exception):
 
 def group_by_block(names: Iterable[str]) -> list[tuple[str, list[str]]]:
     """[(block_path, [layer names in it])] in model order, from stable layer names."""
-    from automix.models import block_index
-
     blocks: dict[str, list[str]] = {}
     for n in names:
         i = block_index(n)
@@ -167,8 +164,6 @@ def _block_out(out: Any) -> Tensor:
 
 
 def _apiq_module(layer: nn.Module, plan: ApiQPlan) -> ApiQLinear:
-    from automix.models import linear_weight
-
     return ApiQLinear(linear_weight(layer), getattr(layer, "bias", None), plan)
 
 

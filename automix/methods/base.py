@@ -5,7 +5,7 @@ ready to fine-tune: it may quantize layers (``automix.quant.QuantLinear``), inje
 (``automix.methods.adapters``), or wrap the whole model (QST's side network, QEFT's weak-column
 layers). The trial then trains ``method.trainable_parameters(model)`` with AdamW, evaluates the
 returned module, and asks ``method.memory_profile(...)`` what the method adds so that
-``automix.memory.estimate`` can predict the peak without building anything.
+``automix.trial.memory.estimate`` can predict the peak without building anything.
 
 Writing a new method (e.g. ``automix/methods/qst.py``)::
 
@@ -44,7 +44,8 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from automix.layer_config import LayerSettings
+from automix.config.layers import LayerSettings
+from automix.arch import layer_shapes
 
 
 class MethodError(ValueError):
@@ -58,7 +59,7 @@ class MethodSettings:
     ``lora_alpha``: LoRA scaling is ``lora_alpha / rank`` per layer (rank from the layer settings).
     ``quant_method``: ``automix.quant.quantize`` method ("minmax" or "hqq") for quantized layers.
     ``calib_samples`` / ``calib_seq_len``: calibration set size for methods with
-    ``needs_calibration`` (the trial samples it with ``automix.data.calibration_batches``).
+    ``needs_calibration`` (the trial samples it with ``automix.trial.data.calibration_batches``).
     ``options``: per-method knobs, validated against the method's ``option_defaults``.
     """
 
@@ -99,7 +100,7 @@ class MethodSettings:
 class MemoryProfile:
     """What a method adds to the memory of a fine-tuning step, analytically (no model built).
 
-    ``automix.memory.estimate`` combines it with the architecture, the per-layer settings (bits,
+    ``automix.trial.memory.estimate`` combines it with the architecture, the per-layer settings (bits,
     group size, pruning) and batch/sequence/dtype:
 
     * ``quantize_base``: target layers with bits < 16 are stored as QuantLinear (False: the base
@@ -203,8 +204,8 @@ class Method:
     def memory_profile(self, arch: Any, layer_settings: Mapping[str, LayerSettings],
                        settings: MethodSettings | Mapping[str, Any] | None = None) -> MemoryProfile:
         """Analytic memory profile (see :class:`MemoryProfile`). ``arch`` is an
-        ``automix.models.ArchInfo``; ``layer_settings`` are the per-layer settings *after*
-        pruning is decided (use ``automix.memory.layer_shapes(arch, layer_settings)`` for the
+        ``automix.arch.ArchInfo``; ``layer_settings`` are the per-layer settings *after*
+        pruning is decided (use ``automix.arch.layer_shapes(arch, layer_settings)`` for the
         pruned (out, in) of each layer). Must be cheap: the search calls it thousands of times."""
         raise NotImplementedError
 
@@ -275,8 +276,6 @@ def lora_memory_profile(arch: Any, layer_settings: Mapping[str, LayerSettings], 
                         quantize_base: bool = True) -> MemoryProfile:
     """Profile of any "LoRA on a (quantized) frozen base" method: ``lora``, ``qlora``, ``loftq``,
     ``quailora``, ``apiq`` (their initialisations differ, their memory does not)."""
-    from automix.memory import layer_shapes
-
     shapes = layer_shapes(arch, layer_settings)
     params = tensors = 0
     for name, s in layer_settings.items():

@@ -16,8 +16,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from automix.layer_config import LayerSettings
+from automix.config.layers import LayerSettings
 from automix.methods.base import MemoryProfile, Method, MethodError, MethodSettings, freeze, lora_memory_profile
+from automix.arch import linear_weight
+from automix.methods.adapters import inject_lora, quantize_layers, replace_module
+from automix.quant import QuantizedWeight, QuantLinear, quantize
 
 
 
@@ -56,8 +59,6 @@ def loftq_init(
     ``qweight.dequantize() + scaling * B @ A`` approximates ``weight``. ``iters`` >= 1 rounds of
     quantize(W - s*B@A) -> SVD(W - Q).
     """
-    from automix.quant import quantize
-
     if iters < 1:
         raise ValueError(f"loftq_iters must be >= 1, got {iters}")
     if scaling <= 0:
@@ -77,8 +78,6 @@ def loftq_init(
 
 def as_dtype(qweight: Any, dtype: torch.dtype) -> Any:
     """The same QuantizedWeight, labelled with the model's compute dtype (no copy)."""
-    from automix.quant import QuantizedWeight
-
     return QuantizedWeight(qweight.packed, qweight.scales, qweight.zeros, qweight.bits,
                            qweight.group_size, qweight.shape, dtype)
 
@@ -96,9 +95,6 @@ class LowRankInitMethod(Method):
     def prepare(self, model: nn.Module, layer_settings: Mapping[str, LayerSettings],
                 settings: MethodSettings | Mapping[str, Any] | None = None,
                 calib: Tensor | None = None) -> nn.Module:
-        from automix.methods.adapters import inject_lora, quantize_layers, replace_module
-        from automix.quant import QuantLinear
-
         settings = self.check_settings(settings)
         if self.needs_calibration and (calib is None or calib.ndim != 2 or calib.shape[0] == 0):
             raise MethodError(f"method {self.name!r} needs a calibration batch [n_samples, seq_len] of token ids")
@@ -137,8 +133,6 @@ class LoftQ(LowRankInitMethod):
     option_defaults = {"loftq_iters": 1}
 
     def initialise(self, model, layer_settings, settings, calib):
-        from automix.models import linear_weight
-
         out = {}
         iters = int(settings.options["loftq_iters"])
         for name, s in layer_settings.items():

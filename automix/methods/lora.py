@@ -12,9 +12,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from automix.layer_config import LayerSettings
-from automix.methods.adapters import inject_lora
+from automix.config.layers import LayerSettings
 from automix.methods.base import Method, MemoryProfile, MethodSettings, freeze, lora_memory_profile
+from automix.methods.adapters import inject_lora, quantize_layers
 
 
 class LoRA(Method):
@@ -27,8 +27,6 @@ class LoRA(Method):
         settings = self.check_settings(settings)
         freeze(model)
         if self.quantize_base:
-            from automix.methods.adapters import quantize_layers
-
             quantize_layers(model, layer_settings, method=settings.quant_method)
         inject_lora(model, layer_settings, alpha=settings.lora_alpha, dropout=settings.lora_dropout)
         return model

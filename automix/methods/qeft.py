@@ -24,8 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from automix.layer_config import LayerSettings
+from automix.config.layers import LayerSettings
 from automix.methods.base import MemoryProfile, Method, MethodError, MethodSettings, freeze
+from automix.arch import block_index, layer_kind, layer_shapes, linear_weight
+from automix.methods.adapters import replace_module
+from automix.methods.loftq import as_dtype
+from automix.methods.quailora import collect_input_hessians
+from automix.quant import QuantLinear
+from automix.quant.grid import minmax_grid
+from automix.quant.quantizer import pack_quantized
 
 
 def weak_column_count(in_features: int, fraction: float = 1 / 32, k: int | None = None) -> int:
@@ -66,8 +73,6 @@ def gptq_quantize_with_weak(
     error is propagated with the Cholesky factor of H^-1. Returns ``(qweight_rest [out, K-k],
     weak_weight [out, k] float32 (compensated), rest_idx)``.
     """
-    from automix.quant.quantizer import minmax_grid, pack_quantized
-
     w = weight.detach().float().clone()
     out_f, in_f = w.shape
     weak_idx = weak_idx.to(w.device)
@@ -123,7 +128,6 @@ class QEFTLinear(nn.Module):
     def __init__(self, qweight: Any, weak_weight: Tensor, rest_idx: Tensor, weak_idx: Tensor,
                  bias: Tensor | None, trainable: bool = True, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        from automix.quant import QuantLinear
 
         self.quant = QuantLinear.from_quantized(qweight, bias)
         self.out_features = qweight.shape[0]
@@ -179,10 +183,6 @@ class QEFT(Method):
     def prepare(self, model: nn.Module, layer_settings: Mapping[str, LayerSettings],
                 settings: MethodSettings | Mapping[str, Any] | None = None,
                 calib: Tensor | None = None) -> nn.Module:
-        from automix.methods.adapters import replace_module
-        from automix.methods.quailora import collect_input_hessians
-        from automix.models import linear_weight
-
         settings = self.check_settings(settings)
         opts = settings.options
         if calib is None or calib.ndim != 2 or calib.shape[0] == 0:
@@ -204,7 +204,6 @@ class QEFT(Method):
                 weight = linear_weight(module)
                 qweight, weak_w, rest = gptq_quantize_with_weak(weight, h, weak, s.bits, s.group_size,
                                                                 float(opts["damp"]), int(opts["block_size"]))
-                from automix.methods.loftq import as_dtype
 
                 bias = getattr(module, "bias", None)
                 layer = QEFTLinear(as_dtype(qweight, weight.dtype), weak_w, rest, weak,
@@ -215,8 +214,6 @@ class QEFT(Method):
 
     def memory_profile(self, arch: Any, layer_settings: Mapping[str, LayerSettings],
                        settings: MethodSettings | Mapping[str, Any] | None = None) -> MemoryProfile:
-        from automix.memory import layer_shapes
-
         opts = self.check_settings(settings).options
         shapes = layer_shapes(arch, layer_settings)
         dense: dict[str, int] = {}
@@ -246,8 +243,6 @@ def _saved_input_correction(shapes: Mapping[str, tuple[int, int]], dense: Mappin
     assumes a trained layer saves (its full input, once per input group: q/k/v, gate/up, down;
     o's input is shared with attention's output when q/k/v train). Each QEFT layer saves only its
     gathered weak columns (k values per token, one copy per layer)."""
-    from automix.models import block_index, layer_kind
-
     per_block: dict[int, dict[str, str]] = {}
     for name in shapes:
         per_block.setdefault(block_index(name), {})[layer_kind(name)] = name

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from automix.layer_config import LayerSettings
+from automix.config.layers import LayerSettings
 from automix.methods.base import MemoryProfile, Method, MethodSettings, freeze
+from automix.arch import arch_info
+from automix.methods.adapters import quantize_layers
 
 
 class RMSNorm(nn.Module):
@@ -221,9 +223,6 @@ class QST(Method):
     def prepare(self, model: nn.Module, layer_settings: Mapping[str, LayerSettings],
                 settings: MethodSettings | Mapping[str, Any] | None = None,
                 calib: Tensor | None = None) -> nn.Module:
-        from automix.methods.adapters import quantize_layers
-        from automix.models import arch_info
-
         settings = self.check_settings(settings)
         opts = settings.options
         freeze(model)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from automix.methods.base import MethodError
 from automix.methods.loftq import LowRankInitMethod, check_rank, loftq_init
+from automix.arch import linear_weight
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,8 +187,6 @@ class QuAILoRA(LowRankInitMethod):
     option_defaults = {"als_iters": 10, "damp": 0.01, "loftq_iters": 1, "calib_batch_size": 8}
 
     def initialise(self, model, layer_settings, settings, calib):
-        from automix.models import linear_weight
-
         opts = settings.options
         chosen = {n: model.get_submodule(n) for n, s in layer_settings.items() if s.bits < 16 and s.rank > 0}
         if not chosen:

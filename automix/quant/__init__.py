@@ -1,16 +1,10 @@
 """Quantized weights: bit-packing, per-group quantizers (minmax, hqq, learnable clipping) and
 the frozen `QuantLinear` layer whose forward runs the `automix.kernels` dequantize-matmul."""
 
-from automix.quant.linear import QuantLinear, linear_weight
+from automix.quant.grid import CLIP_LOGIT_INIT, clip_logits_init, fake_quantize, num_groups
+from automix.quant.linear import QuantLinear
 from automix.quant.packing import SUPPORTED_BITS, pack, packed_words, unpack
-from automix.quant.quantizer import (
-    CLIP_LOGIT_INIT,
-    METHODS,
-    clip_logits_init,
-    fake_quantize,
-    num_groups,
-    quantize,
-)
+from automix.quant.quantizer import METHODS, quantize
 from automix.quant.weight import QuantizedWeight, dequantize_kn
 
 __all__ = [
@@ -22,7 +16,6 @@ __all__ = [
     "clip_logits_init",
     "dequantize_kn",
     "fake_quantize",
-    "linear_weight",
     "num_groups",
     "pack",
     "packed_words",

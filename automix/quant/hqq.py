@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from automix.quant.quantizer import quantize_codes
+from automix.quant.grid import quantize_codes
 
 SHRINK_RATIOS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
 

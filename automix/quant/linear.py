@@ -11,25 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from automix.quant.quantizer import check_group_size, num_groups, quantize
+from automix.arch import linear_weight
+from automix.quant.grid import check_group_size, num_groups
+from automix.quant.quantizer import quantize
 from automix.quant.packing import check_bits, packed_words
 from automix.quant.weight import QuantizedWeight
-
-
-def linear_weight(module: nn.Module) -> torch.Tensor:
-    """The ``(out_features, in_features)`` weight of an ``nn.Linear``-like module.
-
-    GPT-2's ``transformers.pytorch_utils.Conv1D`` stores its weight transposed ``(in, out)``
-    and is recognised by its ``nf`` attribute (= out_features).
-    """
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ValueError(
-            f"expected an nn.Linear-like module with a 2-D weight, got {type(module).__name__}"
-        )
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
-        return weight.detach().t()
-    return weight.detach()
 
 
 class QuantLinear(nn.Module):

@@ -1,143 +1,21 @@
-"""Asymmetric per-group quantizers: round-to-nearest on the min/max grid, learnable clipping.
+"""Quantizers: round-to-nearest on each group's min/max grid (optionally with learned clipping)
+and `hqq` grid refinement, packed into a `QuantizedWeight`.
 
-The grid of a group is ``[x_min, x_max]`` split into ``2**bits - 1`` steps:
-``scale = (x_max - x_min) / qmax`` and a *float* zero point ``zero = -x_min / scale`` (stored
-like the scale, so both grid ends are reproduced exactly; ``round_zero=True`` gives the integer
-zero point of GPTQ-style formats). Codes are ``clamp(round(w / scale + zero), 0, qmax)``.
-
-OmniQuant / ApiQ learnable weight clipping shrinks the ends per group:
-``x_max = sigmoid(gamma) * max(w)``, ``x_min = sigmoid(beta) * min(w)``; the logits start at 4.0
-(``sigmoid(4) = 0.982``). :func:`fake_quantize` is the differentiable (straight-through) version
-used to train them, and ``quantize(..., clip_max_logit=, clip_min_logit=)`` bakes the result.
+The grid primitives (groups, min/max grid, codes, fake quantization) are :mod:`automix.quant.grid`;
+:mod:`automix.quant.hqq` refines a grid without calibration data.
 """
 
 from __future__ import annotations
 
 import torch
 
+from automix.quant.grid import check_group_size, check_weight, grouped, minmax_grid, quantize_codes
+from automix.quant.hqq import refine_grid
 from automix.quant.packing import check_bits, pack
 from automix.quant.weight import QuantizedWeight
 
 METHODS = ("minmax", "hqq")
-CLIP_LOGIT_INIT = 4.0
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def num_groups(in_features: int, group_size: int) -> int:
-    return (in_features + group_size - 1) // group_size
-
-
-def check_weight(weight: torch.Tensor, name: str = "weight") -> None:
-    """Raise ValueError unless `weight` is a finite 2-D floating tensor."""
-    if not isinstance(weight, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor, got {type(weight).__name__}")
-    if weight.dtype not in _FLOAT_DTYPES:
-        raise ValueError(
-            f"{name}: expected a floating dtype (float16, bfloat16, float32, float64), got {weight.dtype}"
-        )
-    if weight.dim() != 2 or weight.numel() == 0:
-        raise ValueError(
-            f"{name}: expected a non-empty 2-D (out_features, in_features) tensor, got shape {tuple(weight.shape)}"
-        )
-    if not bool(torch.isfinite(weight).all()):
-        bad = int((~torch.isfinite(weight)).sum())
-        raise ValueError(f"{name}: expected finite values, found {bad} NaN/Inf entries")
-
-
-def check_group_size(group_size: int) -> int:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-        raise ValueError(f"group_size must be a positive int (e.g. 32, 64, 128), got {group_size!r}")
-    return group_size
-
-
-def grouped(weight: torch.Tensor, group_size: int) -> torch.Tensor:
-    """View ``(N, K)`` as ``(N, G, group_size)`` in fp32; a short last group is padded by
-    repeating its last value, which leaves its min/max unchanged."""
-    n, k = weight.shape
-    g = num_groups(k, group_size)
-    w = weight.to(torch.float32)  # differentiable when weight requires grad (fake_quantize)
-    if g * group_size != k:
-        w = torch.cat([w, w[:, -1:].expand(n, g * group_size - k)], dim=1)
-    return w.reshape(n, g, group_size)
-
-
-def clip_logits_init(shape: tuple[int, int], group_size: int, value: float = CLIP_LOGIT_INIT,
-                     device: torch.device | str | None = None) -> torch.Tensor:
-    """Initial per-group clipping logits ``(out_features, num_groups)`` (OmniQuant: 4.0)."""
-    return torch.full((shape[0], num_groups(shape[1], group_size)), float(value), device=device)
-
-
-def _check_logits(logit: torch.Tensor | None, n: int, g: int, name: str) -> torch.Tensor | None:
-    if logit is None:
-        return None
-    if not isinstance(logit, torch.Tensor) or logit.numel() != n * g:
-        got = tuple(logit.shape) if isinstance(logit, torch.Tensor) else type(logit).__name__
-        raise ValueError(f"{name}: expected a tensor of shape (out_features, num_groups) = ({n}, {g}), got {got}")
-    return logit.reshape(n, g)
-
-
-def minmax_grid(
-    wg: torch.Tensor,
-    bits: int,
-    clip_max_logit: torch.Tensor | None = None,
-    clip_min_logit: torch.Tensor | None = None,
-    round_zero: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point ``(N, G)`` of the (optionally clipped) min/max grid of ``wg``."""
-    qmax = 2**bits - 1
-    x_max = wg.amax(dim=-1)
-    x_min = wg.amin(dim=-1)
-    n, g = x_max.shape
-    gamma = _check_logits(clip_max_logit, n, g, "clip_max_logit")
-    beta = _check_logits(clip_min_logit, n, g, "clip_min_logit")
-    if gamma is not None:
-        x_max = torch.sigmoid(gamma.to(x_max.dtype)) * x_max
-    if beta is not None:
-        x_min = torch.sigmoid(beta.to(x_min.dtype)) * x_min
-    span = x_max - x_min
-    # a flat (or, after clipping, inverted) group gets a scale that maps x_min exactly to code 0
-    flat = torch.maximum(x_max.abs(), x_min.abs()).clamp_min(1e-8)
-    scale = torch.where(span > 1e-8, span / qmax, flat)
-    zero = -x_min / scale
-    if round_zero:
-        zero = _round_ste(zero).clamp(0, qmax)
-    return scale, zero
-
-
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    """round() forward, identity backward (straight-through estimator)."""
-    return x + (torch.round(x) - x).detach()
-
-
-def quantize_codes(wg: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    """Codes ``clamp(round(w / scale + zero), 0, qmax)`` for grouped ``wg`` (N, G, gs)."""
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.clamp(torch.round(wg / safe.unsqueeze(-1) + zero.unsqueeze(-1)), 0, 2**bits - 1)
-
-
-def fake_quantize(
-    weight: torch.Tensor,
-    bits: int,
-    group_size: int = 64,
-    clip_max_logit: torch.Tensor | None = None,
-    clip_min_logit: torch.Tensor | None = None,
-    round_zero: bool = False,
-) -> torch.Tensor:
-    """Differentiable quantize-dequantize of ``weight`` (N, K) with the straight-through estimator.
-
-    Gradients reach ``weight`` (through the STE) and the clipping logits (through the scale and
-    zero point), which is what ApiQ/OmniQuant train. Output has ``weight``'s shape and dtype.
-    """
-    check_bits(bits)
-    check_group_size(group_size)
-    check_weight(weight)
-    n, k = weight.shape
-    wg = grouped(weight, group_size)
-    scale, zero = minmax_grid(wg, bits, clip_max_logit, clip_min_logit, round_zero)
-    z = zero.unsqueeze(-1)
-    q = torch.clamp(_round_ste(wg / scale.unsqueeze(-1) + z), 0, 2**bits - 1)
-    deq = (q - z) * scale.unsqueeze(-1)
-    return deq.reshape(n, -1)[:, :k].to(weight.dtype)
 
 
 def pack_quantized(
@@ -194,7 +72,5 @@ def quantize(
         wg = grouped(weight.detach(), group_size)
         scale, zero = minmax_grid(wg, bits, clip_max_logit, clip_min_logit, round_zero)
         if method == "hqq":
-            from automix.quant.hqq import refine_grid
-
             scale, zero = refine_grid(wg, bits, scale, zero, k=weight.shape[1], **method_kwargs)
         return pack_quantized(weight, scale, zero, bits, group_size, meta_dtype)

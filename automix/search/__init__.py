@@ -17,9 +17,9 @@ _EXPORTS = {
     "SearchSpaceError": "automix.search.space",
     "load_space": "automix.search.space",
     "PerformancePredictor": "automix.search.predictors",
-    "SensitivityProfile": "automix.search.sensitivity",
-    "load_or_profile": "automix.search.sensitivity",
-    "profile_model": "automix.search.sensitivity",
+    "SensitivityProfile": "automix.trial.sensitivity",
+    "load_or_profile": "automix.trial.sensitivity",
+    "profile_model": "automix.trial.sensitivity",
     "hypervolume": "automix.search.pareto",
     "nondominated_mask": "automix.search.pareto",
 }

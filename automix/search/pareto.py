@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from automix.search._optuna_compat import compute_hypervolume, get_non_dominated_box_bounds
+
 __all__ = [
     "nondominated_mask",
     "nondominated_rank",
@@ -93,8 +95,6 @@ def hypervolume(values: np.ndarray, reference: np.ndarray) -> float:
                 volume += (ref[0] - x0) * (best_y - x1)
                 best_y = x1
         return float(volume)
-    from optuna._hypervolume import compute_hypervolume
-
     return float(compute_hypervolume(y, ref))
 
 
@@ -121,8 +121,6 @@ def nondominated_boxes(front: np.ndarray, reference: np.ndarray) -> tuple[np.nda
         upper = np.stack([x_ends, tops], axis=1)
         keep = upper[:, 0] > lower[:, 0]
         return lower[keep], upper[keep]
-    from optuna._hypervolume import get_non_dominated_box_bounds
-
     lower, upper = get_non_dominated_box_bounds(np.unique(y, axis=0), ref)
     return np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
 

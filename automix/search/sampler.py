@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
-from optuna.samplers._base import _process_constraints_after_trial
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import norm
 
+from automix.search._optuna_compat import process_constraints_after_trial, storage_of, study_id, trial_id
 from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
@@ -149,11 +149,11 @@ class AutoMixSampler(BaseSampler):
                 genome, predicted = self._propose(study, codec, complete, pending, taken)
                 # What the predictors expect of this proposal, in the study's own units:
                 # the driver logs it and the reports compare it with the measured values.
-                study._storage.set_trial_system_attr(
-                    trial._trial_id, _PREDICTED_ATTR, [float(v) for v in predicted]
+                storage_of(study).set_trial_system_attr(
+                    trial_id(trial), _PREDICTED_ATTR, [float(v) for v in predicted]
                 )
             key = codec.key(genome)
-            self._pending[(study._study_id, trial.number)] = key
+            self._pending[(study_id(study), trial.number)] = key
             return codec.decode(genome)
 
     def sample_independent(
@@ -187,9 +187,9 @@ class AutoMixSampler(BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         if self._constraints_func is not None:
-            _process_constraints_after_trial(self._constraints_func, study, trial, state)
+            process_constraints_after_trial(self._constraints_func, study, trial, state)
         with self._lock:
-            self._pending.pop((study._study_id, trial.number), None)
+            self._pending.pop((study_id(study), trial.number), None)
         self._random.after_trial(study, trial, state, values)
 
     # ----------------------------------------------------------------- bookkeeping
@@ -208,7 +208,7 @@ class AutoMixSampler(BaseSampler):
         taken: set[tuple] = set()
         pending: list[np.ndarray] = []
         names = set(codec.names)
-        live = {n for (sid, n) in self._pending if sid == study._study_id}
+        live = {n for (sid, n) in self._pending if sid == study_id(study)}
         for t in trials:
             if t.number == current.number or not names <= t.params.keys():
                 continue
@@ -219,7 +219,7 @@ class AutoMixSampler(BaseSampler):
             elif t.state in _UNFINISHED and t.number not in live:
                 pending.append(genome)  # proposed by another process
         for (sid, number), key in self._pending.items():
-            if sid == study._study_id and number != current.number:
+            if sid == study_id(study) and number != current.number:
                 taken.add(key)
                 pending.append(np.array(key, dtype=float))
         return complete, taken, pending

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from automix.layer_config import FIELDS, LayerConfigError, LayerSettings, check_settings
+from automix.config.layers import FIELDS, LayerConfigError, LayerSettings, check_settings
 
 __all__ = ["SearchSpace", "SearchSpaceError", "load_space", "GROUPINGS"]
 
@@ -67,7 +67,8 @@ class SearchSpace:
     """
 
     def __init__(self, spec: Mapping[str, Any], layer_names: Iterable[str],
-                 source: str = "<dict>", lines: Mapping[tuple, int] | None = None) -> None:
+                 source: str = "<dict>", lines: Mapping[tuple, int] | None = None,
+                 known_methods: Iterable[str] | None = None) -> None:
         self.source = source
         self._lines = dict(lines or {})
         self.layer_names = list(layer_names)
@@ -84,7 +85,7 @@ class SearchSpace:
         except LayerConfigError as err:
             self._fail(("fixed",), str(err))
         self.choices = self._check_choices(spec.get("choices") or {}, ("choices",))
-        self.methods = self._check_methods(spec.get("methods"))
+        self.methods = self._check_methods(spec.get("methods"), known_methods)
         # layer -> {field: group} and group -> choices per field
         self._owner: dict[str, dict[str, str]] = {n: {} for n in self.layer_names}
         self._group_choices: dict[str, dict[str, list]] = {}
@@ -140,18 +141,14 @@ class SearchSpace:
             out[field] = [float(v) if field == "prune" else v for v in options]
         return out
 
-    def _check_methods(self, methods: Any) -> list[str]:
+    def _check_methods(self, methods: Any, known: Iterable[str] | None) -> list[str]:
+        """The space's method list; checked against ``known`` (the method registry) when given."""
         if methods is None:
             return []
         if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
             self._fail(("methods",), f"expected a list of method names, got {methods!r}")
-        try:
-            from automix.methods import available_methods
-
-            known = available_methods()
-        except Exception:  # noqa: BLE001 - methods package not importable: skip the check
-            known = None
-        if known:
+        if known is not None:
+            known = list(known)
             bad = [m for m in methods if m not in known]
             if bad:
                 self._fail(("methods",), f"unknown method(s) {bad}; available: {known}")
@@ -316,7 +313,7 @@ def _key_lines(text: str) -> dict[tuple, int]:
     return lines
 
 
-def load_space(path: str | Path, layer_names: Iterable[str]) -> SearchSpace:
+def load_space(path: str | Path, layer_names: Iterable[str], known_methods: Iterable[str] | None = None) -> SearchSpace:
     """Read a search space YAML file for a model's target layer names."""
     import yaml
 
@@ -334,4 +331,4 @@ def load_space(path: str | Path, layer_names: Iterable[str]) -> SearchSpace:
         data = {}
     if not isinstance(data, Mapping):
         raise SearchSpaceError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return SearchSpace(data, layer_names, source=str(path), lines=_key_lines(text))
+    return SearchSpace(data, layer_names, source=str(path), lines=_key_lines(text), known_methods=known_methods)

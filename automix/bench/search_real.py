@@ -1,0 +1,359 @@
+"""`automix bench search --problem builtin`: the samplers on real trials of the built-in model.
+
+Every trial is a real `automix.trial.run_trial` on ``builtin:tiny`` (task ``lm``), built the
+way a study builds it: :class:`automix.study.backend.AutomixBackend` resolves the search space
+on the model's layers, computes the known memory objective with ``automix.trial.memory`` and writes
+the `TrialSpec`; the samplers are the ones `make_sampler` gives a study (AutoMixSampler with the
+memory objective, the budget as a known constraint and the sensitivity-profile features; TPE,
+NSGA-II and random), plus Optuna's GPSampler. Objectives: perplexity and predicted memory
+bytes, both minimised; every trial carries the budget constraint as the driver sets it.
+
+Trial results are memoised by (model fingerprint, trial settings, configuration, trial seed)
+in a JSON file (``--cache``): a run resumes where it stopped and a configuration proposed by
+several samplers or seeds runs once. Prints (and writes with ``--out``) hypervolume against
+the number of trials and the predictor's quality as real trials accumulate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from automix.bench.report import emit_report
+from automix.config.study import StudyConfig, format_size, parse_size
+from automix.search._codec import Codec
+from automix.search.pareto import hypervolume
+from automix.search.predictors import PerformancePredictor, kendall_tau
+from automix.study.backend import AutomixBackend, make_sampler
+from automix.trial import TrialSpec, run_trial
+from automix.trial.models import model_fingerprint
+
+SAMPLERS = ("automix", "random", "tpe", "nsgaii", "gp")
+_STUDY_SAMPLER = {"automix": "automix", "random": "random", "tpe": "tpe", "nsgaii": "nsga2"}
+_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml"
+
+
+def make_config(args: argparse.Namespace, sampler: str = "automix", seed: int = 0) -> Any:
+    """The study configuration these trials would have in `studies/*.yaml`."""
+    return StudyConfig.model_validate({
+        "name": "bench-search-builtin", "model": "builtin:tiny", "task": "lm",
+        "methods": args.methods.split(","), "search_space": {"path": str(args.space)},
+        "objectives": {"quality": "perplexity", "memory": "predicted"},
+        "memory_budget": parse_size(args.budget), "n_trials": args.trials,
+        "sampler": _STUDY_SAMPLER.get(sampler, "random"), "sampler_seed": seed,
+        "trial": {"steps": args.steps, "seed": args.trial_seed, "lr": args.lr,
+                  "batch_size": args.batch_size, "seq_len": args.seq_len,
+                  "eval_batches": args.eval_batches},
+    })
+
+
+class TrialCache:
+    """Real trial results by configuration, persisted as JSON after every new trial."""
+
+    def __init__(self, path: Path | None, model_fingerprint: str) -> None:
+        self.path, self.fp = path, model_fingerprint
+        data = json.loads(path.read_text()) if path is not None and path.exists() else {}
+        self.trials: dict[str, dict] = data.get("trials", {})
+        self.runs: dict[str, list[dict]] = data.get("runs", {})
+        self.new_trials = 0
+
+    def key(self, spec: dict) -> str:
+        return json.dumps({"model": self.fp, "spec": spec}, sort_keys=True)
+
+    def result(self, spec: dict) -> dict:
+        """The trial's result, from the cache or by running it."""
+        k = self.key(spec)
+        if k not in self.trials:
+            r = run_trial(TrialSpec.model_validate(spec)).to_dict()
+            self.trials[k] = {f: r.get(f) for f in ("status", "perplexity", "accuracy",
+                                                     "train_seconds", "eval_seconds",
+                                                     "failure_reason")}
+            self.new_trials += 1
+            self.save()
+        return self.trials[k]
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"trials": self.trials, "runs": self.runs}))
+
+
+def _sampler(name: str, cfg: Any, backend: Any, seed: int) -> Any:
+    import optuna
+
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name not in _STUDY_SAMPLER:
+        raise ValueError(f"--samplers: unknown sampler {name!r}; choose from {SAMPLERS}")
+    return make_sampler(cfg, backend)
+
+
+def run_study(name: str, seed: int, n_trials: int, args: argparse.Namespace, backend: Any,
+              cache: TrialCache) -> list[dict]:
+    """One study of `n_trials` real trials, asked and told like the driver does; returns the
+    trials in order: params, perplexity (None when the trial failed), memory, ask seconds."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = make_config(args, name, seed)
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=_sampler(name, cfg, backend, seed))
+    out = []
+    for _ in range(n_trials):
+        t0 = time.process_time()
+        trial = study.ask(dict(backend.distributions))
+        ask_s = time.process_time() - t0
+        params = dict(trial.params)
+        mem = float(backend.predicted_memory(params))
+        trial.set_constraint("memory_budget", mem - cfg.memory_budget)
+        r = cache.result(backend.payload(params))
+        ppl = r.get("perplexity")
+        if r.get("status") == "ok" and ppl is not None and np.isfinite(ppl):
+            study.tell(trial, [float(ppl), mem])
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            ppl = None
+        out.append({"params": params, "perplexity": ppl, "memory": mem, "ask_cpu_s": ask_s})
+    return out
+
+
+def _points(run: list[dict], budget: float, k: int | None = None) -> np.ndarray:
+    """(log perplexity, memory) of the feasible, finished trials among the first k."""
+    rows = [(np.log(t["perplexity"]), t["memory"]) for t in run[:k]
+            if t["perplexity"] is not None and t["memory"] <= budget]
+    return np.array(rows, dtype=float).reshape(-1, 2)
+
+
+def hv_bounds(runs: list[list[dict]], budget: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(ideal, reference point, reference hypervolume) from every evaluated configuration: the
+    reference set is the non-dominated set of all feasible trials of all samplers and seeds;
+    the reference point is the worst feasible log-perplexity (+5% of the range) at the budget."""
+    allp = np.vstack([_points(r, budget) for r in runs])
+    if not len(allp):
+        raise ValueError("no feasible finished trial: raise --budget or check the trials")
+    ideal = allp.min(axis=0)
+    span = np.ptp(allp, axis=0) + 1e-12
+    ref = np.array([allp[:, 0].max() + 0.05 * span[0], budget])
+    ref_hv = hypervolume((allp - ideal) / (ref - ideal), np.ones(2))
+    return ideal, ref, ref_hv
+
+
+def normalized_hv(run: list[dict], k: int, budget: float, bounds) -> float:
+    ideal, ref, ref_hv = bounds
+    p = _points(run, budget, k)
+    if not len(p) or ref_hv <= 0:
+        return 0.0
+    return hypervolume((p - ideal) / (ref - ideal), np.ones(2)) / ref_hv
+
+
+def predictor_quality(run: list[dict], others: list[dict], backend: Any, seed: int,
+                      sizes=(10, 20, 30, 40)) -> list[dict]:
+    """Fit the sampler's predictor on the first n finished trials of `run` (the features the
+    sampler uses: encoded params + sensitivity-profile features) and score it on every other
+    evaluated configuration: Kendall tau and RMSE of perplexity."""
+    train = [r for r in run if r["perplexity"] is not None]
+    if len(train) < min(sizes):
+        return []
+    codec = Codec(dict(backend.distributions))
+    scores = backend.sensitivity_scores()
+    feats = backend.space.feature_fn(scores)
+
+    def X(rows):
+        G = np.array([codec.encode(r["params"]) for r in rows])
+        extra = np.array([feats(r["params"]) for r in rows])
+        return np.hstack([codec.features(G), extra])
+
+    seen = {json.dumps(r["params"], sort_keys=True) for r in train}
+    test, test_keys = [], set()
+    for r in others:
+        key = json.dumps(r["params"], sort_keys=True)
+        if r["perplexity"] is not None and key not in seen and key not in test_keys:
+            test.append(r)
+            test_keys.add(key)
+    rows = []
+    if not test:
+        return rows
+    Xte, yte = X(test), np.array([r["perplexity"] for r in test])
+    for n in sizes:
+        if n > len(train):
+            break
+        t0 = time.process_time()
+        p = PerformancePredictor(seed=seed).fit(X(train[:n]), np.array([r["perplexity"] for r in train[:n]]))
+        mu, sd = p.predict(Xte)
+        rows.append({"n": n, "model": p.chosen, "tau": kendall_tau(yte, mu),
+                     "rmse": float(np.sqrt(np.mean((mu - yte) ** 2))), "n_test": len(test),
+                     "mean_std": float(sd.mean()), "fit_s": time.process_time() - t0})
+    return rows
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="automix bench search --problem builtin",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--problem", choices=["builtin"], default="builtin")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--samplers", default="automix,random,tpe,nsgaii,gp")
+    ap.add_argument("--short", default="gp:20",
+                    help="SAMPLER:TRIALS for a slow sampler given fewer trials ('' = none)")
+    ap.add_argument("--methods", default="qlora,loftq")
+    ap.add_argument("--space", type=Path, default=_SPACE)
+    ap.add_argument("--budget", default="11MiB", help="memory budget (as in a study file)")
+    ap.add_argument("--steps", type=int, default=20, help="fine-tuning steps per trial")
+    ap.add_argument("--eval-batches", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--trial-seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the trials")
+    ap.add_argument("--cache", type=Path, default=None, help="JSON trial cache to resume from")
+    ap.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    samplers = [s for s in args.samplers.split(",") if s]
+    for s in samplers:
+        if s not in SAMPLERS:
+            raise ValueError(f"--samplers: unknown sampler {s!r}; choose from {SAMPLERS}")
+    n_for = {s: args.trials for s in samplers}
+    if args.short:
+        name, n = args.short.split(":")
+        if name in n_for:
+            n_for[name] = min(int(n), args.trials)
+    backend = AutomixBackend(make_config(args))
+    budget = float(backend.cfg.memory_budget)
+    fp = model_fingerprint("builtin:tiny")
+    cache = TrialCache(args.cache, fp)
+    t_start = time.perf_counter()
+    runs: dict[tuple[str, int], list[dict]] = {}
+    secs: dict[str, list[float]] = {s: [] for s in samplers}
+    for s in samplers:
+        for seed in range(args.seeds):
+            settings = {k: str(v) for k, v in vars(args).items()
+                        if k not in ("seeds", "trials", "samplers", "short", "cache", "out", "threads")}
+            key = json.dumps([fp, settings, s, seed, n_for[s]], sort_keys=True)
+            if key not in cache.runs:
+                print(f"  running {s} seed {seed} ({n_for[s]} trials) ...", file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                cache.runs[key] = run_study(s, seed, n_for[s], args, backend, cache)
+                cache.runs[key].append({"seconds": time.perf_counter() - t0})
+                cache.save()
+            runs[(s, seed)] = [t for t in cache.runs[key] if "params" in t]
+            secs[s].append(sum(t.get("ask_cpu_s", 0.0) for t in runs[(s, seed)]))
+    bounds = hv_bounds(list(runs.values()), budget)
+
+    def trial_s(t: dict) -> float:
+        r = cache.trials.get(cache.key(backend.payload(t["params"])), {})
+        return float(r.get("train_seconds") or 0.0) + float(r.get("eval_seconds") or 0.0)
+
+    distinct = {json.dumps(t["params"], sort_keys=True): t for r in runs.values() for t in r}
+    trial_minutes = sum(trial_s(t) for t in distinct.values()) / 60
+    checkpoints = [c for c in (5, 10, 15, 20, 30, 40, 60) if c <= args.trials]
+    if args.trials not in checkpoints:
+        checkpoints.append(args.trials)
+
+    cmd = " ".join(argv)
+
+    n_unique = len(distinct)
+    lines = [
+        "# Search benchmark: real trials on the built-in model", "",
+        f"Command: `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 automix bench search {cmd}`  ",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()} "
+        f"{os.cpu_count()} cores (shared with other jobs), Python {platform.python_version()}; "
+        f"built-in model fingerprint `{fp}`.", "",
+        f"Every trial is a real `run_trial` on `builtin:tiny`, task `lm`: methods "
+        f"{args.methods.replace(',', ', ')}, search space `{Path(args.space).name}` resolved on the "
+        f"model's layers by `AutomixBackend` ({len(backend.distributions)} parameters), "
+        f"{args.steps} fine-tuning steps (batch {args.batch_size} x {args.seq_len} tokens, lr "
+        f"{args.lr}), held-out perplexity on {args.eval_batches} eval batches, trial seed "
+        f"{args.trial_seed}. Objectives: perplexity and predicted memory (`automix.trial.memory`), both "
+        f"minimised; budget {format_size(budget)} set on every trial with `Trial.set_constraint` "
+        f"(AutoMixSampler also gets it as a known constraint, as in a study). Samplers as "
+        f"`make_sampler` builds them for a study; GPSampler with its defaults. "
+        f"{n_unique} distinct configurations were evaluated (each once, from the cache after "
+        f"that): "
+        f"{trial_minutes:.1f} min of fine-tuning and evaluation in all.", "",
+        "The built-in model may be retrained during development: results are cached by the "
+        "model's fingerprint, so rerunning the command above after a change re-runs every trial.",
+        "", "## Hypervolume vs real trials (median over seeds)", "",
+        "Hypervolume of the feasible trials' (log perplexity, memory), normalised by the "
+        "hypervolume of the non-dominated set of every configuration evaluated by any sampler "
+        "and seed (1.0 = that set); reference point: the worst feasible log perplexity "
+        f"evaluated (+5% of the range) at the budget ({format_size(budget)}).", "",
+        "Columns: median over seeds after that many trials; min..max over seeds at the "
+        "sampler's last trial; share of feasible trials; the sampler's own CPU seconds per "
+        "study (median over seeds; the trials are not included).", "",
+        "| sampler | " + " | ".join(f"{c} trials" for c in checkpoints) +
+        " | min..max at end | feasible | sampler s/study |",
+        "|---|" + "---|" * (len(checkpoints) + 3)]
+    for s in samplers:
+        curves, feas = [], []
+        for seed in range(args.seeds):
+            r = runs[(s, seed)]
+            curves.append([normalized_hv(r, c, budget, bounds) if c <= len(r) else float("nan")
+                           for c in checkpoints])
+            feas.append(sum(t["memory"] <= budget for t in r) / max(1, len(r)))
+        med = np.median(np.array(curves), axis=0)
+        last = [c[len([x for x in checkpoints if x <= n_for[s]]) - 1] for c in curves]
+        lines.append(f"| {s} | " + " | ".join("-" if np.isnan(v) else f"{v:.3f}" for v in med)
+                     + f" | {min(last):.3f}..{max(last):.3f} | {statistics.mean(feas):.0%} | "
+                     f"{statistics.median(secs[s]):.2f} |")
+    if any(n_for[s] < args.trials for s in samplers):
+        lines += ["", "Samplers with fewer trials (`--short`): " + ", ".join(
+            f"{s} {n_for[s]}" for s in samplers if n_for[s] < args.trials) + "."]
+    if "nsgaii" in samplers and n_for["nsgaii"] <= 50:
+        lines += ["", "NSGA-II's first generation (50 trials by default) is random: within it, "
+                      "NSGA-II is Optuna's random sampler."]
+    best = min((t for r in runs.values() for t in r if t["perplexity"] is not None
+                and t["memory"] <= budget), key=lambda t: t["perplexity"])
+    lines += ["", f"Best feasible perplexity evaluated: {best['perplexity']:.3f} at "
+                  f"{format_size(best['memory'])} ({best['params'].get('method')}).", ""]
+
+    subject = "automix" if "automix" in samplers else samplers[0]
+    others = [t for (s, _), r in runs.items() for t in r]
+    q = predictor_quality(runs[(subject, 0)], others, backend, seed=0)
+    lines += [f"## Predictor quality as real trials accumulate ({subject}, seed 0)", "",
+              "`PerformancePredictor` (the sampler's, with its features) fitted on the run's first "
+              "n finished trials, tested on every other configuration evaluated by any sampler "
+              "or seed.", "",
+              "| n | chosen model | Kendall tau | RMSE (perplexity) | mean std | test configs | fit s |",
+              "|---|---|---|---|---|---|---|"]
+    for row in q:
+        lines.append(f"| {row['n']} | {row['model']} | {row['tau']:.3f} | {row['rmse']:.3f} | "
+                     f"{row['mean_std']:.3f} | {row['n_test']} | {row['fit_s']:.1f} |")
+    asks = [t["ask_cpu_s"] for (s, _), r in runs.items() if s == "automix" for t in r]
+    if asks:
+        lines += ["", f"AutoMixSampler CPU time per proposal: median {statistics.median(asks):.2f} s, "
+                      f"max {max(asks):.2f} s.", ""]
+    print(f"(this invocation ran {cache.new_trials} new trials in "
+          f"{(time.perf_counter() - t_start) / 60:.1f} min)", file=sys.stderr)
+    emit_report(lines, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Study files: the YAML a user writes to launch a search, validated before any trial runs.
+
+A study names the model, the task, the methods to compare, the search space, the objectives,
+the memory budget and how trials run (steps, resources, parallelism, time limit), plus where the
+Optuna storage and the MLflow tracking live. Errors name the file, the line and the key, because
+the user fixes them in an editor, not in Python.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "StudyConfigError",
+    "StudyConfig",
+    "TrialSettings",
+    "Resources",
+    "Objectives",
+    "SearchSpaceRef",
+    "parse_size",
+    "format_size",
+    "load_study",
+    "default_storage_url",
+    "default_tracking_uri",
+]
+
+
+class StudyConfigError(ValueError):
+    """A study file that cannot run: the message names the file, the line and the key."""
+
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value: str | int | float) -> int:
+    """Bytes from a human size ("6GiB", "512 MB", "1.5e9", 1024). Units are case-insensitive."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a memory size like '6GiB', got {value!r}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"memory size must be positive, got {value!r}")
+        return int(value)
+    m = _SIZE_RE.match(str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(
+            f"expected a memory size like '6GiB', '800MB' or a byte count, got {value!r}"
+        )
+    n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if n <= 0:
+        raise ValueError(f"memory size must be positive, got {value!r}")
+    return int(n)
+
+
+def format_size(n: float) -> str:
+    """Short binary size for messages and tables ("5.87 GiB")."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def default_storage_url(workdir: str | os.PathLike | None = None) -> str:
+    """Optuna storage used when the study file names none: a SQLite file in the working dir."""
+    return f"sqlite:///{(Path(workdir or os.getcwd()) / 'automix-optuna.db').resolve()}"
+
+
+def default_tracking_uri(workdir: str | os.PathLike | None = None) -> str:
+    """MLflow tracking used when the study file names none: a SQLite file in the working dir."""
+    return f"sqlite:///{(Path(workdir or os.getcwd()) / 'automix-mlflow.db').resolve()}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SearchSpaceRef(_Strict):
+    """Which search space to use (a `search_spaces/*.yaml` file) and study-local overrides."""
+
+    path: str
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class Objectives(_Strict):
+    """What the search optimises: a quality metric, memory, and optionally throughput."""
+
+    quality: Literal["accuracy", "perplexity"] = "accuracy"
+    memory: Literal["predicted", "measured"] = "predicted"
+    throughput: bool = False
+
+
+class TrialSettings(_Strict):
+    """How one trial fine-tunes and evaluates (shared by every trial of the study)."""
+
+    steps: int = Field(20, ge=0)
+    seed: int = 0
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    seq_len: int = Field(64, ge=2)
+    eval_batches: int | None = Field(None, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Resources(_Strict):
+    """Resources one trial asks Ray for; fractional GPUs let several trials share a device."""
+
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)
+
+    @field_validator("gpus")
+    @classmethod
+    def _fractional(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("more than one GPU must be a whole number")
+        return v
+
+
+class StudyConfig(_Strict):
+    """A validated study file (see `studies/*.yaml`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    model: str = "builtin:tiny"
+    task: Literal["lm", "boolq"] = "lm"
+    data: str | None = None
+    methods: list[str] = Field(min_length=1)
+    search_space: SearchSpaceRef
+    objectives: Objectives = Field(default_factory=Objectives)
+    memory_budget: int
+    n_trials: int = Field(ge=1)
+    sampler: Literal["automix", "tpe", "nsga2", "random"] = "automix"
+    sampler_seed: int = 0
+    sampler_options: dict[str, Any] = Field(default_factory=dict)  # extra sampler keyword arguments
+    # Per-layer sensitivity profile as predictor features (AutoMixSampler): "on" loads the cached
+    # profile or computes it in the driver; "auto" does so only for small models (others: run
+    # `automix profile --model ...` on a GPU machine first, then set "on"); "off" never.
+    sensitivity: Literal["auto", "on", "off"] = "auto"
+    trial: TrialSettings = Field(default_factory=TrialSettings)
+    resources: Resources = Field(default_factory=Resources)
+    workers: int = Field(1, ge=1)
+    timeout_per_trial: float = Field(1800.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    storage: str | None = None
+    tracking_uri: str | None = None
+    # Set by load_study: where the file lives (relative paths are resolved against it).
+    source: str | None = Field(None, exclude=True)
+
+    @field_validator("sensitivity", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on / off as a boolean
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> int:
+        return parse_size(v)
+
+    @model_validator(mode="after")
+    def _quality_fits_task(self) -> "StudyConfig":
+        if self.task == "lm" and self.objectives.quality == "accuracy":
+            raise ValueError("task 'lm' is scored by perplexity: set objectives.quality: perplexity "
+                             "(or use task: boolq for accuracy)")
+        return self
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods are listed twice: {v}")
+        return v
+
+    # -- resolved settings -------------------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source else Path.cwd()
+
+    def resolve_path(self, p: str) -> Path:
+        """A path from the study file, relative to the file's directory (or the cwd)."""
+        path = Path(os.path.expanduser(p))
+        if path.is_absolute():
+            return path
+        for base in (self.base_dir, self.base_dir.parent, Path.cwd()):
+            if (base / path).exists():
+                return (base / path).resolve()
+        return (self.base_dir / path).resolve()
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or default_storage_url()
+
+    @property
+    def tracking(self) -> str:
+        return self.tracking_uri or default_tracking_uri()
+
+    @property
+    def directions(self) -> list[str]:
+        q = "maximize" if self.objectives.quality == "accuracy" else "minimize"
+        out = [q, "minimize"]
+        if self.objectives.throughput:
+            out.append("maximize")
+        return out
+
+    @property
+    def objective_names(self) -> list[str]:
+        names = [self.objectives.quality, "memory"]
+        if self.objectives.throughput:
+            names.append("throughput")
+        return names
+
+
+# -- YAML with line numbers -------------------------------------------------------------------
+
+def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[yaml.Node | None, bool]:
+    """Walk a composed YAML node along a pydantic error location; (node, exact)."""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == part:
+                    node = v
+                    break
+            else:
+                return node, False
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return node, False
+    return node, True
+
+
+def _key_node(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The key node of the last mapping entry on `loc` (points the user at the key's line)."""
+    parent, exact = _node_at(root, loc[:-1])
+    if exact and isinstance(parent, yaml.MappingNode) and loc:
+        for k, _ in parent.value:
+            if k.value == loc[-1]:
+                return k
+    return None
+
+
+def _format_errors(path: str, root: yaml.Node | None, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            node = _key_node(root, loc)
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            node, _ = _node_at(root, loc[:-1])
+            msg = "required key is missing"
+        else:
+            node = _key_node(root, loc)
+            if node is None:
+                node, _ = _node_at(root, loc)
+            msg = e["msg"]
+            if "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        lines.append(f"{path}{line}: {key}: {msg}")
+    return "invalid study file:\n  " + "\n  ".join(lines)
+
+
+def load_study(path: str | os.PathLike, **overrides: Any) -> StudyConfig:
+    """Read and validate a study file; `overrides` (e.g. workers=2) replace top-level keys.
+
+    Only the schema is checked here; `automix.study.loop.preflight` checks what needs the model, the
+    search space and the tracking server, before any trial runs.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise StudyConfigError(f"{p}: study file not found")
+    text = p.read_text()
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise StudyConfigError(f"{p}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise StudyConfigError(f"{p}:1: a study file is a mapping of keys (name, model, ...)")
+    data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    data["source"] = str(p.resolve())
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as err:
+        raise StudyConfigError(_format_errors(str(p), root, err)) from None

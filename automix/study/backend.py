@@ -1,0 +1,313 @@
+"""From a validated study to runnable trials: the sampler, the search space and the specs.
+
+`AutomixBackend` is the driver's view of a real study: it reads the model's config (no
+weights), loads the search space for the model's layer names, turns search parameters into
+per-layer settings and `TrialSpec` dicts for `automix.trial.run_trial`, and knows the memory
+of every proposal from `automix.trial.memory.estimate` (so the sampler treats memory as a known
+objective and the budget as a known constraint). `preflight` checks, before any trial runs,
+what the schema cannot: the budget against the smallest configuration, the stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from automix.arch import arch_info, layer_shapes, target_layer_names
+from automix.config.layers import average_bits
+from automix.config.study import StudyConfig, StudyConfigError, format_size
+from automix.search.sampler import AutoMixSampler
+from automix.search.space import load_space
+from automix.study.tracking import TrackingError, check_tracking_uri
+from automix.trial import (ModelLoadError, TrialSpec, available_methods, estimate, get_method, get_task, is_padded,
+                           load_or_profile, load_tokenizer, resolve_model_dir)
+
+# `sensitivity: auto` profiles a model in the driver only below this much weight data.
+_AUTO_PROFILE_MAX_BYTES = 256 * 1024**2
+
+__all__ = ["make_sampler", "compact_layers", "AutomixBackend", "preflight"]
+
+
+def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
+    """The sampler the study asks for, told the memory objective and budget it can compute."""
+    import optuna
+
+    mem = backend.predicted_memory
+    budget = float(cfg.memory_budget)
+
+    # TPE / NSGA-II read the memory constraint the driver sets on each trial when it is asked
+    # (`Trial.set_constraint("memory_budget", ...)`); AutoMixSampler also gets it as a known
+    # constraint so it never proposes an infeasible configuration.
+    opts = dict(cfg.sampler_options)
+    try:
+        if cfg.sampler == "automix":
+            known = {1: mem} if cfg.objectives.memory == "predicted" else {}
+            space = getattr(backend, "space", None)
+            scores = backend.sensitivity_scores() if hasattr(backend, "sensitivity_scores") else None
+            features = space.feature_fn(scores) if hasattr(space, "feature_fn") else None
+            kwargs = dict(search_space=dict(backend.distributions), known_objectives=known, features=features,
+                          known_constraints=[lambda p: mem(p) - budget],
+                          n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed)
+            return AutoMixSampler(**{**kwargs, **opts})
+        if cfg.sampler == "tpe":
+            return optuna.samplers.TPESampler(**{"seed": cfg.sampler_seed, "multivariate": True, **opts})
+        if cfg.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(**{"seed": cfg.sampler_seed, **opts})
+        return optuna.samplers.RandomSampler(**{"seed": cfg.sampler_seed, **opts})
+    except TypeError as err:
+        raise StudyConfigError(f"{cfg.source or '<study>'}: sampler_options: {err}") from None
+
+
+def compact_layers(resolved: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A LayerConfig dict from per-layer settings: the most common settings as the default and
+    only the other layers listed (what `automix trial --layers` reads)."""
+    if not resolved:
+        raise ValueError("no layer settings to write")
+    key = lambda s: json.dumps(dict(s), sort_keys=True)  # noqa: E731
+    common = Counter(key(s) for s in resolved.values()).most_common(1)[0][0]
+    return {"default": json.loads(common),
+            "layers": {name: dict(s) for name, s in resolved.items() if key(s) != common}}
+
+
+def _settings_dict(s: Any) -> dict[str, Any]:
+    if hasattr(s, "to_dict"):
+        return dict(s.to_dict())
+    if dataclasses.is_dataclass(s):
+        return dataclasses.asdict(s)
+    return dict(s)
+
+
+class AutomixBackend:
+    """The real `TrialBackend`: search parameters -> per-layer settings -> `TrialSpec` dicts for
+    `automix.trial.run_trial`, with the memory of every proposal from `automix.trial.memory.estimate`.
+
+    Building it reads only the model's config (no weights), loads the search space for the
+    model's layer names and checks every method name; `preflight` then checks the rest.
+    """
+
+    function = "automix.trial:run_trial"
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        from optuna.distributions import CategoricalDistribution
+
+        self.cfg = cfg
+        where = cfg.source or "<study>"
+        unknown = [m for m in cfg.methods if m not in available_methods()]
+        if unknown:
+            raise StudyConfigError(f"{where}: methods: unknown method(s) {unknown}; available: "
+                                   f"{', '.join(available_methods())}")
+        model = cfg.model
+        if not model.startswith("builtin:"):
+            p = cfg.resolve_path(model)
+            model = str(p)
+        try:
+            self.model_dir = resolve_model_dir(model)
+        except ModelLoadError as err:
+            raise StudyConfigError(f"{where}: model: {err}") from None
+        from transformers import AutoConfig
+
+        self.hf_config = AutoConfig.from_pretrained(self.model_dir)
+        self.arch = arch_info(self.hf_config)
+        self.layer_names = target_layer_names(self.hf_config)
+        self.space = _load_space(cfg, self.layer_names)
+        self.distributions = {"method": CategoricalDistribution(list(cfg.methods)),
+                              **dict(self.space.distributions)}
+        self._mem: dict[tuple, float] = {}
+        self._padded: bool | None = None
+
+    def sensitivity_scores(self) -> dict[str, dict[int, float]] | None:
+        """Per-layer, per-bits KL sensitivities for the sampler's features, per `cfg.sensitivity`."""
+        mode = getattr(self.cfg, "sensitivity", "off")
+        if mode == "off":
+            return None
+        weights = sum(p.stat().st_size for p in self.model_dir.iterdir()
+                      if p.suffix in (".safetensors", ".bin", ".pt"))
+        if not weights:  # a config-only directory: nothing to profile
+            return None
+        if mode == "auto" and weights > _AUTO_PROFILE_MAX_BYTES:
+            print(f"note: no sensitivity profile for {self.cfg.model} ({format_size(weights)} of weights); "
+                  "run `automix profile --model ...` and set `sensitivity: on` to use one")
+            return None
+
+        profile, _, _ = load_or_profile(str(self.model_dir))
+        return profile.scores("kl")
+
+    def _layers(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        space_params = {k: v for k, v in params.items() if k != "method"}
+        return dict(self.space.params_to_layers(space_params))
+
+    def predicted_memory(self, params: Mapping[str, Any]) -> float:
+        key = tuple(sorted((k, str(v)) for k, v in params.items()))
+        if key not in self._mem:
+            t = self.cfg.trial
+            self._mem[key] = float(estimate(self.arch, self._layers(params), params["method"],
+                                            batch_size=t.batch_size, seq_len=t.seq_len,
+                                            dtype=t.dtype, config=self.hf_config,
+                                            device="cuda" if self.cfg.resources.gpus else "cpu",
+                                            padded=self.batches_padded()).total)
+        return self._mem[key]
+
+    def batches_padded(self) -> bool:
+        """Whether the trials' training batches carry padding, read off the first batch as
+        `run_trial` does: padding makes attention keep an explicit mask, which the trial's own
+        memory prediction counts, so the sampler's known memory must count it too."""
+        if self._padded is None:
+            spec = {**self._spec_fields(), **self.cfg.trial.extra}
+            self._padded = False  # no tokenizer / bad data: the trial fails, preflight reports it
+            try:
+                tokenizer = load_tokenizer(self.model_dir)
+                if tokenizer is not None:
+                    batches = get_task(spec["task"], spec["data"]).train_batches(
+                        tokenizer, int(spec["batch_size"]), int(spec["seq_len"]), int(spec["seed"]))
+                    self._padded = is_padded(next(batches))
+            except (OSError, ValueError, StopIteration):
+                pass
+        return self._padded
+
+    def smallest_memory(self) -> tuple[float, dict[str, Any]]:
+        """The least memory any configuration of the space can take (coordinate-wise minimum,
+        exact when memory is a sum over layers, as it is), and that configuration."""
+        best_params, best = None, float("inf")
+        for method in self.cfg.methods:
+            params: dict[str, Any] = {"method": method}
+            for name, dist in self.space.distributions.items():
+                params[name] = _choices(dist)[0]
+            for name, dist in self.space.distributions.items():
+                options = _choices(dist)
+                if len(options) > 1:
+                    params[name] = min(options, key=lambda v: self.predicted_memory({**params, name: v}))
+            mem = self.predicted_memory(params)
+            if mem < best:
+                best, best_params = mem, params
+        return best, best_params or {}
+
+    def layers_dict(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return compact_layers({n: _settings_dict(s) for n, s in self._layers(params).items()})
+
+    def payload(self, params: Mapping[str, Any]) -> dict:
+        return {**self._spec_fields(), "method": params["method"], "layers": self.layers_dict(params),
+                **self.cfg.trial.extra}
+
+    def _spec_fields(self) -> dict[str, Any]:
+        """The trial spec fields every trial of the study shares (before `trial.extra`)."""
+        t, cfg = self.cfg.trial, self.cfg
+        spec = {
+            "model": str(self.model_dir) if not cfg.model.startswith("builtin:") else cfg.model,
+            "task": cfg.task, "data": str(cfg.resolve_path(cfg.data)) if cfg.data else None,
+            "steps": t.steps, "seed": t.seed, "lr": t.lr, "batch_size": t.batch_size, "seq_len": t.seq_len,
+            "dtype": t.dtype,
+            "device": "cuda" if cfg.resources.gpus else "cpu",
+        }
+        if t.eval_batches is not None:
+            spec["eval_batches"] = t.eval_batches
+        return spec
+
+    def describe(self, params: Mapping[str, Any]) -> tuple[str, dict, dict]:
+        layers = self._layers(params)
+        settings = [_settings_dict(s) for s in layers.values()]
+        n = max(len(settings), 1)
+        # Methods that keep the base weights dense (plain LoRA) hold 16 bits whatever the space says.
+        if not get_method(params["method"]).memory_profile(self.arch, layers, None).quantize_base:
+            layers_for_bits = {k: dataclasses.replace(v, bits=16) for k, v in layers.items()}
+        else:
+            layers_for_bits = layers
+        summary = {
+            "avg_bits": float(average_bits(layers_for_bits, layer_shapes(self.arch, layers))),
+            "avg_prune": sum(float(s.get("prune", 0.0)) for s in settings) / n,
+            "avg_rank": sum(float(s.get("rank", 0)) for s in settings) / n,
+            "n_layers": len(settings),
+        }
+        return params["method"], summary, self.layers_dict(params)
+
+
+def _choices(dist: Any) -> list[Any]:
+    if hasattr(dist, "choices"):
+        return list(dist.choices)
+    step = getattr(dist, "step", None) or (1 if type(dist).__name__.startswith("Int") else None)
+    if step is None:
+        return [dist.low, dist.high]
+    n = int(round((dist.high - dist.low) / step))
+    return [dist.low + i * step for i in range(n + 1)]
+
+
+def _load_space(cfg: StudyConfig, layer_names: list[str]) -> Any:
+    """The study's search space: the YAML file with the study's overrides merged in."""
+    where = cfg.source or "<study>"
+    path = cfg.resolve_path(cfg.search_space.path)
+    if not path.is_file():
+        raise StudyConfigError(f"{where}: search_space.path: file {path} not found")
+    if cfg.search_space.overrides:
+        import hashlib
+        import tempfile
+
+        base = yaml.safe_load(path.read_text()) or {}
+        merged = _deep_merge(base, cfg.search_space.overrides)
+        text = yaml.safe_dump(merged, sort_keys=False)
+        digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+        path = Path(tempfile.gettempdir()) / f"automix-space-{cfg.name}-{digest}.yaml"
+        path.write_text(text)
+    try:
+        return load_space(path, layer_names, known_methods=available_methods())
+    except ValueError as err:
+        raise StudyConfigError(f"{where}: search_space: {err}") from None
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _deep_merge(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
+def preflight(cfg: StudyConfig, backend: Any) -> None:
+    """Everything that can be checked before a trial runs (raises StudyConfigError / ValueError).
+
+    The model, methods and search space were checked building `backend`; here: the memory budget
+    against the smallest configuration, the Optuna storage and the MLflow tracking URI.
+    """
+    where = cfg.source or "<study>"
+    params: dict[str, Any] = {}
+    smallest = getattr(backend, "smallest_memory", None)
+    if smallest is not None:
+        got = smallest()
+        mem, params = got if isinstance(got, tuple) else (got, {})
+        if mem > cfg.memory_budget:
+            raise StudyConfigError(
+                f"{where}: memory_budget: {format_size(cfg.memory_budget)} is below the smallest "
+                f"possible configuration ({format_size(mem)}"
+                + (f", method {params.get('method')}" if params.get("method") else "") + ")"
+            )
+    if isinstance(backend, AutomixBackend):
+        from pydantic import ValidationError
+
+        try:  # the spec every trial will get (trial settings + extra keys) is a valid TrialSpec
+            TrialSpec.model_validate(backend.payload(params or {"method": cfg.methods[0]}))
+        except ValidationError as err:
+            why = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
+            raise StudyConfigError(f"{where}: trial: the trial spec is not valid ({why})") from None
+    try:
+        check_tracking_uri(cfg.tracking)
+    except TrackingError as err:
+        raise StudyConfigError(f"{where}: tracking_uri: {err}") from None
+    url = cfg.storage_url
+    if url.startswith("sqlite:///"):
+        parent = Path(url[len("sqlite:///"):]).parent
+        if not parent.is_dir():
+            raise StudyConfigError(f"{where}: storage: directory {parent} does not exist")
+    else:
+        try:
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url)
+            with engine.connect():
+                pass
+            engine.dispose()
+        except Exception as err:
+            raise StudyConfigError(f"{where}: storage: Optuna storage {url!r} cannot be reached: {err}") from None

@@ -1,0 +1,258 @@
+"""The search loop: ask the sampler, run trials on the executor, tell results, track them.
+
+The driver is the single writer to the Optuna storage and to MLflow, so SQLite is safe as the
+embedded default and a server URL is only a setting. Optuna is the source of truth: every
+trial's result (the trial function's dictionary) is stored in its user attributes before the
+trial is told, MLflow is brought in line from it (`Tracker.sync` on resume), and `status` and
+`export` read it back.
+
+Resuming (re-running the same study, or `--resume`) keeps every finished trial; trials left
+RUNNING by a killed driver, or stopped by Ctrl-C, are marked failed ("stale") and their
+configurations are enqueued to run again.
+
+The loop is generic over a `TrialBackend`: the real one (`automix.study.backend.AutomixBackend`) maps
+search parameters to `TrialSpec`s for `automix.trial.run_trial`; the orchestration benchmark
+uses a synthetic one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
+
+from optuna.trial import TrialState
+
+from automix.study.artifacts import write_study_artifacts
+from automix.study.executors import RayExecutor
+from automix.study.progress import StudyProgress
+from automix.study.results import finished_trials, is_feasible, normalized_hypervolume, objective_values, pareto_numbers
+from automix.search._optuna_compat import storage_of
+from automix.study.storage import open_study, requeue_stale, trial_id
+from automix.study.tracking import Tracker
+from automix.study.backend import make_sampler
+
+__all__ = ["TrialBackend", "StudyRun", "run_study"]
+
+
+class TrialBackend(Protocol):
+    """What the driver needs to know about the trials of one study."""
+
+    function: Callable[[Any], Any] | str            # what a worker runs on a payload
+    distributions: Mapping[str, Any]                # Optuna distributions of every parameter
+
+    def predicted_memory(self, params: Mapping[str, Any]) -> float: ...
+    def payload(self, params: Mapping[str, Any]) -> dict: ...
+    def describe(self, params: Mapping[str, Any]) -> tuple[str, dict, dict]: ...
+    # -> (method, summary params for MLflow, full layer configuration)
+
+
+@dataclass
+class StudyRun:
+    """What `run_study` did (also what the progress display shows)."""
+
+    name: str
+    target: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    requeued: list[int] = field(default_factory=list)
+    front: list[int] = field(default_factory=list)
+    best_quality: float | None = None
+    hypervolume: float = 0.0
+    seconds: float = 0.0
+    interrupted: bool = False
+    overhead_seconds: list[float] = field(default_factory=list)  # tell + MLflow + front, per trial
+    ask_seconds: list[float] = field(default_factory=list)       # sampler proposal + spec, per trial
+    trial_seconds: list[float] = field(default_factory=list)     # submit -> result, per trial
+    artifacts: list[str] = field(default_factory=list)
+
+
+def _summary_metrics(result: Mapping[str, Any], predicted: float, extra: Mapping[str, Any]) -> dict:
+    keys = ("accuracy", "perplexity", "peak_memory_bytes", "predicted_memory_bytes",
+            "predicted_accuracy", "trainable_params", "avg_bits", "first_loss", "last_loss",
+            "train_seconds", "eval_seconds", "throughput", "tokens_per_second")
+    m = {k: result.get(k) for k in keys if isinstance(result.get(k), (int, float))}
+    m.setdefault("predicted_memory_bytes", predicted)
+    m.update({k: v for k, v in extra.items() if isinstance(v, (int, float))})
+    return m
+
+
+def run_study(
+    cfg: Any,
+    backend: TrialBackend,
+    *,
+    executor: Any = None,
+    sampler: Any = None,
+    n_trials: int | None = None,
+    resume: bool = True,
+    ray_address: str | None = None,
+    progress: bool = True,
+    write_artifacts: bool = True,
+) -> StudyRun:
+    """Run (or continue) a study until it has `n_trials` finished trials.
+
+    `executor` defaults to a `RayExecutor` built from the study's resources; `sampler` to the
+    one `automix.study.backend.make_sampler` builds for it. Ctrl-C cancels the trials in flight,
+    records them as interrupted (requeued on resume) and re-raises KeyboardInterrupt.
+    """
+    if sampler is None:
+        sampler = make_sampler(cfg, backend)
+    study = open_study(cfg, sampler)
+    if not resume and finished_trials(study):
+        raise ValueError(
+            f"study {cfg.name!r} already has trials in {cfg.storage_url}; resume it or choose a new name"
+        )
+    run = StudyRun(cfg.name, int(n_trials or cfg.n_trials))
+    config = {**cfg.model_dump(mode="json"), "storage": cfg.storage_url, "tracking_uri": cfg.tracking}
+    if study.user_attrs.get("config") != config:
+        study.set_user_attr("config", config)  # status / export work from the name alone
+    run.requeued = requeue_stale(study)
+    tracker = Tracker(cfg.tracking, cfg.name)
+    tracker.log_study_config(cfg.model_dump(mode="json"), cfg.source)
+    _sync_tracking(study, tracker, cfg)
+
+    own_executor = executor is None
+    if executor is None:
+        executor = RayExecutor(backend.function, workers=cfg.workers, cpus=cfg.resources.cpus,
+                               gpus=cfg.resources.gpus, timeout_s=cfg.timeout_per_trial,
+                               max_retries=cfg.max_retries, address=ray_address)
+    display = StudyProgress(run, enabled=progress)
+    pending: dict[int, dict] = {}
+    t_start = time.time()
+    try:
+        with display:
+            finished = finished_trials(study)
+            run.done = len(finished)
+            run.failed = sum(t.state == TrialState.FAIL for t in finished)
+            while True:  # run.done / run.failed are refreshed by _finish as results arrive
+                while executor.free_slots() > 0 and run.done + len(pending) < run.target:
+                    t_ask = time.perf_counter()
+                    trial = study.ask(dict(backend.distributions))
+                    params = dict(trial.params)
+                    mem = float(backend.predicted_memory(params))
+                    trial.set_user_attr("predicted_memory", mem)
+                    trial.set_constraint("memory_budget", mem - cfg.memory_budget)
+                    method, summary, layers = backend.describe(params)
+                    trial.set_user_attr("method", method)
+                    trial.set_user_attr("summary", summary)
+                    trial.set_user_attr("layers", layers)
+                    payload = backend.payload(params)
+                    trial.set_user_attr("spec", payload)
+                    pending[trial.number] = dict(params=params, mem=mem, t0=time.time())
+                    executor.submit(trial.number, payload)
+                    run.ask_seconds.append(time.perf_counter() - t_ask)
+                run.running = len(pending)
+                display.update()
+                if not pending:
+                    break
+                for outcome in executor.poll(0.5):
+                    t0 = time.perf_counter()
+                    _finish(study, tracker, cfg, outcome, pending.pop(outcome.key), run)
+                    run.overhead_seconds.append(time.perf_counter() - t0)
+                    run.trial_seconds.append(outcome.seconds)
+                    run.running = len(pending)
+                    display.update()
+    except KeyboardInterrupt:
+        run.interrupted = True
+        for outcome in executor.cancel_all():
+            pending.pop(outcome.key, None)
+            tid = trial_id(study, outcome.key)
+            storage_of(study).set_trial_user_attr(tid, "interrupted", True)
+            storage_of(study).set_trial_user_attr(tid, "failure_reason",
+                                               "interrupted by the user (re-run on resume)")
+        requeue_stale(study)
+        tracker.finish("KILLED")
+        raise
+    finally:
+        run.seconds = time.time() - t_start
+        if own_executor:
+            executor.shutdown()
+    if write_artifacts:
+        run.artifacts = write_study_artifacts(study, cfg, tracker)
+    tracker.finish("FINISHED")
+    return run
+
+
+def _finish(study: Any, tracker: Any, cfg: Any, outcome: Any, info: dict, run: StudyRun) -> None:
+    """Tell one outcome to Optuna, log it to MLflow, refresh the Pareto tags and hypervolume."""
+    storage, tid = storage_of(study), trial_id(study, outcome.key)
+    result = outcome.value if isinstance(outcome.value, dict) else (
+        outcome.value.to_dict() if hasattr(outcome.value, "to_dict") else {})
+    result = {k: v for k, v in result.items() if _jsonable(v)}
+    storage.set_trial_user_attr(tid, "result", result)
+    storage.set_trial_user_attr(tid, "attempts", outcome.attempts)
+    storage.set_trial_user_attr(tid, "seconds", outcome.seconds)
+    reason = None
+    if outcome.status != "ok":
+        reason = f"{outcome.status}: {outcome.error}"
+    elif result.get("status", "ok") != "ok":
+        reason = f"trial failed: {result.get('failure_reason')}"
+    values = None if reason else objective_values(cfg, result, info["mem"])
+    if isinstance(values, str):
+        reason, values = values, None
+    if reason:
+        storage.set_trial_user_attr(tid, "failure_reason", reason[:2000])
+        study.tell(outcome.key, state=TrialState.FAIL)
+    else:
+        storage.set_trial_user_attr(tid, "memory_objective", values[1])
+        study.tell(outcome.key, values)
+    _log(tracker, cfg, storage.get_trial(tid))
+    _refresh_front(study, tracker, cfg, run)
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _log(tracker: Any, cfg: Any, t: Any) -> None:
+    """Log one finished trial to MLflow from what the Optuna storage holds about it."""
+    result = t.user_attrs.get("result", {})
+    mem = float(t.user_attrs.get("predicted_memory", 0.0))
+    info = dict(method=t.user_attrs.get("method"), summary=t.user_attrs.get("summary", {}),
+                layers=t.user_attrs.get("layers"))
+    extra = {"memory_objective": t.user_attrs.get("memory_objective"),
+             "trial_seconds": t.user_attrs.get("seconds")}
+    # What the sampler's predictor expected, when it recorded it (calibration views).
+    predicted = t.system_attrs.get("automix:predicted_values") or t.user_attrs.get("predicted_values")
+    if isinstance(predicted, (list, tuple)) and predicted and isinstance(predicted[0], (int, float)):
+        extra[f"predicted_{cfg.objectives.quality}"] = predicted[0]
+    tags = {}
+    if t.state == TrialState.FAIL:
+        tags["failure_reason"] = str(t.user_attrs.get("failure_reason", ""))[:4000]
+    params = {**info.get("summary", {}), **{f"p.{k}": v for k, v in t.params.items()}}
+    tracker.log_trial(
+        t.number, method=info.get("method"), status="ok" if t.state == TrialState.COMPLETE else "failed",
+        params=params, metrics=_summary_metrics(result, mem, extra), layers=info.get("layers"),
+        tags=tags, started=t.datetime_start.timestamp() if t.datetime_start else None,
+        finished=t.datetime_complete.timestamp() if t.datetime_complete else None,
+    )
+
+
+def _refresh_front(study: Any, tracker: Any, cfg: Any, run: StudyRun) -> None:
+    trials = finished_trials(study)
+    overall, per_method = pareto_numbers(trials, cfg.directions, cfg.memory_budget)
+    tracker.set_pareto(overall, per_method)
+    run.front = sorted(overall)
+    run.done = len(trials)
+    run.failed = sum(t.state == TrialState.FAIL for t in trials)
+    ok = [t for t in trials if t.state == TrialState.COMPLETE and is_feasible(t, cfg.memory_budget)]
+    if ok:
+        pick = max if cfg.directions[0] == "maximize" else min
+        run.best_quality = pick(t.values[0] for t in ok)
+    run.hypervolume = normalized_hypervolume(trials, cfg)
+    tracker.log_hypervolume(run.done, run.hypervolume)
+
+
+def _sync_tracking(study: Any, tracker: Any, cfg: Any) -> None:
+    """Log finished trials that MLflow missed (a driver killed between tell and logging)."""
+    missing = [t for t in finished_trials(study) if t.number not in tracker._runs]
+    for t in missing:
+        _log(tracker, cfg, t)
+    if missing:
+        _refresh_front(study, tracker, cfg, StudyRun(cfg.name, cfg.n_trials))

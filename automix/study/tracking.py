@@ -1,0 +1,255 @@
+"""MLflow tracking of a study: one experiment, a parent run, a nested run per trial.
+
+The driver is the only writer. Each trial's run carries the method, summary parameters of its
+layer configuration (average bits, prune ratio, rank; the full configuration as a JSON
+artifact) and its metrics. The tags `pareto` (overall front) and `pareto_method` (front of the
+trial's method) are kept "true" exactly on the runs of the current front, so the MLflow UI can
+filter on them. The parent run holds the study file, the front as CSV and plot, and the
+hypervolume over trials as a metric history. The Optuna storage stays the source of truth:
+`sync` re-logs trials the tracking missed (e.g. after a driver was killed between the two).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+__all__ = ["TrackingError", "check_tracking_uri", "artifact_root_for", "Tracker"]
+
+ROLE, STUDY, TRIAL = "automix.role", "automix.config.study", "automix.trial"
+
+
+class TrackingError(ValueError):
+    """The tracking URI cannot be used (unreachable server, unwritable directory)."""
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    return None
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any trial runs, when MLflow could not record to `uri`."""
+    db = _sqlite_path(uri)
+    if db is not None:
+        parent = db.parent if str(db.parent) else Path(".")
+        if not parent.is_dir():
+            raise TrackingError(f"MLflow tracking URI {uri!r}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise TrackingError(f"MLflow tracking URI {uri!r}: directory {parent} is not writable")
+        return
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user's URI
+                if resp.status >= 400:
+                    raise TrackingError(f"MLflow tracking server {uri!r} answered {resp.status}")
+        except (urllib.error.URLError, OSError) as err:
+            raise TrackingError(f"MLflow tracking server {uri!r} cannot be reached: {err}") from None
+        return
+    if uri.startswith("file:") or "://" not in uri:
+        path = Path(uri[len("file:"):].lstrip("/") if uri.startswith("file:") else uri)
+        if uri.startswith("file://"):
+            path = Path(uri[len("file://"):])
+        target = path if path.exists() else path.parent
+        if not target.is_dir() or not os.access(target, os.W_OK):
+            raise TrackingError(f"MLflow tracking URI {uri!r}: {target} is not a writable directory")
+        return
+    # Database backends (postgresql://, mysql://, ...): try to connect.
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, pool_pre_ping=True)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:  # driver missing, refused, bad credentials, ...
+        raise TrackingError(f"MLflow tracking URI {uri!r} cannot be reached: {err}") from None
+
+
+def artifact_root_for(uri: str, experiment: str) -> str | None:
+    """Where a local (SQLite) tracking store keeps artifacts: next to the database file."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return None
+    return (db.parent / "automix-mlartifacts" / experiment).resolve().as_uri()
+
+
+def _fmt(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return s[:6000]
+
+
+class Tracker:
+    """Writes one study to MLflow (see the module docstring)."""
+
+    def __init__(self, tracking_uri: str, study_name: str) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        check_tracking_uri(tracking_uri)
+        self.uri = tracking_uri
+        self.study_name = study_name
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(study_name)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(
+                study_name, artifact_location=artifact_root_for(tracking_uri, study_name),
+                tags={STUDY: study_name},
+            )
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        self.parent_id = self._find_or_create_parent()
+        self._runs = self.logged_trials()
+        self._tags: dict[str, tuple[str, str]] = {}
+
+    # -- runs ------------------------------------------------------------------------------
+    def _find_or_create_parent(self) -> str:
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'study'", max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=self.study_name, tags={ROLE: "study", STUDY: self.study_name}
+        )
+        return run.info.run_id
+
+    def logged_trials(self) -> dict[int, str]:
+        """Optuna trial number -> MLflow run id, for the trials already logged."""
+        out: dict[int, str] = {}
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'",
+                max_results=1000, page_token=token,
+            )
+            for r in page:
+                out[int(r.data.tags[TRIAL])] = r.info.run_id
+            token = page.token
+            if not token:
+                return out
+
+    def log_study_config(self, config: Mapping[str, Any], source: str | None = None) -> None:
+        """The study file (as written, and as validated) on the parent run."""
+        import yaml
+
+        if source and Path(source).is_file():
+            self.client.log_text(self.parent_id, Path(source).read_text(), "study.yaml")
+        self.client.log_text(self.parent_id, yaml.safe_dump(dict(config), sort_keys=False),
+                             "study.resolved.yaml")
+        params = {k: _fmt(v) for k, v in config.items()
+                  if k in ("model", "task", "data", "methods", "memory_budget", "n_trials",
+                           "sampler", "workers") and v is not None}
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.parent_id).data.params
+        new = [Param(k, v) for k, v in params.items() if k not in existing]
+        if new:
+            self.client.log_batch(self.parent_id, params=new)
+
+    def log_trial(
+        self,
+        number: int,
+        *,
+        method: str | None,
+        status: str,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float | None],
+        layers: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        started: float | None = None,
+        finished: float | None = None,
+    ) -> str:
+        """Log (or re-log, idempotently) one finished trial as a nested run; returns its id."""
+        from mlflow.entities import Metric, Param
+
+        if number in self._runs:
+            return self._runs[number]
+        all_tags = {
+            "mlflow.parentRunId": self.parent_id, ROLE: "trial", STUDY: self.study_name,
+            TRIAL: str(number), "method": method or "", "status": status,
+            "pareto": "false", "pareto_method": "false",
+        }
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{number:04d}-{method}",
+            start_time=int((started or time.time()) * 1000), tags=all_tags,
+        )
+        run_id = run.info.run_id
+        ts = int((finished or time.time()) * 1000)
+        ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items()
+              if v is not None and v == v and abs(float(v)) != float("inf")]
+        ps = [Param(k, _fmt(v)) for k, v in params.items() if v is not None]
+        if len(ps) > 300:  # per-layer raw params of a big model: the JSON artifact holds them
+            ps = [p for p in ps if not p.key.startswith("p.") or p.key == "p.method"]
+        for i in range(0, max(len(ps), len(ms), 1), 100):  # MLflow takes 100 params per batch
+            self.client.log_batch(run_id, metrics=ms[i:i + 100], params=ps[i:i + 100])
+        if layers is not None:
+            self.client.log_text(run_id, json.dumps(layers, indent=1, sort_keys=True), "layers.json")
+        self.client.set_terminated(run_id, "FINISHED" if status == "ok" else "FAILED", end_time=ts)
+        self._runs[number] = run_id
+        self._tags[run_id] = ("false", "false")
+        return run_id
+
+    # -- pareto tags -----------------------------------------------------------------------
+    def set_pareto(self, overall: Iterable[int], per_method: Iterable[int]) -> int:
+        """Make the `pareto` / `pareto_method` tags true exactly on these trial numbers.
+
+        Only runs whose tags change are written; returns how many tag writes were made.
+        """
+        overall, per_method = set(overall), set(per_method)
+        if len(self._tags) < len(self._runs):
+            self._load_tags()
+        writes = 0
+        for number, run_id in self._runs.items():
+            want = ("true" if number in overall else "false",
+                    "true" if number in per_method else "false")
+            have = self._tags.get(run_id)
+            if have == want:
+                continue
+            if have is None or have[0] != want[0]:
+                self.client.set_tag(run_id, "pareto", want[0])
+                writes += 1
+            if have is None or have[1] != want[1]:
+                self.client.set_tag(run_id, "pareto_method", want[1])
+                writes += 1
+            self._tags[run_id] = want
+        return writes
+
+    def _load_tags(self) -> None:
+        for r in self.client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'",
+                                         max_results=50000):
+            self._tags[r.info.run_id] = (r.data.tags.get("pareto", "false"),
+                                         r.data.tags.get("pareto_method", "false"))
+
+    # -- study level -----------------------------------------------------------------------
+    def log_hypervolume(self, step: int, value: float) -> None:
+        self.client.log_metric(self.parent_id, "hypervolume", float(value), step=int(step))
+
+    def log_study_metrics(self, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+
+    def log_file(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.parent_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.parent_id, text, name)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_id, status)

@@ -1,0 +1,405 @@
+"""Tasks (training batches + metric) and calibration sets.
+
+Two tasks, each with a built-in synthetic version (from `automix.builtin.corpus`) and user data:
+
+* `lm`    - language modelling, perplexity on held-out text. Data: JSONL of `{"text": ...}`.
+* `boolq` - BoolQ-style yes/no reading comprehension, accuracy. Data: JSONL with BoolQ's own
+            fields `question`, `passage`, `answer`. Scored like lm-eval-harness: the answer with
+            the higher log-likelihood of " yes" vs " no" after the prompt wins.
+
+User data may also be a `datasets.save_to_disk` directory. With one file and no `eval_path`,
+every 10th record is held out for evaluation (deterministic). Evaluation defaults are sized so
+that one trial evaluates in seconds on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from automix.builtin import corpus
+
+
+class DataError(ValueError):
+    """Unreadable or malformed task data; the message names the file (and line) at fault."""
+
+
+# ----------------------------------------------------------------------------- reading records
+
+
+def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict[str, Any]]:
+    """Records of a JSONL file, each checked for the `required` fields (errors name file:line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {str(p)!r} does not exist")
+    records: list[dict[str, Any]] = []
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{p}:{lineno}: invalid JSON ({err.msg})") from err
+            if not isinstance(rec, dict):
+                raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            missing = [k for k in required if k not in rec]
+            if missing:
+                raise DataError(f"{p}:{lineno}: missing field(s) {', '.join(map(repr, missing))} "
+                                f"(required: {', '.join(required)})")
+            records.append(rec)
+    if not records:
+        raise DataError(f"data file {p} is empty (expected JSONL records with {', '.join(required)})")
+    return records
+
+
+def _load_saved_dataset(path: Path, required: Sequence[str]) -> tuple[list[dict], list[dict] | None]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"{path} is not a datasets.save_to_disk directory: {err}") from err
+    if isinstance(ds, datasets.DatasetDict):
+        train_split = "train" if "train" in ds else next(iter(ds))
+        eval_split = next((s for s in ("validation", "test") if s in ds and s != train_split), None)
+        train, evl = ds[train_split], (ds[eval_split] if eval_split else None)
+    else:
+        train, evl = ds, None
+    for name, d in (("train", train), ("eval", evl)):
+        if d is None:
+            continue
+        missing = [k for k in required if k not in d.column_names]
+        if missing:
+            raise DataError(f"{path} ({name} split): missing column(s) {', '.join(map(repr, missing))}; "
+                            f"has {', '.join(d.column_names)}")
+        if len(d) == 0:
+            raise DataError(f"{path} ({name} split) is empty")
+    return [dict(r) for r in train], ([dict(r) for r in evl] if evl is not None else None)
+
+
+def load_records(path: str | Path, required: Sequence[str], eval_path: str | Path | None = None
+                 ) -> tuple[list[dict], list[dict]]:
+    """(train, eval) records from a JSONL file or a saved dataset directory."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data path {str(p)!r} does not exist")
+    if p.is_dir():
+        train, evl = _load_saved_dataset(p, required)
+    else:
+        train, evl = read_jsonl(p, required), None
+    if eval_path is not None:
+        ep = Path(eval_path)
+        if not ep.exists():
+            raise DataError(f"eval data path {str(ep)!r} does not exist")
+        evl = _load_saved_dataset(ep, required)[0] if ep.is_dir() else read_jsonl(ep, required)
+    if evl is None:
+        if len(train) < 2:
+            raise DataError(f"{p}: need at least 2 records to hold one out for evaluation")
+        evl = [r for i, r in enumerate(train) if i % 10 == 9] or train[-1:]
+        train = [r for i, r in enumerate(train) if i % 10 != 9] or train[:-1]
+    return train, evl
+
+
+# ----------------------------------------------------------------------------- packing helpers
+
+
+def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text with the tokenizer's specials (BOS) and a trailing EOS."""
+    eos = tokenizer.eos_token_id
+    out = tokenizer(list(texts))["input_ids"]
+    return [ids + [eos] if eos is not None else ids for ids in out]
+
+
+def pack_rows(token_lists: Sequence[list[int]], seq_len: int) -> list[list[int]]:
+    """Whole documents packed greedily into rows of at most `seq_len`; long ones split."""
+    rows: list[list[int]] = []
+    row: list[int] = []
+    for ids in token_lists:
+        pieces = [ids[i:i + seq_len] for i in range(0, len(ids), seq_len)] or [[]]
+        for piece in pieces:
+            if len(row) + len(piece) > seq_len:
+                rows.append(row)
+                row = []
+            row.extend(piece)
+    if row:
+        rows.append(row)
+    return [r for r in rows if len(r) > 1]
+
+
+def _collate(rows: Sequence[list[int]], pad_id: int, label_masks: Sequence[list[bool]] | None = None
+             ) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels are -100 on padding (and where `label_masks` is False)."""
+    n, L = len(rows), max(len(r) for r in rows)
+    ids = torch.full((n, L), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, L), dtype=torch.long)
+    labels = torch.full((n, L), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        t = torch.tensor(r, dtype=torch.long)
+        ids[i, : len(r)] = t
+        mask[i, : len(r)] = 1
+        if label_masks is None:
+            labels[i, : len(r)] = t
+        else:
+            keep = torch.tensor(label_masks[i], dtype=torch.bool)
+            labels[i, : len(r)] = torch.where(keep, t, torch.full_like(t, -100))
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def is_padded(batch: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a batch carries padding (then attention keeps an explicit mask: more memory)."""
+    mask = batch.get("attention_mask")
+    return mask is not None and not bool(mask.all())
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pid = tokenizer.pad_token_id
+    if pid is None:
+        pid = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return int(pid)
+
+
+def _logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    out = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev))
+    return (out.logits if hasattr(out, "logits") else out[0]).float()
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+class Task(ABC):
+    """A fine-tuning task: endless training batches and an evaluation metric."""
+
+    name: str = ""
+    metric: str = ""  # the headline metric key in evaluate()'s result
+    higher_is_better: bool = True
+
+    @abstractmethod
+    def train_texts(self, seed: int) -> Iterator[str]:
+        """Endless training texts (shuffled per pass for finite data); also feeds calibration."""
+
+    @abstractmethod
+    def train_batches(self, tokenizer: Any, batch_size: int = 8, seq_len: int = 128, seed: int = 0
+                      ) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless batches of input_ids, attention_mask, labels (-100 = not trained on)."""
+
+    @abstractmethod
+    def evaluate(self, model: Any, tokenizer: Any, **kw: Any) -> dict[str, float]:
+        """Metrics of `model` on the held-out split."""
+
+
+def _cycle_shuffled(items: Sequence[Any], seed: int) -> Iterator[Any]:
+    rng = random.Random(seed)
+    order = list(range(len(items)))
+    while True:
+        rng.shuffle(order)
+        for i in order:
+            yield items[i]
+
+
+class LMTask(Task):
+    """Perplexity on held-out text; trains on all tokens.
+
+    The built-in version trains and evaluates on the same mixture (`corpus.LM_TASK_MIX`): the
+    pretraining kinds whose tokens the blocks can predict (copies, recalled values, sums,
+    memorized facts), so perplexity is not diluted by text that is random by construction.
+    """
+
+    name, metric, higher_is_better = "lm", "perplexity", False
+
+    def __init__(self, path: str | None = None, eval_path: str | None = None, eval_rows: int = 64,
+                 eval_seq_len: int = 128) -> None:
+        self.path = path
+        self.eval_rows, self.eval_seq_len = eval_rows, eval_seq_len
+        if path is None:
+            self._train = None
+            self._eval = corpus.sample_documents(eval_rows * 8, seed=corpus.HELDOUT_SEED, mix=corpus.LM_TASK_MIX)
+        else:
+            tr, ev = load_records(path, ("text",), eval_path)
+            for recs, where in ((tr, path), (ev, eval_path or path)):
+                for i, r in enumerate(recs):
+                    if not isinstance(r["text"], str):
+                        raise DataError(f"{where}: record {i + 1}: 'text' must be a string")
+            self._train = [r["text"] for r in tr]
+            self._eval = [r["text"] for r in ev]
+
+    def train_texts(self, seed: int) -> Iterator[str]:
+        if self._train is None:
+            return corpus.documents(corpus.HELDOUT_SEED + 101 + seed, corpus.LM_TASK_MIX)
+        return _cycle_shuffled(self._train, seed)
+
+    def train_batches(self, tokenizer: Any, batch_size: int = 8, seq_len: int = 128, seed: int = 0
+                      ) -> Iterator[dict[str, torch.Tensor]]:
+        texts = self.train_texts(seed)
+        pad = _pad_id(tokenizer)
+        buf: list[list[int]] = []
+        while True:
+            while len(buf) < batch_size:
+                buf.extend(pack_rows(_encode(tokenizer, [next(texts) for _ in range(64)]), seq_len))
+            rows, buf = buf[:batch_size], buf[batch_size:]
+            yield _collate(rows, pad)
+
+    def eval_rows_tokens(self, tokenizer: Any, n_rows: int | None = None, seq_len: int | None = None
+                         ) -> list[list[int]]:
+        rows = pack_rows(_encode(tokenizer, self._eval), seq_len or self.eval_seq_len)
+        return rows[: (n_rows or self.eval_rows)]
+
+    @torch.no_grad()
+    def evaluate(self, model: Any, tokenizer: Any, n_rows: int | None = None, seq_len: int | None = None,
+                 batch_size: int = 16, **_: Any) -> dict[str, float]:
+        rows = self.eval_rows_tokens(tokenizer, n_rows, seq_len)
+        pad = _pad_id(tokenizer)
+        nll, count = 0.0, 0
+        for i in range(0, len(rows), batch_size):
+            batch = _collate(rows[i:i + batch_size], pad)
+            logits = _logits(model, batch)[:, :-1]
+            tgt = batch["labels"][:, 1:].to(logits.device)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+            nll += float(loss)
+            count += int((tgt != -100).sum())
+        mean = nll / max(1, count)
+        return {"perplexity": math.exp(min(mean, 50.0)), "loss": mean, "tokens": float(count)}
+
+
+def _as_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "false", "no", "1", "0"):
+        return value.strip().lower() in ("true", "yes", "1")
+    raise DataError(f"{where}: 'answer' must be a boolean (true/false/yes/no), got {value!r}")
+
+
+class BoolQTask(Task):
+    """Yes/no reading comprehension scored by answer log-likelihood; trains on the answer only.
+
+    The built-in version mixes plain questions (learned in pretraining) with negated ones ("is
+    the owl not big", rare in pretraining), so a pretrained model is above chance but not
+    saturated and fine-tuning has something to teach (measured by
+    `benchmarks/boolq_finetune_check.py`; numbers in `benchmarks/tiny_model.md`).
+    """
+
+    name, metric, higher_is_better = "boolq", "accuracy", True
+    ANSWERS = (" yes", " no")
+
+    def __init__(self, path: str | None = None, eval_path: str | None = None, eval_size: int = 200,
+                 negation_rate: float = 0.5) -> None:
+        self.path = path
+        self.eval_size = eval_size
+        self.negation_rate = negation_rate
+        if path is None:
+            self._train = None
+            rng = random.Random(corpus.BOOLQ_EVAL_SEED)
+            self._eval = [self._from_example(corpus.passage_example(rng, negation_rate)) for _ in range(eval_size)]
+        else:
+            tr, ev = load_records(path, ("question", "passage", "answer"), eval_path)
+            self._train = [self._checked(r, path, i) for i, r in enumerate(tr)]
+            self._eval = [self._checked(r, eval_path or path, i) for i, r in enumerate(ev)][:eval_size]
+
+    @staticmethod
+    def _from_example(ex: corpus.PassageExample) -> tuple[str, bool]:
+        return corpus.boolq_prompt(ex.passage, ex.question), ex.answer
+
+    @staticmethod
+    def _checked(rec: dict, where: Any, i: int) -> tuple[str, bool]:
+        for k in ("question", "passage"):
+            if not isinstance(rec[k], str):
+                raise DataError(f"{where}: record {i + 1}: {k!r} must be a string")
+        return corpus.boolq_prompt(rec["passage"], rec["question"]), _as_bool(rec["answer"], f"{where}: record {i + 1}")
+
+    def _train_examples(self, seed: int) -> Iterator[tuple[str, bool]]:
+        if self._train is None:
+            rng = random.Random(corpus.BOOLQ_TRAIN_SEED + seed)
+            while True:
+                yield self._from_example(corpus.passage_example(rng, self.negation_rate))
+        yield from _cycle_shuffled(self._train, seed)
+
+    def train_texts(self, seed: int) -> Iterator[str]:
+        for prompt, ans in self._train_examples(seed):
+            yield prompt + self.ANSWERS[0 if ans else 1]
+
+    def train_batches(self, tokenizer: Any, batch_size: int = 8, seq_len: int = 256, seed: int = 0
+                      ) -> Iterator[dict[str, torch.Tensor]]:
+        examples = self._train_examples(seed)
+        pad, eos = _pad_id(tokenizer), tokenizer.eos_token_id
+        answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in self.ANSWERS]
+        while True:
+            rows, masks = [], []
+            for _ in range(batch_size):
+                prompt, ans = next(examples)
+                p = tokenizer(prompt)["input_ids"]
+                a = answer_ids[0 if ans else 1] + ([eos] if eos is not None else [])
+                p = p[-max(1, seq_len - len(a)):]  # keep the end of an over-long prompt
+                rows.append(p + a)
+                masks.append([False] * len(p) + [True] * len(a))
+            yield _collate(rows, pad, masks)
+
+    @torch.no_grad()
+    def evaluate(self, model: Any, tokenizer: Any, n: int | None = None, batch_size: int = 32,
+                 max_len: int = 256, **_: Any) -> dict[str, float]:
+        examples = self._eval[: (n or self.eval_size)]
+        pad = _pad_id(tokenizer)
+        cont = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in self.ANSWERS]
+        correct, nll, yes = 0, 0.0, 0
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            prompts = [tokenizer(p)["input_ids"] for p, _ in chunk]
+            scores = torch.zeros(len(chunk), 2)
+            for j, c in enumerate(cont):
+                rows = [(p[-(max_len - len(c)):] + c) for p in prompts]
+                batch = _collate(rows, pad)
+                logp = torch.log_softmax(_logits(model, batch), dim=-1).cpu()
+                for r, row in enumerate(rows):
+                    start = len(row) - len(c)
+                    pos = torch.arange(start - 1, len(row) - 1)
+                    scores[r, j] = logp[r, pos, torch.tensor(c)].sum()
+            pred_yes = scores[:, 0] > scores[:, 1]
+            truth = torch.tensor([a for _, a in chunk])
+            correct += int((pred_yes == truth).sum())
+            yes += int(pred_yes.sum())
+            two_way = torch.log_softmax(scores, dim=-1)
+            nll -= float(two_way[torch.arange(len(chunk)), (~truth).long()].sum())
+        n_ex = max(1, len(examples))
+        return {"accuracy": correct / n_ex, "answer_nll": nll / n_ex, "yes_rate": yes / n_ex, "n": float(len(examples))}
+
+
+TASKS = {"lm": LMTask, "boolq": BoolQTask}
+
+
+def available_tasks() -> list[str]:
+    return sorted(TASKS)
+
+
+def get_task(name: str, path: str | None = None, **kw: Any) -> Task:
+    """A task by name; `path` (JSONL or saved dataset) replaces the built-in synthetic data."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
+    return TASKS[name](path=path, **kw)
+
+
+def calibration_batches(tokenizer: Any, n_samples: int = 128, seq_len: int = 256, seed: int = 0,
+                        task: Task | str | None = None) -> torch.Tensor:
+    """`n_samples` full rows of `seq_len` tokens from the task's training text (default: lm).
+
+    Texts are joined (BOS text EOS ...) into one stream and cut into rows, as calibration sets
+    for GPTQ/ApiQ-style methods usually are.
+    """
+    if n_samples < 1 or seq_len < 2:
+        raise ValueError(f"need n_samples >= 1 and seq_len >= 2, got {n_samples}, {seq_len}")
+    t = get_task(task) if isinstance(task, str) else (task or LMTask())
+    texts = t.train_texts(seed + 9_000)
+    stream: list[int] = []
+    need = n_samples * seq_len
+    while len(stream) < need:
+        stream.extend(tok for ids in _encode(tokenizer, [next(texts) for _ in range(64)]) for tok in ids)
+    return torch.tensor(stream[:need], dtype=torch.long).view(n_samples, seq_len)

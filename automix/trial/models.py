@@ -1,0 +1,125 @@
+"""Load local Hugging Face causal LMs (a `save_pretrained` directory or the built-in model),
+their tokenizers, and fingerprint them for on-disk caches.
+
+What a loaded model looks like (blocks, layer names, shapes) is `automix.arch`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from automix.arch import ModelLoadError, arch_info, supported_architectures
+from automix.builtin import BUILTIN_SIZES, builtin_model_dir
+
+__all__ = ["ModelLoadError", "resolve_model_dir", "check_model_config", "load_model", "load_tokenizer",
+           "model_fingerprint"]
+
+def resolve_model_dir(spec: str | os.PathLike) -> Path:
+    """'builtin:tiny' / 'builtin:small' / a path -> an existing directory with a config.json."""
+    s = str(spec)
+    if s.startswith("builtin:") or s in BUILTIN_SIZES:
+        try:
+            return builtin_model_dir(s.split(":", 1)[-1] or "tiny")
+        except ValueError as err:  # unknown size, or not trained yet: says which command makes it
+            raise ModelLoadError(str(err)) from None
+    path = Path(s).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model directory {s!r} does not exist (expected a save_pretrained "
+                             "directory or 'builtin:tiny' / 'builtin:small')")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ModelLoadError(f"{s!r} is not a Hugging Face model directory: no config.json in it")
+    return path
+
+
+def check_model_config(path: Path) -> Any:
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001 - re-raised with the path
+        raise ModelLoadError(f"cannot read the model config in {path}: {err}") from err
+    mt = getattr(cfg, "model_type", None)
+    archs = list(getattr(cfg, "architectures", None) or [])
+    if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        raise ModelLoadError(f"{path} holds {', '.join(archs)}, not a causal language model; "
+                             f"automix needs a *ForCausalLM model of: {', '.join(supported_architectures())}")
+    if mt not in supported_architectures():
+        arch_info(cfg)  # raises ModelLoadError naming the supported types
+    return cfg
+
+
+def load_model(spec: str | os.PathLike = "builtin:tiny", dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """Load a causal LM and its tokenizer (None when the directory has no tokenizer files).
+
+    `spec` is 'builtin:tiny', 'builtin:small' or a local `save_pretrained` directory. The model
+    is returned in eval mode.
+    """
+    path = resolve_model_dir(spec)
+    check_model_config(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the model weights in {path}: {err}") from err
+    model.to(device).eval()
+    return model, load_tokenizer(path)
+
+
+def load_tokenizer(spec: str | os.PathLike) -> Any:
+    """The tokenizer of a model directory (or 'builtin:...'), None when it has no tokenizer
+    files; a missing pad token falls back to EOS, as batches need one."""
+    path = resolve_model_dir(spec)
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
+                                                "tokenizer.model")):
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+_FULL_HASH_LIMIT = 1 << 30  # files above 1 GiB are hashed by sampled 1 MiB chunks every 64 MiB
+
+
+def _hash_file(h: "hashlib._Hash", path: Path) -> None:
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        if size <= _FULL_HASH_LIMIT:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            for off in range(0, size, 64 << 20):
+                f.seek(off)
+                h.update(f.read(1 << 20))
+
+
+def model_fingerprint(model_dir_or_model: str | os.PathLike | nn.Module) -> str:
+    """Stable 16-hex-digit hash of a model's config and weights: the key for on-disk caches."""
+    h = hashlib.sha256()
+    if isinstance(model_dir_or_model, nn.Module):
+        cfg = getattr(model_dir_or_model, "config", None)
+        if cfg is not None:
+            d = cfg.to_dict()
+            for k in ("_name_or_path", "transformers_version", "dtype", "torch_dtype"):
+                d.pop(k, None)
+            h.update(json.dumps(d, sort_keys=True, default=str).encode())
+        for name, t in model_dir_or_model.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:16]
+    path = resolve_model_dir(model_dir_or_model)
+    files = sorted(p for p in path.iterdir() if p.is_file() and (
+        p.name == "config.json" or p.suffix in (".safetensors", ".bin", ".pt")))
+    for p in files:
+        _hash_file(h, p)
+    return h.hexdigest()[:16]

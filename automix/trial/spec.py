@@ -1,0 +1,121 @@
+"""What a trial is asked (`TrialSpec`) and what it returns (`TrialResult`).
+
+Plain JSON types only, so a spec crosses process boundaries to a Ray worker and a result comes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from automix.methods import available_methods
+from automix.trial.data import available_tasks
+
+__all__ = ["FailureKind", "TrialSpec", "TrialResult", "TrialFailure"]
+
+FailureKind = Literal["", "invalid_input", "nan", "oom", "error"]
+
+
+class TrialSpec(BaseModel):
+    """Everything a trial needs; plain JSON types only so it crosses process boundaries.
+
+    ``layers`` is a LayerConfig dict (``default`` / ``layers``), a resolved
+    ``{layer: {bits, group_size, prune, rank}}`` dict, or the path of a layer YAML file.
+    ``method_settings`` are :class:`automix.methods.MethodSettings` fields (``lora_alpha``,
+    ``lora_dropout``, ``quant_method``, ``calib_samples``, ``calib_seq_len``, ``options``).
+    ``eval_batches`` x ``eval_batch_size`` held-out rows (lm) or examples (boolq) are scored;
+    ``None`` uses the task's default size.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "builtin:tiny"
+    task: str = "lm"
+    data: str | None = None
+    eval_data: str | None = None
+    method: str = "qlora"
+    method_settings: dict[str, Any] = Field(default_factory=dict)
+    layers: dict[str, Any] | str = Field(default_factory=lambda: {"default": {"bits": 4, "rank": 8}})
+    prune_mode: Literal["structured", "magnitude", "wanda"] = "structured"
+    prune_calib_samples: int = Field(16, ge=1)
+    steps: int = Field(50, ge=0)
+    seed: int = 0
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    seq_len: int = Field(128, ge=2)
+    eval_batches: int | None = Field(None, ge=1)
+    eval_batch_size: int = Field(16, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    save_state: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        if v not in available_tasks():
+            raise ValueError(f"unknown task {v!r}; available: {', '.join(available_tasks())}")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in available_methods():
+            raise ValueError(f"unknown method {v!r}; available methods: {', '.join(available_methods())}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "auto" and v.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {v!r}")
+        return v
+
+
+@dataclass
+class TrialResult:
+    """Outcome of one trial (``to_dict`` gives snake_case JSON-ready keys)."""
+
+    status: str = "ok"  # "ok" | "failed"
+    method: str = ""
+    task: str = ""
+    accuracy: float | None = None
+    perplexity: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: int | None = None
+    predicted_memory_bytes: int | None = None
+    memory_measured: dict[str, int] = field(default_factory=dict)
+    memory_predicted: dict[str, int] = field(default_factory=dict)
+    trainable_params: int | None = None
+    avg_bits: float | None = None
+    steps: int = 0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    losses: list[float] = field(default_factory=list)
+    prepare_seconds: float = 0.0
+    train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0  # process CPU time of training (robust to a contended machine)
+    eval_seconds: float = 0.0
+    tokens_per_second: float | None = None
+    device: str = ""
+    failure_kind: str = ""
+    failure_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrialResult":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class TrialFailure(Exception):
+    """Raised inside a trial to end it with a given failure kind."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind

@@ -1,0 +1,132 @@
+"""run_trial end to end on a small saved model: training, determinism, memory, failures, CLI."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+
+from automix.trial import TrialResult, TrialSpec, run_trial
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from automix.builtin.pretrain import build_tokenizer
+
+    out = tmp_path_factory.mktemp("model")
+    tok = build_tokenizer(256, seed=0, n_docs=1500)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def spec(model_dir, **kw):
+    d = {"model": model_dir, "task": "lm", "steps": 6, "batch_size": 2, "seq_len": 32, "lr": 1e-2,
+         "eval_batches": 1, "eval_batch_size": 4,
+         "layers": {"default": {"bits": 4, "group_size": 32, "rank": 4}}}
+    d.update(kw)
+    return d
+
+
+def test_fine_tuning_lowers_the_loss_and_reports_everything(model_dir):
+    r = run_trial(spec(model_dir, steps=12))
+    assert r.status == "ok", r.failure_reason
+    assert sum(r.losses[-3:]) < sum(r.losses[:3])
+    assert r.first_loss == r.losses[0] and r.last_loss == r.losses[-1]
+    assert r.perplexity is not None and r.perplexity > 1 and r.accuracy is None
+    assert r.trainable_params == 2 * 4 * (64 + 64 + 64 + 32 + 64 + 32 + 64 + 64 + 160 + 64 + 160 + 64 + 64 + 160)
+    assert r.avg_bits == 4.0 and r.train_seconds > 0 and r.eval_seconds > 0
+    # memory: parameter and optimizer bytes exact, total within 10%
+    for key in ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states"):
+        assert r.memory_predicted[key] == r.memory_measured[key], key
+    assert r.predicted_memory_bytes == pytest.approx(r.peak_memory_bytes, rel=0.10)
+    assert TrialResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_same_seed_same_result_other_seed_differs(model_dir):
+    a, b = run_trial(spec(model_dir, seed=3, steps=3)), run_trial(spec(model_dir, seed=3, steps=3))
+    c = run_trial(spec(model_dir, seed=4, steps=3))
+    assert a.status == b.status == c.status == "ok"
+    assert a.losses == b.losses and a.perplexity == b.perplexity
+    assert a.losses != c.losses
+
+
+def test_pruning_and_fewer_bits_lower_measured_memory(model_dir):
+    peaks = {}
+    for name, default in {"b2": {"bits": 2}, "b8": {"bits": 8}, "b2p": {"bits": 2, "prune": 0.5}}.items():
+        r = run_trial(spec(model_dir, steps=1, layers={"default": dict(default, group_size=32, rank=4)}))
+        assert r.status == "ok", r.failure_reason
+        peaks[name] = r.peak_memory_bytes
+        assert r.predicted_memory_bytes == pytest.approx(r.peak_memory_bytes, rel=0.10)
+    assert peaks["b2p"] < peaks["b2"] < peaks["b8"]
+
+
+def test_steps_zero_only_evaluates(model_dir):
+    r = run_trial(spec(model_dir, steps=0, task="boolq", eval_batches=1))
+    assert r.status == "ok", r.failure_reason
+    assert r.losses == [] and r.first_loss is None and 0.0 <= r.accuracy <= 1.0
+    assert r.predicted_memory_bytes == r.peak_memory_bytes  # resident bytes, exact
+
+
+def test_nan_loss_is_a_failed_result_not_a_crash(model_dir):
+    r = run_trial(spec(model_dir, lr=1e30, steps=4, grad_clip=None))
+    assert r.status == "failed" and r.failure_kind == "nan"
+    assert "loss is nan" in r.failure_reason.lower() or "non-finite" in r.failure_reason
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_bad_inputs_fail_with_clear_reasons(model_dir, tmp_path):
+    def reason(**kw):
+        r = run_trial(spec(model_dir, **kw))
+        assert r.status == "failed" and r.failure_kind == "invalid_input", r.failure_reason
+        return r.failure_reason
+
+    assert "does not exist" in reason(model=str(tmp_path / "missing"))
+    enc = tmp_path / "encoder"
+    LlamaModel(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2)).save_pretrained(enc)
+    assert "not a causal language model" in reason(model=str(enc))
+    bad_glob = write(tmp_path, "layers.yaml", "default: {bits: 4}\nlayers:\n  model.layers.*.mlp.dwn_proj: {bits: 8}\n")
+    msg = reason(layers=bad_glob)
+    assert "layers.yaml" in msg and "matches no layer" in msg
+    assert "bits must be one of" in reason(layers={"default": {"bits": 5}})
+    assert "prune must be a fraction" in reason(layers={"default": {"bits": 4, "prune": 1.2}})
+    empty = write(tmp_path, "empty.jsonl", "")
+    assert "empty" in reason(data=empty) and "empty.jsonl" in reason(data=empty)
+    nofield = write(tmp_path, "bad.jsonl", '{"text": "a b c"}\n{"txt": "oops"}\n')
+    msg = reason(data=nofield)
+    assert "bad.jsonl:2" in msg and "text" in msg
+    assert "available methods" in reason(method="nope")
+
+
+def test_spec_rejects_unknown_keys_and_round_trips():
+    s = TrialSpec(method="lora", steps=3)
+    assert TrialSpec.model_validate_json(s.model_dump_json()) == s
+    with pytest.raises(ValueError, match="stepz"):
+        TrialSpec.model_validate({"stepz": 3})
+    r = run_trial({"stepz": 3})
+    assert r.status == "failed" and "stepz" in r.failure_reason
+
+
+def test_cli_json(model_dir, capsys):
+    from automix.cli import main
+
+    rc = main(["trial", "--model", model_dir, "--bits", "4", "--group-size", "32", "--rank", "2",
+               "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--eval-batches", "1", "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and out["status"] == "ok"
+    for key in ("accuracy", "perplexity", "peak_memory_bytes", "predicted_memory_bytes", "trainable_params",
+                "avg_bits", "first_loss", "last_loss", "train_seconds", "eval_seconds", "failure_reason"):
+        assert key in out
+    rc = main(["trial", "--model", model_dir, "--bits", "5", "--steps", "1"])
+    assert rc == 2 and "bits must be one of" in capsys.readouterr().err
