@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 from optuna.distributions import CategoricalDistribution
 
-from automix.search.pareto import crowding_distance, hypervolume, nondominated_mask, nondominated_rank
+from automix.search.pareto import (crowding_distance, nondominated_mask, nondominated_rank,
+                                   normalized_hypervolume)
 
 __all__ = ["SyntheticProblem", "SyntheticBackend", "synthetic_trial"]
 
@@ -164,8 +165,7 @@ class SyntheticProblem:
         return self._hv(np.stack([-self.accuracy(b), self.memory_gb(b)], 1)) / self.reference_hv()
 
     def _hv(self, points: np.ndarray) -> float:
-        ideal, ref = self.hv_bounds()
-        return hypervolume((points - ideal) / (ref - ideal), np.ones(2))
+        return normalized_hypervolume(points, *self.hv_bounds())
 
     def reference_hv(self) -> float:
         return self._hv(self.reference_front())

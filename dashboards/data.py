@@ -11,7 +11,6 @@ is left empty here, and `StudyData.missing` says so in words the report prints.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 from dataclasses import dataclass, field
@@ -24,8 +23,9 @@ from transformers import AutoConfig
 
 from automix.arch import target_layer_names
 from automix.builtin import builtin_model_dir
+from automix.config.layers import LayerConfig, LayerSettings, matching_layers
 from automix.config.study import default_storage_url, format_size
-from automix.search.pareto import hypervolume, nondominated_mask
+from automix.study import results
 from automix.study.tracking import ROLE
 
 __all__ = [
@@ -152,7 +152,7 @@ def finish(data: StudyData, rows: list[dict]) -> StudyData:
     frame = pd.DataFrame(rows)
     if not data.methods:
         data.methods = sorted(frame.method.dropna().unique().tolist())
-    frame["feasible"] = frame.memory.notna() & (frame.memory <= data.budget if data.budget else True)
+    frame["feasible"] = [results.within_budget(m, data.budget or None) for m in frame.memory]
     _mark_fronts(frame, data.maximize)
     data.frame = frame
     data.missing = _missing(data)
@@ -208,22 +208,18 @@ def _row(t: Any, order: int, quality: str) -> dict:
 
 
 def _mark_fronts(frame: pd.DataFrame, maximize: bool) -> None:
-    """Front flags as the driver's `pareto` / `pareto_method` tags: complete, within budget."""
-    frame["front"] = False
-    frame["front_method"] = False
-    ok = (frame.state == "COMPLETE") & frame.feasible
-    sign = -1.0 if maximize else 1.0
+    """Front flags by the driver's rule for its `pareto` / `pareto_method` tags
+    (`automix.study.results.front_masks`): complete trials within the budget, on quality and memory."""
+    overall, per_method = results.front_masks(
+        _floats(frame, ["quality", "memory"]), ["maximize" if maximize else "minimize", "minimize"],
+        [None if pd.isna(m) else m for m in frame.method],
+        ((frame.state == "COMPLETE") & frame.feasible).to_numpy(bool))
+    frame["front"] = overall
+    frame["front_method"] = per_method
 
-    def mark(mask: pd.Series, column: str) -> None:
-        idx = frame.index[mask]
-        if len(idx):
-            y = np.column_stack([sign * frame.loc[idx, "quality"].to_numpy(float),
-                                 frame.loc[idx, "memory"].to_numpy(float)])
-            frame.loc[idx[nondominated_mask(y)], column] = True
 
-    mark(ok, "front")
-    for m in frame.method.dropna().unique():
-        mark(ok & (frame.method == m), "front_method")
+def _floats(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    return frame[columns].to_numpy(dtype=float, na_value=np.nan)
 
 
 def _missing(data: StudyData) -> list[str]:
@@ -293,24 +289,41 @@ def _is_compact(d: Mapping[str, Any]) -> bool:
     return bool(d) and set(d) <= {"default", "layers"}
 
 
+def _settings(recorded: Any) -> dict[str, float]:
+    """The numeric settings of a recorded mapping; anything else is skipped."""
+    if not isinstance(recorded, Mapping):
+        return {}
+    return {k: float(v) for k, v in recorded.items() if k in SETTINGS and _num(v) is not None}
+
+
 def resolve_layers(layers: Any, names: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per-layer settings from a trial's recorded configuration (LayerConfig dict with default
-    and overrides, or an already per-layer dict)."""
+    """Per-layer settings from a trial's recorded configuration: a LayerConfig dict (default and
+    overrides) expanded by `automix.config.layers` as the trial expanded it (settings it leaves
+    out are LayerSettings' defaults), or an already per-layer dict (kept as recorded).
+
+    A report never fails on an old or odd record: where `LayerConfig` rejects it (a pattern that
+    matches none of these layers, a value out of range), each override is applied to the layers
+    its pattern matches (`matching_layers`, the configuration's own rule) and what cannot be
+    read (unknown patterns, keys or non-numeric values) is skipped.
+    """
     if not isinstance(layers, Mapping) or not layers:
         return {}
     if not _is_compact(layers):
-        return {str(n): {k: float(v) for k, v in s.items() if k in SETTINGS and _num(v) is not None}
-                for n, s in layers.items() if isinstance(s, Mapping)}
-    default = {k: float(v) for k, v in (layers.get("default") or {}).items() if k in SETTINGS}
-    out = {n: dict(default) for n in names}
-    if not out:
-        return {"(all layers)": default} if default else {}
-    for pattern, over in (layers.get("layers") or {}).items():
-        hits = fnmatch.filter(out, pattern) if any(c in pattern for c in "*?[") else [pattern]
-        for n in hits:
-            if n in out and isinstance(over, Mapping):
-                out[n].update({k: float(v) for k, v in over.items() if k in SETTINGS})
-    return out
+        return {str(n): _settings(s) for n, s in layers.items() if isinstance(s, Mapping)}
+    names = list(names)
+    default = {**{k: float(v) for k, v in LayerSettings().to_dict().items()}, **_settings(layers.get("default"))}
+    if not names:
+        return {"(all layers)": default} if _settings(layers.get("default")) else {}
+    try:
+        resolved = LayerConfig.from_dict(layers).resolve(names)
+    except (ValueError, TypeError):  # LayerConfigError is a ValueError
+        out = {n: dict(default) for n in names}
+        overrides = layers.get("layers")
+        for pattern, over in (overrides.items() if isinstance(overrides, Mapping) else ()):
+            for n in matching_layers(str(pattern), names):
+                out[n].update(_settings(over))
+        return out
+    return {n: {k: float(v) for k, v in s.to_dict().items()} for n, s in resolved.items()}
 
 
 # -- hypervolume ---------------------------------------------------------------------------------
@@ -318,24 +331,19 @@ def resolve_layers(layers: Any, names: Sequence[str]) -> dict[str, dict[str, flo
 def hypervolume_history(data: StudyData, method: str | None = None) -> pd.DataFrame:
     """Normalised hypervolume after each finished trial of the study (x = trials finished).
 
-    Same normalisation as the driver's `hypervolume` metric: quality as accuracy (or
-    1/perplexity) against 0, memory as a fraction of the budget against 1 (without a budget, of
-    the largest memory seen). With `method`, only that method's trials count (x stays the
-    study's trial count, so methods share the axis).
+    The driver's `hypervolume` metric (`automix.study.results.hypervolume_history`): quality as
+    accuracy (or 1/perplexity) against 0, memory as a fraction of the budget against 1 (without
+    a budget, of the largest memory seen). With `method`, only that method's trials count (x
+    stays the study's trial count, so methods share the axis).
     """
     f = data.frame.sort_values("order")
-    scale = data.budget or float(data.complete.memory.max()) or 1.0
-    pts = np.empty((0, 2))
-    xs, hv = [], []
-    for _, r in f.iterrows():
-        if (r.state == "COMPLETE" and bool(r.feasible) and (method is None or r.method == method)
-                and r.quality is not None and not pd.isna(r.quality)):
-            q = float(r.quality) if data.maximize else 1.0 / max(float(r.quality), 1.0)
-            pts = np.vstack([pts, [-q, float(r.memory) / scale]])
-            pts = pts[nondominated_mask(pts)]
-        xs.append(int(r.order))
-        hv.append(float(hypervolume(pts, np.array([0.0, 1.0]))) if len(pts) else 0.0)
-    return pd.DataFrame({"trials": xs, "hypervolume": hv})
+    ok = (f.state == "COMPLETE") & f.feasible.astype(bool) & f.quality.notna()
+    if method is not None:
+        ok &= f.method == method
+    values = _floats(f, ["quality", "memory"])
+    hv = results.hypervolume_history(values[:, 0], values[:, 1], ok.to_numpy(bool), data.maximize,
+                                     results.memory_scale(data.budget, data.complete.memory.tolist()))
+    return pd.DataFrame({"trials": [int(x) for x in f.order], "hypervolume": hv})
 
 
 # -- MLflow --------------------------------------------------------------------------------------

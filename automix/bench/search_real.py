@@ -32,7 +32,7 @@ import numpy as np
 from automix.bench.report import emit_report
 from automix.config.study import StudyConfig, format_size, parse_size
 from automix.search._codec import Codec
-from automix.search.pareto import hypervolume
+from automix.search.pareto import normalized_hypervolume
 from automix.search.predictors import PerformancePredictor, kendall_tau
 from automix.study.backend import AutomixBackend, make_sampler
 from automix.trial import TrialSpec, run_trial
@@ -144,16 +144,18 @@ def hv_bounds(runs: list[list[dict]], budget: float) -> tuple[np.ndarray, np.nda
     ideal = allp.min(axis=0)
     span = np.ptp(allp, axis=0) + 1e-12
     ref = np.array([allp[:, 0].max() + 0.05 * span[0], budget])
-    ref_hv = hypervolume((allp - ideal) / (ref - ideal), np.ones(2))
+    ref_hv = normalized_hypervolume(allp, ideal, ref)
     return ideal, ref, ref_hv
 
 
 def normalized_hv(run: list[dict], k: int, budget: float, bounds) -> float:
+    """Hypervolume of the run's first k trials in the box from the ideal to the reference point,
+    as a fraction of the reference set's (`hv_bounds`)."""
     ideal, ref, ref_hv = bounds
     p = _points(run, budget, k)
     if not len(p) or ref_hv <= 0:
         return 0.0
-    return hypervolume((p - ideal) / (ref - ideal), np.ones(2)) / ref_hv
+    return normalized_hypervolume(p, ideal, ref) / ref_hv
 
 
 def predictor_quality(run: list[dict], others: list[dict], backend: Any, seed: int,

@@ -13,11 +13,17 @@ that matches no layer is an error listing close matches, so a typo never silentl
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Annotated, Any, Iterable, Mapping
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
+from typing_extensions import TypedDict
+
+from automix.config._yaml import Expect, Lines, describe, error_text, format_errors, read_yaml
 
 VALID_BITS = (2, 3, 4, 8, 16)
 COMMON_GROUP_SIZES = (32, 64, 128)
@@ -28,48 +34,96 @@ class LayerConfigError(ValueError):
     """A layer configuration that is invalid; the message names the file and key."""
 
 
-@dataclass(frozen=True)
+def _valid_bits(b: int) -> int:
+    if b not in VALID_BITS:
+        raise ValueError(b)
+    return b
+
+
+# One setting each; the constraints are pydantic's, the wording (", got X" added) is ours.
+Bits = Annotated[int, Strict(), AfterValidator(_valid_bits), Expect(f"bits must be one of {list(VALID_BITS)}")]
+GroupSize = Annotated[int, Strict(), Field(gt=0, multiple_of=8), Expect(
+    f"group_size must be a positive multiple of 8 (usually one of {list(COMMON_GROUP_SIZES)})")]
+Prune = Annotated[float, Strict(), Field(ge=0.0, lt=1.0), Expect("prune must be a fraction in [0, 1)")]
+Rank = Annotated[int, Strict(), Field(ge=0), Expect("rank must be an integer >= 0")]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class LayerSettings:
     """Settings of one linear layer. ``bits=16`` keeps it unquantized; ``rank=0`` means no adapter.
 
     ``prune`` is the fraction of the layer's structured units (heads / MLP channels) to remove;
     ``automix.arch.block_ratios`` explains how a block's ratio derives from its layers.
+
+    A small immutable value (hashable, ``dataclasses.replace`` / ``asdict`` work), validated by
+    pydantic on construction; an invalid value raises :class:`LayerConfigError`.
     """
 
-    bits: int = 16
-    group_size: int = 64
-    prune: float = 0.0
-    rank: int = 0
-
-    def __post_init__(self) -> None:
-        check_settings(asdict(self), "LayerSettings")
+    bits: Bits = 16
+    group_size: GroupSize = 64
+    prune: Prune = 0.0
+    rank: Rank = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"bits": self.bits, "group_size": self.group_size, "prune": self.prune, "rank": self.rank}
 
 
-def check_settings(d: Mapping[str, Any], where: str) -> None:
-    """Validate a (possibly partial) settings mapping; errors say ``where`` and which key."""
-    unknown = sorted(set(d) - set(FIELDS))
-    if unknown:
-        raise LayerConfigError(f"{where}: unknown key(s) {unknown}; expected some of {list(FIELDS)}")
-    if "bits" in d:
-        b = d["bits"]
-        if isinstance(b, bool) or not isinstance(b, int) or b not in VALID_BITS:
-            raise LayerConfigError(f"{where}: bits must be one of {list(VALID_BITS)}, got {b!r}")
-    if "group_size" in d:
-        g = d["group_size"]
-        if isinstance(g, bool) or not isinstance(g, int) or g <= 0 or g % 8:
-            raise LayerConfigError(f"{where}: group_size must be a positive multiple of 8 "
-                                   f"(usually one of {list(COMMON_GROUP_SIZES)}), got {g!r}")
-    if "prune" in d:
-        p = d["prune"]
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) < 1.0:
-            raise LayerConfigError(f"{where}: prune must be a fraction in [0, 1), got {p!r}")
-    if "rank" in d:
-        r = d["rank"]
-        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-            raise LayerConfigError(f"{where}: rank must be an integer >= 0, got {r!r}")
+_pydantic_init = LayerSettings.__init__
+
+
+def _init_settings(self: LayerSettings, *args: Any, **kwargs: Any) -> None:
+    # pydantic's own __init__ (validation in pydantic-core), raising our error type instead
+    try:
+        _pydantic_init(self, *args, **kwargs)
+    except ValidationError as err:
+        whats = []
+        for e in err.errors():
+            if e["type"] == "unexpected_keyword_argument":
+                whats.append(f"unknown key {e['loc'][-1]!r}; expected some of {list(FIELDS)}")
+            else:
+                whats.append(describe(e))
+        raise LayerConfigError("LayerSettings: " + "; ".join(whats)) from None
+
+
+_init_settings.__qualname__ = "LayerSettings.__init__"
+LayerSettings.__init__ = _init_settings  # type: ignore[method-assign]
+
+
+class SettingsPatch(TypedDict, total=False):
+    """Some of a layer's settings (a ``layers`` entry): only the keys given override."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    bits: Bits
+    group_size: GroupSize
+    prune: Prune
+    rank: Rank
+
+
+class LayerConfigFile(BaseModel):
+    """The layer configuration file: ``default`` settings and ordered overrides by name or glob."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: LayerSettings = LayerSettings()
+    layers: dict[str, SettingsPatch] = Field(default_factory=dict)
+
+    @field_validator("default", "layers", mode="before")
+    @classmethod
+    def _empty(cls, v: Any) -> Any:  # `layers:` with nothing under it
+        return {} if v is None else v
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:  # a YAML key may read as a number
+        return {str(k): o for k, o in v.items()} if isinstance(v, Mapping) else v
+
+
+def _parse(d: Any, lines: Lines) -> LayerConfigFile:
+    try:
+        return LayerConfigFile.model_validate(d)
+    except ValidationError as err:
+        raise LayerConfigError(error_text("invalid layer configuration",
+                                          format_errors(err, d, lines, LayerConfigFile))) from None
 
 
 def _is_glob(pattern: str) -> bool:
@@ -81,52 +135,33 @@ class LayerConfig:
 
     def __init__(self, default: Mapping[str, Any] | LayerSettings | None = None,
                  layers: Mapping[str, Mapping[str, Any]] | None = None, source: str = "<dict>") -> None:
-        self.source = source
-        if isinstance(default, LayerSettings):
-            default = default.to_dict()
-        default = dict(default or {})
-        check_settings(default, f"{source}: default")
-        if "prune" in default:
-            default["prune"] = float(default["prune"])
-        self.default = LayerSettings(**default)
-        self.layers: list[tuple[str, dict[str, Any]]] = []
-        for pattern, over in (layers or {}).items():
-            if not isinstance(over, Mapping):
-                raise LayerConfigError(f"{source}: layers.{pattern}: expected a mapping of "
-                                       f"{list(FIELDS)}, got {type(over).__name__}")
-            check_settings(over, f"{source}: layers.{pattern}")
-            over = dict(over)
-            if "prune" in over:
-                over["prune"] = float(over["prune"])
-            self.layers.append((str(pattern), over))
+        self._set(_parse({"default": default, "layers": layers}, Lines(source)), Lines(source))
+
+    def _set(self, spec: LayerConfigFile, lines: Lines) -> None:
+        self.source = lines.source
+        self._lines = lines
+        self.default: LayerSettings = spec.default
+        self.layers: list[tuple[str, dict[str, Any]]] = [(p, dict(o)) for p, o in spec.layers.items()]
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "LayerConfig":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>", lines: Lines | None = None) -> "LayerConfig":
+        """From a ``{default, layers}`` mapping; ``lines`` (where its keys are) points errors at lines."""
         if not isinstance(d, Mapping):
             raise LayerConfigError(f"{source}: expected a mapping with 'default' and 'layers', "
                                    f"got {type(d).__name__}")
-        unknown = sorted(set(d) - {"default", "layers"})
-        if unknown:
-            raise LayerConfigError(f"{source}: unknown top-level key(s) {unknown}; "
-                                   "expected 'default' and 'layers'")
-        layers = d.get("layers") or {}
-        if not isinstance(layers, Mapping):
-            raise LayerConfigError(f"{source}: layers: expected a mapping name-or-glob -> settings")
-        return cls(d.get("default"), layers, source)
+        lines = lines or Lines(source)
+        self = cls.__new__(cls)
+        self._set(_parse(d, lines), lines)
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "LayerConfig":
-        import yaml
-
         path = Path(path)
         if not path.is_file():
             raise LayerConfigError(f"layer configuration file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise LayerConfigError(f"{path}: not valid YAML: {err}") from err
-        return cls.from_dict(data or {}, source=str(path))
+        doc = read_yaml(path, LayerConfigError)
+        return cls.from_dict(doc.data or {}, source=str(path), lines=doc.lines)
 
     @classmethod
     def uniform(cls, bits: int = 16, group_size: int = 64, prune: float = 0.0, rank: int = 0) -> "LayerConfig":
@@ -142,17 +177,14 @@ class LayerConfig:
         names = list(layer_names)
         out = {n: self.default for n in names}
         for pattern, over in self.layers:
-            if _is_glob(pattern):
-                hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-            else:
-                hits = [pattern] if pattern in out else []
+            hits = matching_layers(pattern, names)
             if not hits:
                 close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
                 hint = f"; close matches: {close}" if close else f"; layers look like {names[:3]}"
-                raise LayerConfigError(f"{self.source}: layers.{pattern!r} matches no layer of the "
-                                       f"model{hint}")
+                where, _ = self._lines.locate(("layers", pattern))
+                raise LayerConfigError(f"{where}: layers.{pattern!r} matches no layer of the model{hint}")
             for n in hits:
-                out[n] = replace(out[n], **over)
+                out[n] = dataclasses.replace(out[n], **over)
         return out
 
 
@@ -187,3 +219,12 @@ def average_bits(layer_settings: Mapping[str, LayerSettings], shapes: Mapping[st
         total += s.bits * w
         weight += w
     return total / weight if weight else 0.0
+
+
+def matching_layers(pattern: str, layer_names: Iterable[str]) -> list[str]:
+    """The names among `layer_names` that an override `pattern` selects in ``LayerConfig.resolve``:
+    a glob matches case-sensitively, an exact name only itself ([] when it matches none)."""
+    names = list(layer_names)
+    if _is_glob(pattern):
+        return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return [pattern] if pattern in names else []

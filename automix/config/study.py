@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from automix.config._yaml import Lines, format_errors, read_yaml
 
 __all__ = [
     "StudyConfigError",
@@ -156,8 +157,10 @@ class StudyConfig(_Strict):
     max_retries: int = Field(2, ge=0)
     storage: str | None = None
     tracking_uri: str | None = None
-    # Set by load_study: where the file lives (relative paths are resolved against it).
+    # Set by load_study: where the file lives (relative paths are resolved against it) and the
+    # line of each of its keys (errors found later, e.g. in search_space.overrides, name them).
     source: str | None = Field(None, exclude=True)
+    _lines: Lines | None = PrivateAttr(None)
 
     @field_validator("sensitivity", mode="before")
     @classmethod
@@ -183,6 +186,11 @@ class StudyConfig(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"methods are listed twice: {v}")
         return v
+
+    def file_lines(self, *key: str) -> Lines:
+        """Where the keys under ``key`` are in the study file (no lines without a file)."""
+        lines = self._lines or Lines(self.source or "<study>")
+        return lines.sub(*key)
 
     # -- resolved settings -------------------------------------------------------------
     @property
@@ -223,58 +231,6 @@ class StudyConfig(_Strict):
         return names
 
 
-# -- YAML with line numbers -------------------------------------------------------------------
-
-def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[yaml.Node | None, bool]:
-    """Walk a composed YAML node along a pydantic error location; (node, exact)."""
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == part:
-                    node = v
-                    break
-            else:
-                return node, False
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            return node, False
-    return node, True
-
-
-def _key_node(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The key node of the last mapping entry on `loc` (points the user at the key's line)."""
-    parent, exact = _node_at(root, loc[:-1])
-    if exact and isinstance(parent, yaml.MappingNode) and loc:
-        for k, _ in parent.value:
-            if k.value == loc[-1]:
-                return k
-    return None
-
-
-def _format_errors(path: str, root: yaml.Node | None, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            node = _key_node(root, loc)
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            node, _ = _node_at(root, loc[:-1])
-            msg = "required key is missing"
-        else:
-            node = _key_node(root, loc)
-            if node is None:
-                node, _ = _node_at(root, loc)
-            msg = e["msg"]
-            if "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
-                msg += f" (got {e['input']!r})"
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
-        lines.append(f"{path}{line}: {key}: {msg}")
-    return "invalid study file:\n  " + "\n  ".join(lines)
-
-
 def load_study(path: str | os.PathLike, **overrides: Any) -> StudyConfig:
     """Read and validate a study file; `overrides` (e.g. workers=2) replace top-level keys.
 
@@ -284,17 +240,15 @@ def load_study(path: str | os.PathLike, **overrides: Any) -> StudyConfig:
     p = Path(path)
     if not p.is_file():
         raise StudyConfigError(f"{p}: study file not found")
-    text = p.read_text()
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise StudyConfigError(f"{p}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
+    doc = read_yaml(p, StudyConfigError)
+    if not isinstance(doc.data, dict):
         raise StudyConfigError(f"{p}:1: a study file is a mapping of keys (name, model, ...)")
-    data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    data = {**doc.data, **{k: v for k, v in overrides.items() if v is not None}}
     data["source"] = str(p.resolve())
     try:
-        return StudyConfig.model_validate(data)
+        cfg = StudyConfig.model_validate(data)
     except ValidationError as err:
-        raise StudyConfigError(_format_errors(str(p), root, err)) from None
+        raise StudyConfigError("invalid study file:\n  " + "\n  ".join(
+            format_errors(err, data, doc.lines, StudyConfig))) from None
+    cfg._lines = doc.lines
+    return cfg

@@ -37,11 +37,12 @@ parameters with ``requires_grad``; override ``extra_state`` when something else 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from automix.config.layers import LayerSettings
@@ -52,8 +53,7 @@ class MethodError(ValueError):
     """A method cannot prepare this model / these settings; the message says why."""
 
 
-@dataclass(frozen=True)
-class MethodSettings:
+class MethodSettings(BaseModel):
     """Settings shared by all methods; method-specific ones go in ``options``.
 
     ``lora_alpha``: LoRA scaling is ``lora_alpha / rank`` per layer (rank from the layer settings).
@@ -61,39 +61,40 @@ class MethodSettings:
     ``calib_samples`` / ``calib_seq_len``: calibration set size for methods with
     ``needs_calibration`` (the trial samples it with ``automix.trial.data.calibration_batches``).
     ``options``: per-method knobs, validated against the method's ``option_defaults``.
+
+    Validated by pydantic on construction (immutable); an invalid value or an unknown key raises
+    :class:`MethodError` naming the key (and, for an unknown one, the valid keys).
     """
 
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    quant_method: str = "minmax"
-    calib_samples: int = 128
-    calib_seq_len: int = 256
-    options: Mapping[str, Any] = field(default_factory=dict)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    quant_method: Literal["minmax", "hqq"] = "minmax"
+    calib_samples: int = Field(128, ge=1)
+    calib_seq_len: int = Field(256, ge=2)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise MethodError(_settings_errors(err)) from None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "MethodSettings":
-        """Build from a plain dict; unknown top-level keys are errors naming the valid ones."""
-        d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise MethodError(f"unknown method settings {unknown}; valid: {sorted(names)}")
-        return cls(**d)
+        """Build from a plain dict; unknown keys are errors naming the valid ones."""
+        return cls(**dict(d or {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (dict(getattr(self, f.name)) if f.name == "options" else getattr(self, f.name))
-                for f in fields(self)}
+        return self.model_dump()
 
-    def validate(self) -> None:
-        if self.lora_alpha <= 0:
-            raise MethodError(f"lora_alpha must be > 0, got {self.lora_alpha}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise MethodError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.quant_method not in ("minmax", "hqq"):
-            raise MethodError(f"quant_method must be 'minmax' or 'hqq', got {self.quant_method!r}")
-        if self.calib_samples < 1 or self.calib_seq_len < 2:
-            raise MethodError(f"calib_samples must be >= 1 and calib_seq_len >= 2, got "
-                              f"{self.calib_samples}, {self.calib_seq_len}")
+
+def _settings_errors(err: ValidationError) -> str:
+    unknown = sorted(str(e["loc"][-1]) for e in err.errors() if e["type"] == "extra_forbidden")
+    if unknown:
+        return f"unknown method settings {unknown}; valid: {sorted(MethodSettings.model_fields)}"
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}, got {e['input']!r}" for e in err.errors())
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,6 @@ class Method:
             settings = MethodSettings()
         elif not isinstance(settings, MethodSettings):
             settings = MethodSettings.from_dict(settings)
-        settings.validate()
         given = dict(settings.options or {})
         unknown = sorted(set(given) - set(self.option_defaults))
         if unknown:
@@ -190,7 +190,7 @@ class Method:
                 raise MethodError(f"method {self.name!r} option {k!r}: expected "
                                   f"{type(default).__name__}, got {v!r}") from err
             opts[k] = v
-        return replace(settings, options=opts)
+        return settings.model_copy(update={"options": opts})
 
     # ------------------------------------------------------------------ the hook
     def prepare(self, model: nn.Module, layer_settings: Mapping[str, LayerSettings],

@@ -18,6 +18,7 @@ __all__ = [
     "nondominated_rank",
     "crowding_distance",
     "hypervolume",
+    "normalized_hypervolume",
     "nondominated_boxes",
     "hypervolume_improvement",
     "expected_hypervolume_improvement",
@@ -96,6 +97,20 @@ def hypervolume(values: np.ndarray, reference: np.ndarray) -> float:
                 best_y = x1
         return float(volume)
     return float(compute_hypervolume(y, ref))
+
+
+def normalized_hypervolume(values: np.ndarray, ideal: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume of `values` in the box from `ideal` to `reference`, as a fraction of the box.
+
+    Each objective is mapped by (y - ideal) / (reference - ideal), so the box becomes the unit
+    box and the reference point all ones; points beyond the reference count zero, points better
+    than the ideal count beyond the box. The one normalisation of hypervolume in automix: the
+    study's (`automix.study.results`) and the benchmarks' both call it.
+    """
+    ideal = np.asarray(ideal, dtype=float)
+    ref = np.asarray(reference, dtype=float)
+    y = np.asarray(values, dtype=float).reshape(-1, len(ref))
+    return hypervolume((y - ideal) / (ref - ideal), np.ones(len(ref)))
 
 
 def nondominated_boxes(front: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

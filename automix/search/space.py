@@ -1,24 +1,11 @@
 """Search spaces: which per-layer settings are searched, and how layers share decisions.
 
-A space file (``search_spaces/*.yaml``)::
-
-    fixed: {bits: 16, group_size: 64, prune: 0.0, rank: 0}   # layers / fields not searched
-    choices:                                                # per-layer options
-      bits: [2, 3, 4, 8, 16]
-      rank: [0, 8, 16]
-      group_size: [64]            # one choice: a constant, not a decision variable
-    groups: per_linear            # per_linear | per_block | per_kind | global | custom list
-    group_by: {rank: per_block}   # optional: another grouping for some fields
-    methods: [qlora, loftq]       # optional: the fine-tuning methods to choose from
-
-A custom grouping is a list of ``{name, layers: [globs], choices: {...}}``; the first group
-whose glob matches a layer owns it, layers matching no group keep ``fixed``.
-
-``load_space(path, layer_names)`` turns a file plus the model's target layer names into a
-:class:`SearchSpace`: Optuna distributions (one per field and group, named
-``"<field>.<group>"``) and the mapping between those parameters and per-layer
-``LayerSettings``, both ways. Errors raise :class:`SearchSpaceError` naming the file, the key
-and its line.
+The file format and its schema are ``automix.config.space`` (``fixed``, ``choices``, ``groups``,
+``group_by``, ``methods``). Here a validated space meets a model: ``SearchSpace(spec,
+layer_names)`` (``spec`` a :class:`~automix.config.space.SpaceFile` or a plain mapping) builds
+the Optuna distributions (one per field and group, named ``"<field>.<group>"``) and maps those
+parameters to per-layer ``LayerSettings`` and back. ``load_space(path, layer_names)`` reads a
+file. Errors raise :class:`SearchSpaceError` naming the file, the key and its line.
 """
 
 from __future__ import annotations
@@ -33,17 +20,13 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from automix.config.layers import FIELDS, LayerConfigError, LayerSettings, check_settings
+from automix.config.layers import FIELDS, LayerSettings
+from automix.config.space import (GROUPINGS, CustomGroup, Lines, SearchSpaceError, SpaceFile, parse_space,
+                                  read_space_file)
 
 __all__ = ["SearchSpace", "SearchSpaceError", "load_space", "GROUPINGS"]
 
-GROUPINGS = ("per_linear", "per_block", "per_kind", "global")
-_TOP_KEYS = {"name", "description", "fixed", "choices", "groups", "group_by", "methods"}
 _BLOCK = re.compile(r"^(.*?\.\d+)\.(.+)$")  # "model.layers.3" + "mlp.down_proj"
-
-
-class SearchSpaceError(ValueError):
-    """An invalid search space; the message names the file, key and (if known) line."""
 
 
 def _group_of(layer: str, mode: str) -> str:
@@ -58,7 +41,10 @@ def _group_of(layer: str, mode: str) -> str:
 
 
 class SearchSpace:
-    """Decision variables over a model's layers; see the module docstring for the file format.
+    """Decision variables over a model's layers (see ``automix.config.space`` for the file).
+
+    ``source`` is the file errors name, or its :class:`~automix.config.space.Lines` (where each
+    key is, as ``read_space_file`` returns them) so that errors name the line too.
 
     Attributes:
         distributions: parameter name -> Optuna distribution (only real decisions).
@@ -66,40 +52,26 @@ class SearchSpace:
         methods: fine-tuning methods to choose from (empty: not part of this space).
     """
 
-    def __init__(self, spec: Mapping[str, Any], layer_names: Iterable[str],
-                 source: str = "<dict>", lines: Mapping[tuple, int] | None = None,
-                 known_methods: Iterable[str] | None = None) -> None:
-        self.source = source
-        self._lines = dict(lines or {})
+    def __init__(self, spec: SpaceFile | Mapping[str, Any] | None, layer_names: Iterable[str],
+                 source: str | Lines = "<dict>", known_methods: Iterable[str] | None = None) -> None:
+        self._lines = source if isinstance(source, Lines) else Lines(source)
+        self.source = self._lines.source
         self.layer_names = list(layer_names)
         if not self.layer_names:
-            raise SearchSpaceError(f"{source}: no layer names given to build the space for")
-        spec = dict(spec or {})
-        unknown = sorted(set(spec) - _TOP_KEYS)
-        if unknown:
-            self._fail((unknown[0],), f"unknown key(s) {unknown}; expected some of {sorted(_TOP_KEYS)}")
-        fixed = dict(spec.get("fixed") or {})
-        self._check_settings(fixed, ("fixed",))
-        try:
-            self.fixed = LayerSettings(**{**LayerSettings().to_dict(), **fixed})
-        except LayerConfigError as err:
-            self._fail(("fixed",), str(err))
-        self.choices = self._check_choices(spec.get("choices") or {}, ("choices",))
-        self.methods = self._check_methods(spec.get("methods"), known_methods)
+            raise SearchSpaceError(f"{self.source}: no layer names given to build the space for")
+        if not isinstance(spec, SpaceFile):
+            spec = parse_space(spec, self._lines)
+        self.fixed: LayerSettings = spec.fixed
+        self.choices: dict[str, list] = dict(spec.choices)
+        self.methods = self._check_methods(spec.methods, known_methods)
         # layer -> {field: group} and group -> choices per field
         self._owner: dict[str, dict[str, str]] = {n: {} for n in self.layer_names}
         self._group_choices: dict[str, dict[str, list]] = {}
-        groups = spec.get("groups", "per_linear")
-        group_by = spec.get("group_by") or {}
-        if not isinstance(group_by, Mapping):
-            self._fail(("group_by",), "expected a mapping field -> grouping")
-        for field in group_by:
-            if field not in FIELDS:
-                self._fail(("group_by", field), f"unknown field; expected one of {list(FIELDS)}")
         for field in FIELDS:
-            mode = group_by.get(field, groups)
-            key = ("group_by", field) if field in group_by else ("groups",)
-            self._assign(field, mode, key)
+            if field in spec.group_by:
+                self._assign(field, spec.group_by[field], ("group_by", field))
+            else:
+                self._assign(field, spec.groups, ("groups",))
         self.distributions: dict[str, BaseDistribution] = {}
         for group, per_field in sorted(self._group_choices.items()):
             for field, options in per_field.items():
@@ -108,45 +80,12 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ validation
     def _fail(self, key: tuple, message: str):
-        dotted = ".".join(str(k) for k in key)
-        line = self._lines.get(tuple(key))
-        where = f"{self.source}:{line}" if line else self.source
-        raise SearchSpaceError(f"{where}: {dotted}: {message}")
+        raise SearchSpaceError(f"{self._lines.where(key)}: {message}")
 
-    def _check_settings(self, d: Any, key: tuple) -> None:
-        if not isinstance(d, Mapping):
-            self._fail(key, f"expected a mapping of {list(FIELDS)}, got {type(d).__name__}")
-        try:
-            check_settings(d, "settings")
-        except LayerConfigError as err:
-            bad = next((k for k in d if k not in FIELDS), None)
-            self._fail(key + ((bad,) if bad else ()), str(err).split(": ", 1)[1])
-
-    def _check_choices(self, d: Any, key: tuple) -> dict[str, list]:
-        if not isinstance(d, Mapping):
-            self._fail(key, f"expected a mapping field -> list of options, got {type(d).__name__}")
-        out = {}
-        for field, options in d.items():
-            if field not in FIELDS:
-                self._fail(key + (field,), f"unknown field; expected one of {list(FIELDS)}")
-            if not isinstance(options, list) or not options:
-                self._fail(key + (field,), f"expected a non-empty list of options, got {options!r}")
-            for i, value in enumerate(options):
-                try:
-                    check_settings({field: value}, "choice")
-                except LayerConfigError as err:
-                    self._fail(key + (field,), f"option {i}: " + str(err).split(": ", 1)[1])
-            if len(set(options)) != len(options):
-                self._fail(key + (field,), f"duplicate options in {options}")
-            out[field] = [float(v) if field == "prune" else v for v in options]
-        return out
-
-    def _check_methods(self, methods: Any, known: Iterable[str] | None) -> list[str]:
+    def _check_methods(self, methods: list[str] | None, known: Iterable[str] | None) -> list[str]:
         """The space's method list; checked against ``known`` (the method registry) when given."""
         if methods is None:
             return []
-        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
-            self._fail(("methods",), f"expected a list of method names, got {methods!r}")
         if known is not None:
             known = list(known)
             bad = [m for m in methods if m not in known]
@@ -154,11 +93,10 @@ class SearchSpace:
                 self._fail(("methods",), f"unknown method(s) {bad}; available: {known}")
         return list(methods)
 
-    def _assign(self, field: str, mode: Any, key: tuple) -> None:
+    def _assign(self, field: str, mode: str | list[CustomGroup], key: tuple) -> None:
+        """Give each layer its group for ``field``: a named grouping, or the first custom group
+        whose globs match it (layers matching none keep ``fixed``)."""
         if isinstance(mode, str):
-            if mode not in GROUPINGS:
-                self._fail(key, f"unknown grouping {mode!r}; expected one of {list(GROUPINGS)} "
-                                "or a list of custom groups")
             options = self.choices.get(field)
             if options is None:
                 return
@@ -167,29 +105,18 @@ class SearchSpace:
                 self._owner[layer][field] = group
                 self._group_choices.setdefault(group, {})[field] = options
             return
-        if not isinstance(mode, list):
-            self._fail(key, f"expected a grouping name or a list of groups, got {type(mode).__name__}")
         for i, g in enumerate(mode):
-            gkey = key + (i,)
-            if not isinstance(g, Mapping) or "name" not in g or "layers" not in g:
-                self._fail(gkey, "each custom group needs 'name' and 'layers' (list of globs)")
-            extra = sorted(set(g) - {"name", "layers", "choices"})
-            if extra:
-                self._fail(gkey + (extra[0],), "unknown key; expected name, layers, choices")
-            globs = g["layers"] if isinstance(g["layers"], list) else [g["layers"]]
-            local = {**self.choices, **self._check_choices(g.get("choices") or {}, gkey + ("choices",))}
-            options = local.get(field)
-            hits = [n for n in self.layer_names if any(fnmatch.fnmatchcase(n, p) for p in globs)]
+            options = {**self.choices, **g.choices}.get(field)
+            hits = [n for n in self.layer_names if any(fnmatch.fnmatchcase(n, p) for p in g.layers)]
             if not hits:
-                self._fail(gkey + ("layers",), f"{globs} match no layer of the model "
-                                               f"(layers look like {self.layer_names[:2]})")
+                self._fail(key + (i, "layers"), f"{g.layers} match no layer of the model "
+                                                f"(layers look like {self.layer_names[:2]})")
             if options is None:
                 continue
-            name = str(g["name"])
             for layer in hits:
                 if field not in self._owner[layer]:  # first matching group wins
-                    self._owner[layer][field] = name
-                    self._group_choices.setdefault(name, {})[field] = options
+                    self._owner[layer][field] = g.name
+                    self._group_choices.setdefault(g.name, {})[field] = options
 
     # ------------------------------------------------------------------ mapping
     @property
@@ -289,46 +216,7 @@ class SearchSpace:
         return features
 
 
-def _key_lines(text: str) -> dict[tuple, int]:
-    """Line (1-based) of every key path in a YAML document, for error messages."""
-    import yaml
-
-    lines: dict[tuple, int] = {}
-
-    def walk(node: Any, path: tuple) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                p = path + (k.value,)
-                lines[p] = k.start_mark.line + 1
-                walk(v, p)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                lines[path + (i,)] = v.start_mark.line + 1
-                walk(v, path + (i,))
-
-    try:
-        walk(yaml.compose(text), ())
-    except yaml.YAMLError:
-        pass
-    return lines
-
-
 def load_space(path: str | Path, layer_names: Iterable[str], known_methods: Iterable[str] | None = None) -> SearchSpace:
     """Read a search space YAML file for a model's target layer names."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise SearchSpaceError(f"search space file {path} does not exist")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SearchSpaceError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise SearchSpaceError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return SearchSpace(data, layer_names, source=str(path), lines=_key_lines(text), known_methods=known_methods)
+    doc = read_space_file(path)
+    return SearchSpace(doc.data, layer_names, source=doc.lines, known_methods=known_methods)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
-from automix.study.results import finished_trials, front_table, normalized_hypervolume, trials_table
+from automix.study.results import finished_trials, front_table, normalized_hypervolume_history, trials_table
 
 __all__ = ["write_study_artifacts"]
 
@@ -31,7 +31,7 @@ def _csv(rows: Sequence[dict]) -> str:
 def _front_figure(rows: Sequence[dict], cfg: Any) -> Any:
     fig = go.Figure()
     ok = [r for r in rows if r["state"] == "COMPLETE"]
-    for m in sorted({r["method"] for r in ok}):
+    for m in sorted({r["method"] for r in ok}, key=str):  # a trial may record no method
         pts = [r for r in ok if r["method"] == m]
         fig.add_trace(go.Scatter(
             x=[r["memory_bytes"] / 2**20 for r in pts], y=[r["quality"] for r in pts], mode="markers",
@@ -64,7 +64,7 @@ def write_study_artifacts(study: Any, cfg: Any, tracker: Any = None, out_dir: st
     (out / "trials.csv").write_text(_csv(rows))
     (out / "front.csv").write_text(_csv(front_table(rows)))
     trials = sorted(finished_trials(study), key=lambda t: t.number)
-    hv = [(i + 1, normalized_hypervolume(trials[: i + 1], cfg)) for i in range(len(trials))]
+    hv = enumerate(normalized_hypervolume_history(trials, cfg), start=1)
     (out / "hypervolume.csv").write_text("trials,hypervolume\n" + "".join(f"{n},{v:.6g}\n" for n, v in hv))
     fig = _front_figure(rows, cfg)
     fig.write_html(out / "front.html", include_plotlyjs="cdn")

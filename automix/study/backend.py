@@ -16,13 +16,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from automix.arch import arch_info, layer_shapes, target_layer_names
 from automix.config.layers import average_bits
+from automix.config.space import read_space_file
 from automix.config.study import StudyConfig, StudyConfigError, format_size
 from automix.search.sampler import AutoMixSampler
-from automix.search.space import load_space
+from automix.search.space import SearchSpace
 from automix.study.tracking import TrackingError, check_tracking_uri
 from automix.trial import (ModelLoadError, TrialSpec, available_methods, estimate, get_method, get_task, is_padded,
                            load_or_profile, load_tokenizer, resolve_model_dir)
@@ -235,33 +234,34 @@ def _choices(dist: Any) -> list[Any]:
     return [dist.low + i * step for i in range(n + 1)]
 
 
-def _load_space(cfg: StudyConfig, layer_names: list[str]) -> Any:
-    """The study's search space: the YAML file with the study's overrides merged in."""
+def _load_space(cfg: StudyConfig, layer_names: list[str]) -> SearchSpace:
+    """The study's search space: the YAML file with the study's overrides merged in (in memory).
+
+    An error in a key the overrides set names the study file's line of
+    ``search_space.overrides.<key>``; one in a key of the space file, the space file's line.
+    """
     where = cfg.source or "<study>"
     path = cfg.resolve_path(cfg.search_space.path)
     if not path.is_file():
         raise StudyConfigError(f"{where}: search_space.path: file {path} not found")
-    if cfg.search_space.overrides:
-        import hashlib
-        import tempfile
-
-        base = yaml.safe_load(path.read_text()) or {}
-        merged = _deep_merge(base, cfg.search_space.overrides)
-        text = yaml.safe_dump(merged, sort_keys=False)
-        digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-        path = Path(tempfile.gettempdir()) / f"automix-space-{cfg.name}-{digest}.yaml"
-        path.write_text(text)
     try:
-        return load_space(path, layer_names, known_methods=available_methods())
+        doc = read_space_file(path)
+        data, lines = doc.data, doc.lines
+        overrides = cfg.search_space.overrides
+        if overrides:
+            data = _deep_merge(data, overrides)
+            lines = lines.overlaid(overrides, cfg.file_lines("search_space", "overrides"))
+        return SearchSpace(data, layer_names, source=lines, known_methods=available_methods())
     except ValueError as err:
         raise StudyConfigError(f"{where}: search_space: {err}") from None
 
 
 def _deep_merge(base: Any, over: Any) -> Any:
-    if isinstance(base, dict) and isinstance(over, dict):
+    """``over`` merged into ``base``: mappings key by key (recursively), anything else replaces."""
+    if isinstance(base, Mapping) and isinstance(over, Mapping):
         out = dict(base)
         for k, v in over.items():
-            out[k] = _deep_merge(base.get(k), v) if k in base else v
+            out[k] = _deep_merge(base[k], v) if k in base else v
         return out
     return over
 

@@ -1,6 +1,19 @@
 """Maths on a study's finished trials: objective values, the Pareto fronts, the normalised
 hypervolume and the trial tables. The one copy of each rule: the loop (MLflow tags, progress),
-`automix status`, `automix export` and the dashboards all read them from here.
+`automix status`, `automix export`, the study artifacts and the dashboards all read them from here.
+
+The rules are written once on plain columns (quality, memory, method, eligible) so that they
+serve Optuna's FrozenTrials (`pareto_numbers`, `normalized_hypervolume`) and the dashboards' rows
+alike:
+
+- a trial counts (is *eligible*) when it is complete, has objective values and its memory is
+  within the budget (`within_budget`);
+- the fronts (`front_masks`) are the non-dominated eligible trials overall and within each method;
+- the normalised hypervolume (`points_hypervolume`, `hypervolume_history`) takes quality as
+  accuracy or 1/max(perplexity, 1) against 0 and memory as a fraction of the budget against 1
+  (of the largest memory seen when there is no budget), i.e. the box from (quality 1, memory 0)
+  to (quality 0, the budget) in `automix.search.pareto.normalized_hypervolume`. Fixed references
+  keep the history comparable across resumes and studies.
 """
 
 from __future__ import annotations
@@ -11,9 +24,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from optuna.trial import TrialState
 
-from automix.search.pareto import hypervolume, nondominated_mask
+from automix.search.pareto import nondominated_mask
+from automix.search.pareto import normalized_hypervolume as box_hypervolume
 
-__all__ = ["objective_values", "finished_trials", "is_feasible", "pareto_numbers", "normalized_hypervolume",
+__all__ = ["objective_values", "finished_trials", "within_budget", "is_feasible", "front_masks",
+           "pareto_numbers", "hypervolume_points", "hypervolume_box", "memory_scale", "points_hypervolume",
+           "hypervolume_history", "normalized_hypervolume", "normalized_hypervolume_history",
            "trials_table", "front_table"]
 
 
@@ -43,43 +59,126 @@ def finished_trials(study: Any) -> list[Any]:
             and not t.user_attrs.get("stale")]
 
 
+# -- the rules, on plain columns ----------------------------------------------------------------
+
+def within_budget(memory: float | None, budget: float | None) -> bool:
+    """A known memory (not None or NaN) within the budget; any known memory without a budget."""
+    if memory is None or math.isnan(float(memory)):
+        return False
+    return budget is None or float(memory) <= budget
+
+
+def front_masks(values: Any, directions: Sequence[str], methods: Sequence[Any], eligible: Sequence[bool]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(overall front, front of the row's own method) as boolean masks over the rows.
+
+    values: (n_rows, len(directions)) objective values (NaN where a row has none); methods: each
+    row's method (None, a method not recorded, is a group of its own); eligible: the rows that
+    count (complete, with values, within the budget): the others are on no front.
+    """
+    ok = np.asarray(eligible, dtype=bool).reshape(-1)
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    y = np.asarray(values, dtype=float).reshape(len(ok), len(signs)) * signs
+    overall = np.zeros(len(ok), dtype=bool)
+    per_method = np.zeros(len(ok), dtype=bool)
+    rows = np.flatnonzero(ok)
+    overall[rows[nondominated_mask(y[rows])]] = True
+    for m in dict.fromkeys(methods[i] for i in rows):
+        group = np.array([i for i in rows if methods[i] == m], dtype=int)
+        per_method[group[nondominated_mask(y[group])]] = True
+    return overall, per_method
+
+
+def hypervolume_points(quality: Any, memory: Any, maximize: bool) -> np.ndarray:
+    """The hypervolume's objectives, minimised: (-accuracy or -1/max(perplexity, 1), memory)."""
+    q = np.asarray(quality, dtype=float).reshape(-1)
+    if not maximize:
+        q = 1.0 / np.maximum(q, 1.0)
+    return np.column_stack([-q, np.asarray(memory, dtype=float).reshape(-1)])
+
+
+def hypervolume_box(scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(ideal, reference) of `hypervolume_points`: quality 1 and memory 0, quality 0 and `scale`."""
+    return np.array([-1.0, 0.0]), np.array([0.0, float(scale)])
+
+
+def memory_scale(budget: float | None, memories: Sequence[Any] = ()) -> float:
+    """Memory's unit in the hypervolume: the budget, else the largest memory seen (else 1)."""
+    if budget:
+        return float(budget)
+    seen = [float(m) for m in memories if m is not None and not math.isnan(float(m))]
+    return max(seen, default=0.0) or 1.0
+
+
+def points_hypervolume(quality: Any, memory: Any, maximize: bool, scale: float) -> float:
+    """Normalised hypervolume (in [0, 1]) of these eligible trials' quality and memory."""
+    pts = hypervolume_points(quality, memory, maximize)
+    if not len(pts):
+        return 0.0
+    return box_hypervolume(pts, *hypervolume_box(scale))
+
+
+def hypervolume_history(quality: Sequence[Any], memory: Sequence[Any], eligible: Sequence[bool],
+                        maximize: bool, scale: float) -> list[float]:
+    """Normalised hypervolume after each row, rows in the order given (e.g. finishing order);
+    rows that are not eligible add nothing but still get their value."""
+    ideal, reference = hypervolume_box(scale)
+    front = np.empty((0, 2))
+    out = []
+    for q, m, ok in zip(quality, memory, eligible):
+        if ok:
+            front = np.vstack([front, hypervolume_points([q], [m], maximize)])
+            front = front[nondominated_mask(front)]
+        out.append(box_hypervolume(front, ideal, reference) if len(front) else 0.0)
+    return out
+
+
+# -- the rules on Optuna trials -----------------------------------------------------------------
+
+def _method(t: Any) -> Any:
+    return t.params.get("method", t.user_attrs.get("method"))
+
+
 def is_feasible(t: Any, budget: float | None) -> bool:
-    if budget is None:
-        return True
-    return float(t.user_attrs.get("memory_objective", t.values[1])) <= budget
+    """A complete trial's memory objective within the budget."""
+    memory = t.user_attrs.get("memory_objective")
+    if memory is None and t.values:
+        memory = t.values[1]
+    return within_budget(memory, budget)
+
+
+def _eligible(trials: Sequence[Any], budget: float | None) -> list[bool]:
+    return [t.state == TrialState.COMPLETE and bool(t.values) and is_feasible(t, budget) for t in trials]
 
 
 def pareto_numbers(trials: Sequence[Any], directions: Sequence[str], budget: float | None = None
                    ) -> tuple[set[int], set[int]]:
     """(overall front, union of per-method fronts) among complete trials within the budget."""
-    ok = [t for t in trials if t.state == TrialState.COMPLETE and t.values and is_feasible(t, budget)]
-    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    ok = _eligible(trials, budget)
+    values = [t.values if keep else [math.nan] * len(directions) for t, keep in zip(trials, ok)]
+    overall, per_method = front_masks(values, directions, [_method(t) for t in trials], ok)
+    return ({t.number for t, f in zip(trials, overall) if f},
+            {t.number for t, f in zip(trials, per_method) if f})
 
-    def front(ts: list[Any]) -> set[int]:
-        if not ts:
-            return set()
-        y = np.array([t.values for t in ts], dtype=float) * signs
-        return {t.number for t, keep in zip(ts, nondominated_mask(y)) if keep}
 
-    per_method: set[int] = set()
-    for m in {t.params.get("method", t.user_attrs.get("method")) for t in ok}:
-        per_method |= front([t for t in ok if t.params.get("method", t.user_attrs.get("method")) == m])
-    return front(ok), per_method
+def _hypervolume_columns(trials: Sequence[Any], cfg: Any) -> tuple[list, list, list[bool], bool, float]:
+    ok = _eligible(trials, cfg.memory_budget)
+    quality = [t.values[0] if keep else math.nan for t, keep in zip(trials, ok)]
+    memory = [t.values[1] if keep else math.nan for t, keep in zip(trials, ok)]
+    scale = memory_scale(cfg.memory_budget, [m for m, keep in zip(memory, ok) if keep])
+    return quality, memory, ok, cfg.objectives.quality == "accuracy", scale
 
 
 def normalized_hypervolume(trials: Sequence[Any], cfg: Any) -> float:
-    """Hypervolume of the feasible front in [0, 1]: quality as accuracy or 1/perplexity
-    (reference 0), memory as a fraction of the budget (reference 1). Fixed references keep the
-    history comparable across resumes and studies."""
-    pts = []
-    for t in trials:
-        if t.state != TrialState.COMPLETE or not t.values or not is_feasible(t, cfg.memory_budget):
-            continue
-        q = t.values[0] if cfg.objectives.quality == "accuracy" else 1.0 / max(t.values[0], 1.0)
-        pts.append([-q, t.values[1] / cfg.memory_budget])
-    if not pts:
-        return 0.0
-    return float(hypervolume(np.array(pts), np.array([0.0, 1.0])))
+    """Hypervolume of the feasible front in [0, 1] (see the module's docstring)."""
+    quality, memory, ok, maximize, scale = _hypervolume_columns(trials, cfg)
+    return points_hypervolume([q for q, k in zip(quality, ok) if k], [m for m, k in zip(memory, ok) if k],
+                              maximize, scale)
+
+
+def normalized_hypervolume_history(trials: Sequence[Any], cfg: Any) -> list[float]:
+    """`normalized_hypervolume` of the first 1, 2, ... trials, in the order given."""
+    return hypervolume_history(*_hypervolume_columns(trials, cfg))
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -95,7 +194,7 @@ def trials_table(study: Any, cfg: Any) -> list[dict]:
         rows.append({
             "number": t.number, "state": t.state.name, "method": t.user_attrs.get("method", t.params.get("method")),
             "quality": t.values[0] if t.values else None, "memory_bytes": mem,
-            "feasible": mem is not None and mem <= cfg.memory_budget,
+            "feasible": within_budget(mem, cfg.memory_budget),
             "pareto": t.number in overall, "pareto_method": t.number in per_method,
             "avg_bits": r.get("avg_bits", (t.user_attrs.get("summary") or {}).get("avg_bits")),
             **{k: r.get(k) for k in ("accuracy", "perplexity", "peak_memory_bytes",

@@ -1,5 +1,7 @@
 """Layer configuration YAML: defaults, glob/exact overrides, validation errors that name things."""
 
+import dataclasses
+
 import pytest
 
 from automix.config.layers import LayerConfig, LayerConfigError, LayerSettings, resolved_from_dict
@@ -43,20 +45,40 @@ def test_name_matching_no_layer_lists_close_matches(tmp_path):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("default: {bits: 5}", "bits must be one of"),
-    ("default: {prune: 1.2}", "prune must be a fraction"),
-    ("default: {rank: -1}", "rank must be an integer"),
-    ("default: {group_size: 0}", "group_size"),
-    ("default: {bitz: 4}", "unknown key"),
-    ("layers:\n  'model.layers.0.mlp.up_proj': {prune: -0.1}", "layers.model.layers.0.mlp.up_proj"),
-    ("extra: 1", "unknown top-level"),
-    ("default: [1, 2", "not valid YAML"),
+    ("default: {bits: 5}", ":1: default.bits: bits must be one of [2, 3, 4, 8, 16], got 5"),
+    ("default: {prune: 1.2}", ":1: default.prune: prune must be a fraction in [0, 1), got 1.2"),
+    ("default: {rank: -1}", ":1: default.rank: rank must be an integer >= 0, got -1"),
+    ("default: {group_size: 0}", ":1: default.group_size: group_size must be a positive multiple of 8"),
+    ("default: {bitz: 4}", ":1: default.bitz: unknown key; expected one of ['bits', 'group_size', 'prune', 'rank']"),
+    ("layers:\n  'model.layers.0.mlp.up_proj': {prune: -0.1}",
+     ":2: layers.model.layers.0.mlp.up_proj.prune: prune must be a fraction in [0, 1), got -0.1"),
+    ("extra: 1", ":1: extra: unknown key; expected one of ['default', 'layers']"),
+    ("default: [1, 2", ":1: not valid YAML"),
 ])
-def test_bad_values_name_file_and_key(tmp_path, text, needle):
+def test_bad_values_name_file_line_and_key(tmp_path, text, needle):
     p = write(tmp_path, text)
     with pytest.raises(LayerConfigError) as err:
         LayerConfig.from_yaml(p).resolve(NAMES)
-    assert needle in str(err.value) and str(p) in str(err.value)
+    assert f"{p}{needle}" in str(err.value)
+
+
+def test_settings_are_validated_on_construction():
+    assert LayerSettings(4, 64, 0, 8) == LayerSettings(4, 64, 0.0, 8)
+    assert hash(LayerSettings(4, 64, 0, 8)) == hash(LayerSettings(4, 64, 0.0, 8))
+    with pytest.raises(LayerConfigError, match=r"bits must be one of \[2, 3, 4, 8, 16\], got 5"):
+        LayerSettings(5, 64, 0.0, 8)
+    for bad in [(4.0,), (True,), ("4",), (4, 64, 0.0, 1.0), (4, 60)]:  # no silent conversion
+        with pytest.raises(LayerConfigError):
+            LayerSettings(*bad)
+    with pytest.raises(LayerConfigError, match="unknown key 'bitz'"):
+        LayerSettings(bitz=4)
+    s = LayerSettings(4, 64, 0.25, 8)
+    assert dataclasses.replace(s, bits=16) == LayerSettings(16, 64, 0.25, 8)
+    assert dataclasses.asdict(s) == s.to_dict() == {"bits": 4, "group_size": 64, "prune": 0.25, "rank": 8}
+    with pytest.raises(LayerConfigError, match="rank must be an integer >= 0"):
+        dataclasses.replace(s, rank=-1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.bits = 2
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

@@ -3,6 +3,7 @@ before any trial runs."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -163,3 +164,45 @@ def test_sensitivity_profile_feeds_the_sampler_features(tmp_path, monkeypatch):
     f_on = make_sampler(on.cfg, on)._features(params)
     f_off = make_sampler(off.cfg, off)._features(params)
     assert f_on.shape == f_off.shape and not np.allclose(f_on, f_off)
+
+
+def test_search_space_overrides_are_merged_in_memory_and_errors_name_their_file(tmp_path, monkeypatch):
+    # The overrides merge into the space file without writing a file; an error in a key they set
+    # names the study file's line of search_space.overrides.<key>, one in a key of the space file
+    # the space file's line.
+    import tempfile
+
+    from automix.study.backend import AutomixBackend
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    space = tmp_path / "space.yaml"
+    space.write_text("fixed: {bits: 16, group_size: 32, prune: 0.0, rank: 8}\n"
+                     "choices:\n  bits: [2, 4]\n  rank: [4, 8]\ngroups: per_kind\n")
+
+    def study(overrides: str) -> Path:
+        text = GOOD.replace("  path: search_spaces/quickstart.yaml\n",
+                            f"  path: {space}\n  overrides:\n{textwrap.indent(overrides, '    ')}")
+        return write(tmp_path, text)
+
+    ok = AutomixBackend(load_study(study("choices:\n  bits: [2, 3, 8]\ngroups: global\n")))
+    assert set(ok.space.distributions) == {"bits.all", "rank.all"}
+    assert list(ok.space.distributions["bits.all"].choices) == [2, 3, 8]  # replaced, order kept
+    assert list(ok.space.distributions["rank.all"].choices) == [4, 8]     # kept from the file
+
+    p = study("choices:\n  bits: [2, 5]\n")  # lines 7-9: overrides: / choices: / bits: [2, 5]
+    with pytest.raises(StudyConfigError) as e:
+        AutomixBackend(load_study(p))
+    assert f"{p}:9: search_space.overrides.choices.bits.1: bits must be one of [2, 3, 4, 8, 16], got 5" \
+        in str(e.value)
+    p = study("groups: per_layer\n")
+    with pytest.raises(StudyConfigError, match=re.escape(f"{p}:8: search_space.overrides.groups: a grouping is one")):
+        AutomixBackend(load_study(p))
+
+    space.write_text(space.read_text().replace("rank: [4, 8]", "rank: [4, -8]"))
+    p = study("choices:\n  bits: [2, 8]\n")
+    with pytest.raises(StudyConfigError) as e:
+        AutomixBackend(load_study(p))
+    assert f"{space}:4: choices.rank.1: rank must be an integer >= 0, got -8" in str(e.value)
+    assert not list(temp.rglob("*.yaml"))  # no merged file written (torch may cache there)

@@ -183,6 +183,10 @@ def test_pareto_hypervolume_and_ehvi() -> None:
     # n-D path agrees with a 3-D embedding of the same front
     pts3 = np.hstack([pts, np.zeros((4, 1))])
     assert pareto.hypervolume(pts3, np.array([4.0, 4.0, 1.0])) == pytest.approx(6.0)
+    # as a fraction of the box from the ideal to the reference point
+    assert pareto.normalized_hypervolume(pts, [0.0, 0.0], [4.0, 4.0]) == pytest.approx(6.0 / 16)
+    assert pareto.normalized_hypervolume(pts, [1.0, 1.0], [4.0, 4.0]) == pytest.approx(6.0 / 9)
+    assert pareto.normalized_hypervolume(pts, [1.0, 1.0], [2.0, 2.0]) == 0.0  # all beyond the reference
     lo, hi = pareto.nondominated_boxes(pts[:3], np.array([4.0, 4.0]))
     cand = np.array([[0.5, 0.5], [2.5, 2.5], [1.5, 1.5]])
     hvi = pareto.hypervolume_improvement(cand, lo, hi)

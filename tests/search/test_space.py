@@ -90,9 +90,7 @@ def test_errors_name_file_key_and_line(tmp_path: Path, text: str, key: str, line
     path = _write(tmp_path, text)
     with pytest.raises(SearchSpaceError) as err:
         load_space(path, LAYERS)
-    msg = str(err.value)
-    assert str(path) in msg and key in msg
-    assert f"{path}:{line}" in msg
+    assert f"{path}:{line}: {key}" in str(err.value)
 
 
 def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Loading local save_pretrained directories and enumerating their decoder linear layers."""
+"""Loading local save_pretrained directories (every supported family), errors, fingerprints."""
 
 from __future__ import annotations
 
@@ -6,31 +6,10 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
-from automix import arch
-from automix import builtin
+from automix import arch, builtin
 from automix.trial import models
-
-
-def _tiny_config(kind: str):
-    import transformers as tf
-
-    if kind == "llama":
-        return tf.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    if kind == "mistral":
-        return tf.MistralConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64)
-    if kind == "qwen2":
-        return tf.Qwen2Config(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    if kind == "opt":
-        return tf.OPTConfig(vocab_size=97, hidden_size=64, ffn_dim=96, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=64)
-    if kind == "gpt2":
-        return tf.GPT2Config(vocab_size=97, n_embd=64, n_inner=96, n_layer=2, n_head=4, n_positions=64)
-    raise AssertionError(kind)
+from tests.tiny_models import tiny_config
 
 
 EXPECTED = {
@@ -47,7 +26,7 @@ EXPECTED["mistral"] = EXPECTED["qwen2"] = EXPECTED["llama"]
 def saved_model(request, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    cfg = _tiny_config(request.param)
+    cfg = tiny_config(request.param)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(tmp_path)
     return request.param, tmp_path, cfg
@@ -82,45 +61,6 @@ def test_load_and_enumerate_each_architecture(saved_model):
     del x
 
 
-def test_gpt2_weight_view_is_transposed_and_shared(tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_config(_tiny_config("gpt2"))
-    c_fc = arch.target_layers(model)["transformer.h.0.mlp.c_fc"]
-    w = arch.linear_weight(c_fc)
-    assert tuple(w.shape) == (96, 64) and tuple(c_fc.weight.shape) == (64, 96)
-    assert w.data_ptr() == c_fc.weight.data_ptr()  # a view, not a copy
-
-
-def test_layer_kinds_and_coupled_groups():
-    cfg = _tiny_config("llama")
-    groups = arch.coupled_groups(cfg)
-    assert len(groups) == 4
-    attn, mlp = groups[0], groups[1]
-    assert attn.kind == "attention_heads" and attn.n_units == 4 and attn.n_kv_units == 2 and attn.unit == 16
-    assert attn.in_pruned == ("model.layers.0.self_attn.o_proj",)
-    assert mlp.out_pruned == ("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj")
-    assert mlp.in_pruned == ("model.layers.0.mlp.down_proj",) and mlp.n_units == 96
-    g2 = arch.coupled_groups(_tiny_config("gpt2"))
-    assert g2[0].packed_qkv and g2[0].out_pruned == ("transformer.h.0.attn.c_attn",)
-    assert g2[1].out_pruned == ("transformer.h.0.mlp.c_fc",)
-    opt = arch.coupled_groups(_tiny_config("opt"))
-    assert opt[1].out_pruned == ("model.decoder.layers.0.fc1",)
-    assert arch.layer_kind("model.decoder.layers.1.fc2") == "mlp_down"
-    assert arch.layer_kind("transformer.h.0.attn.c_attn") == "attn_qkv"
-    with pytest.raises(ValueError, match="not a decoder linear-layer name"):
-        arch.block_index("lm_head")
-
-
-def test_names_survive_layer_replacement():
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_config(_tiny_config("llama"))
-    names = list(arch.target_layers(model))
-    model.model.layers[1].mlp.down_proj = nn.Identity()
-    assert list(arch.target_layers(model)) == names
-
-
 def test_missing_dir_and_non_causal_and_unsupported(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         models.load_model(str(tmp_path / "nope"))
@@ -145,7 +85,7 @@ def test_missing_dir_and_non_causal_and_unsupported(tmp_path):
 def test_fingerprint_tracks_weights(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(_tiny_config("llama"))
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
     model.save_pretrained(tmp_path / "a")
     fa = models.model_fingerprint(str(tmp_path / "a"))
     assert fa == models.model_fingerprint(str(tmp_path / "a")) and len(fa) == 16
