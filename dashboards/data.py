@@ -311,9 +311,10 @@ def resolve_layers(layers: Any, names: Sequence[str]) -> dict[str, dict[str, flo
     if not _is_compact(layers):
         return {str(n): _settings(s) for n, s in layers.items() if isinstance(s, Mapping)}
     names = list(names)
-    default = {**{k: float(v) for k, v in LayerSettings().to_dict().items()}, **_settings(layers.get("default"))}
+    recorded_default = _settings(layers.get("default"))
+    default = {**{k: float(v) for k, v in LayerSettings().to_dict().items()}, **recorded_default}
     if not names:
-        return {"(all layers)": default} if _settings(layers.get("default")) else {}
+        return {"(all layers)": default} if recorded_default else {}
     try:
         resolved = LayerConfig.from_dict(layers).resolve(names)
     except (ValueError, TypeError):  # LayerConfigError is a ValueError

@@ -14,16 +14,14 @@ The trivial trial is `automix.testing.synthetic_trial`, which the orchestration 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 
-from automix.testing import SyntheticBackend
 from automix.config.study import StudyConfig, load_study
+from automix.testing import SyntheticBackend
 from automix.study.backend import AutomixBackend
 from automix.study.executors import RayExecutor
 from automix.study.loop import run_study

@@ -234,7 +234,7 @@ class StudyConfig(_Strict):
 def load_study(path: str | os.PathLike, **overrides: Any) -> StudyConfig:
     """Read and validate a study file; `overrides` (e.g. workers=2) replace top-level keys.
 
-    Only the schema is checked here; `automix.study.loop.preflight` checks what needs the model, the
+    Only the schema is checked here; `automix.study.backend.preflight` checks what needs the model, the
     search space and the tracking server, before any trial runs.
     """
     p = Path(path)

@@ -16,6 +16,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
+import optuna
+import sqlalchemy
+from optuna.distributions import CategoricalDistribution
+from pydantic import ValidationError
+from transformers import AutoConfig
+
 from automix.arch import arch_info, layer_shapes, target_layer_names
 from automix.config.layers import average_bits
 from automix.config.space import read_space_file
@@ -34,8 +40,6 @@ __all__ = ["make_sampler", "compact_layers", "AutomixBackend", "preflight"]
 
 def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
     """The sampler the study asks for, told the memory objective and budget it can compute."""
-    import optuna
-
     mem = backend.predicted_memory
     budget = float(cfg.memory_budget)
 
@@ -92,8 +96,6 @@ class AutomixBackend:
     function = "automix.trial:run_trial"
 
     def __init__(self, cfg: StudyConfig) -> None:
-        from optuna.distributions import CategoricalDistribution
-
         self.cfg = cfg
         where = cfg.source or "<study>"
         unknown = [m for m in cfg.methods if m not in available_methods()]
@@ -108,8 +110,6 @@ class AutomixBackend:
             self.model_dir = resolve_model_dir(model)
         except ModelLoadError as err:
             raise StudyConfigError(f"{where}: model: {err}") from None
-        from transformers import AutoConfig
-
         self.hf_config = AutoConfig.from_pretrained(self.model_dir)
         self.arch = arch_info(self.hf_config)
         self.layer_names = target_layer_names(self.hf_config)
@@ -285,8 +285,6 @@ def preflight(cfg: StudyConfig, backend: Any) -> None:
                 + (f", method {params.get('method')}" if params.get("method") else "") + ")"
             )
     if isinstance(backend, AutomixBackend):
-        from pydantic import ValidationError
-
         try:  # the spec every trial will get (trial settings + extra keys) is a valid TrialSpec
             TrialSpec.model_validate(backend.payload(params or {"method": cfg.methods[0]}))
         except ValidationError as err:
@@ -303,8 +301,6 @@ def preflight(cfg: StudyConfig, backend: Any) -> None:
             raise StudyConfigError(f"{where}: storage: directory {parent} does not exist")
     else:
         try:
-            import sqlalchemy
-
             engine = sqlalchemy.create_engine(url)
             with engine.connect():
                 pass

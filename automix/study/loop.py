@@ -24,14 +24,14 @@ from typing import Any, Callable, Mapping, Protocol
 
 from optuna.trial import TrialState
 
+from automix.search._optuna_compat import storage_of, trial_id_of_number
 from automix.study.artifacts import write_study_artifacts
+from automix.study.backend import make_sampler
 from automix.study.executors import RayExecutor
 from automix.study.progress import StudyProgress
 from automix.study.results import finished_trials, is_feasible, normalized_hypervolume, objective_values, pareto_numbers
-from automix.search._optuna_compat import storage_of
-from automix.study.storage import open_study, requeue_stale, trial_id
+from automix.study.storage import open_study, requeue_stale
 from automix.study.tracking import Tracker
-from automix.study.backend import make_sampler
 
 __all__ = ["TrialBackend", "StudyRun", "run_study"]
 
@@ -158,7 +158,7 @@ def run_study(
         run.interrupted = True
         for outcome in executor.cancel_all():
             pending.pop(outcome.key, None)
-            tid = trial_id(study, outcome.key)
+            tid = trial_id_of_number(study, outcome.key)
             storage_of(study).set_trial_user_attr(tid, "interrupted", True)
             storage_of(study).set_trial_user_attr(tid, "failure_reason",
                                                "interrupted by the user (re-run on resume)")
@@ -177,7 +177,7 @@ def run_study(
 
 def _finish(study: Any, tracker: Any, cfg: Any, outcome: Any, info: dict, run: StudyRun) -> None:
     """Tell one outcome to Optuna, log it to MLflow, refresh the Pareto tags and hypervolume."""
-    storage, tid = storage_of(study), trial_id(study, outcome.key)
+    storage, tid = storage_of(study), trial_id_of_number(study, outcome.key)
     result = outcome.value if isinstance(outcome.value, dict) else (
         outcome.value.to_dict() if hasattr(outcome.value, "to_dict") else {})
     result = {k: v for k, v in result.items() if _jsonable(v)}

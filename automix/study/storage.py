@@ -11,10 +11,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from automix.search._optuna_compat import storage_of, trial_id as compat_trial_id, trial_id_of_number as trial_id
 from automix.config.study import StudyConfig, StudyConfigError, default_storage_url, load_study
+from automix.search._optuna_compat import storage_of, trial_id
 
-__all__ = ["open_study", "requeue_stale", "trial_id", "study_from_ref"]
+__all__ = ["open_study", "requeue_stale", "study_from_ref"]
 
 
 def open_study(cfg: Any, sampler: Any = None, *, create: bool = True) -> Any:
@@ -57,10 +57,10 @@ def requeue_stale(study: Any) -> list[int]:
         if t.params and t.number not in already:
             study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number},
                                 skip_if_exists=False)
-        storage.set_trial_user_attr(compat_trial_id(t), "stale", True)
-        storage.set_trial_user_attr(compat_trial_id(t), "failure_reason",
+        storage.set_trial_user_attr(trial_id(t), "stale", True)
+        storage.set_trial_user_attr(trial_id(t), "failure_reason",
                                     t.user_attrs.get("failure_reason") or "stale: its driver stopped mid-trial")
-        storage.set_trial_state_values(compat_trial_id(t), TrialState.FAIL)
+        storage.set_trial_state_values(trial_id(t), TrialState.FAIL)
         requeued.append(t.number)
     return requeued
 

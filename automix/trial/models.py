@@ -22,6 +22,7 @@ from automix.builtin import BUILTIN_SIZES, builtin_model_dir
 __all__ = ["ModelLoadError", "resolve_model_dir", "check_model_config", "load_model", "load_tokenizer",
            "model_fingerprint"]
 
+
 def resolve_model_dir(spec: str | os.PathLike) -> Path:
     """'builtin:tiny' / 'builtin:small' / a path -> an existing directory with a config.json."""
     s = str(spec)
@@ -44,13 +45,11 @@ def check_model_config(path: Path) -> Any:
         cfg = AutoConfig.from_pretrained(path)
     except Exception as err:  # noqa: BLE001 - re-raised with the path
         raise ModelLoadError(f"cannot read the model config in {path}: {err}") from err
-    mt = getattr(cfg, "model_type", None)
     archs = list(getattr(cfg, "architectures", None) or [])
     if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
         raise ModelLoadError(f"{path} holds {', '.join(archs)}, not a causal language model; "
                              f"automix needs a *ForCausalLM model of: {', '.join(supported_architectures())}")
-    if mt not in supported_architectures():
-        arch_info(cfg)  # raises ModelLoadError naming the supported types
+    arch_info(cfg)  # raises ModelLoadError naming the supported types
     return cfg
 
 

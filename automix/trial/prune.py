@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from automix.config.layers import LayerSettings
-from automix.arch import ArchInfo, arch_info, as_linear, block_index, block_ratios, kept_units, layer_kind, linear_weight
+from automix.arch import arch_info, kept_units, linear_weight
 
 STRUCTURED_FAMILIES = ("llama", "mistral", "qwen2")
 
