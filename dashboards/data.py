@@ -56,6 +56,7 @@ class StudyData:
       front_method (front of the trial's method), avg_bits, avg_prune, avg_rank, accuracy,
       perplexity, measured_memory, predicted_memory, predicted_quality, trainable_params,
       failure_reason, order (1-based finishing order).
+    exported: the trials `automix export` wrote (trial number -> output directory).
     layers: trial number -> {layer name -> {bits, prune, rank, group_size}} where recorded.
     breakdown: trial number -> {category -> bytes} from the memory model (result.memory_predicted).
     """
@@ -72,6 +73,8 @@ class StudyData:
     layers: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     breakdown: dict[int, dict[str, float]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    exported: dict[int, str] = field(default_factory=dict)  # trial number -> where `automix export` wrote it
+    devices: list[str] = field(default_factory=list)        # the devices the trials ran on ("cpu", "cuda:0")
 
     @property
     def maximize(self) -> bool:
@@ -134,6 +137,8 @@ def load_study_data(name: str, storage: str | None = None) -> StudyData:
             f"study {name!r} in {url} has no finished trials yet"
             + (f" ({n_fail} failed)" if n_fail else "") + ": nothing to report; run `automix search` first"
         )
+    data.exported = {int(n): str(p) for n, p in (study.user_attrs.get("exported") or {}).items()}
+    data.devices = sorted({str((t.user_attrs.get("result") or {}).get("device") or "") for t in trials} - {""})
     names = layer_names(config, [t.user_attrs.get("layers") for t in trials])
     rows = []
     for i, t in enumerate(trials):

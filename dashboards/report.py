@@ -36,12 +36,13 @@ _CAPTIONS = {
               "the trials the MLflow <code>pareto_method</code> tag marks) is a step line. Hover a point "
               "for its configuration.",
     "hypervolume": "Hypervolume of the feasible front after each finished trial, for all methods "
-                   "together and each method alone (0 = nothing found, 1 = full accuracy at no memory).",
+                   "together and each method alone, as a fraction of the box between quality 0 at the "
+                   "memory budget and perfect quality at no memory; {quality_note}. Higher is better.",
     "calibration": "How well the search's accuracy predictor and the analytic memory model ranked the "
                    "configurations they proposed: points on the dashed line are exact.",
     "layers": "Per-layer settings of the configurations on the overall front, by increasing memory.",
     "memory": "Where the memory of each front configuration goes, according to the memory model; "
-              "the black bars mark the measured peak.",
+              "the black bars mark the measured peak.{device_note}",
 }
 
 
@@ -101,7 +102,9 @@ def _summary_table(studies: Sequence[StudyData], unit: tuple[str, float]) -> str
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def _front_table(s: StudyData, unit: tuple[str, float]) -> str:
+def _front_table(s: StudyData, unit: tuple[str, float], titled: bool = False) -> str:
+    """The front's configurations (the exported pick marked); under the study's name when the
+    page shows several studies."""
     cols = ("number", "method", "quality", "memory", "measured_memory", "avg_bits", "avg_prune", "avg_rank")
     names = ("trial", "method", s.quality, f"memory ({unit[0]})", f"measured ({unit[0]})", "avg bits",
              "avg prune", "avg rank")
@@ -114,15 +117,33 @@ def _front_table(s: StudyData, unit: tuple[str, float]) -> str:
                 v = f"{v / unit[1]:.4g}"
             elif isinstance(v, float):
                 v = "—" if v != v else f"{v:.4g}"
+            if c == "number" and int(v) in s.exported:
+                v = f"{int(v)} (exported)"
             cells.append(f"<td{' class=l' if c == 'method' else ''}>{html.escape(str(v))}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     head = "".join(f"<th{' class=l' if n == 'method' else ''}>{html.escape(n)}</th>" for n in names)
-    return f"<h3>{html.escape(s.name)}: front configurations</h3><table><tr>{head}</tr>{''.join(rows)}</table>"
+    title = f"<h3>{html.escape(s.name)}</h3>" if titled else ""
+    return f"{title}<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def _hide_password(url: str) -> str:
     """The page is shared (and logged to MLflow): never print a database password."""
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
+def _caption_notes(studies: Sequence[StudyData]) -> dict[str, str]:
+    """The parts of the captions that depend on the studies: what quality means in the
+    hypervolume, and what "measured" memory is on the devices the trials ran on."""
+    if all(s.maximize for s in studies):
+        quality_note = f"quality is the {studies[0].quality} (1 = every answer right)"
+    else:
+        quality_note = (f"quality is 1 / {studies[0].quality} (1 = perplexity 1, a perfect model; "
+                        "lower perplexity is better)")
+    devices = {d.split(":")[0] for s in studies for d in s.devices}
+    device_note = (" On CPU, the measured peak is automix's accounting of the live tensors (weights, "
+                   "adapters, gradients, optimizer states, saved activations), not an allocator reading; "
+                   "on CUDA it is torch.cuda.max_memory_allocated." if "cpu" in devices else "")
+    return {"quality_note": quality_note, "device_note": device_note}
 
 
 def render_html(studies: Sequence[StudyData], figures: dict[str, go.Figure],
@@ -138,10 +159,11 @@ def render_html(studies: Sequence[StudyData], figures: dict[str, go.Figure],
         heading = _HEADINGS.get(base, key) + (f": {who}" if who else "")
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"view-{key}",
                           config={"displaylogo": False, "responsive": True})
+        caption = _CAPTIONS.get(base, "").format(**_caption_notes(studies))
         sections.append(f'<section id="section-{html.escape(key)}"><h2>{html.escape(heading)}</h2>'
-                        f'<p class=meta>{_CAPTIONS.get(base, "")}</p>{div}</section>')
+                        f'<p class=meta>{caption}</p>{div}</section>')
     note_html = "".join(f"<li class=note>{html.escape(n)}</li>" for n in notes)
-    fronts = "".join(_front_table(s, unit) for s in studies)
+    fronts = "".join(_front_table(s, unit, titled=len(studies) > 1) for s in studies)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
@@ -218,7 +240,6 @@ def build_report(
         raise ValueError(f"source must be 'optuna' or 'mlflow', got {source!r}")
     names = list(dict.fromkeys([study, *compare]))
     out_dir = Path(out) if out is not None else Path("reports") / "-vs-".join(names)
-    out_dir.mkdir(parents=True, exist_ok=True)
     loaded, notes = [], []
     for name in names:
         try:
@@ -228,11 +249,13 @@ def build_report(
                 loaded.append(load_study_data(name, storage))
         except NoFinishedTrialsError as err:
             if name == study:
+                out_dir.mkdir(parents=True, exist_ok=True)
                 (out_dir / "report.html").write_text(render_empty_html(names, str(err)))
                 raise
             notes.append(f"left out: {err}")
     for s in loaded:
         notes.extend(f"{s.name}: {m}" for m in s.missing)
+    out_dir.mkdir(parents=True, exist_ok=True)
     figures = study_figures(loaded)
     report = Report(out_dir=out_dir, html=out_dir / "report.html", figures=figures, notes=notes)
     report.html.write_text(render_html(loaded, figures, notes))

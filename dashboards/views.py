@@ -56,6 +56,11 @@ def message_figure(title: str, text: str) -> go.Figure:
     return fig
 
 
+def _budget_label(budget: float, unit: tuple[str, float]) -> str:
+    """The budget with as many digits as it has (11 MiB, 10.5 MiB; never a rounded front value)."""
+    return f"{budget / unit[1]:.6g} {unit[0]}"
+
+
 def _fmt(v: float | None, spec: str = ".3g") -> str:
     return "—" if v is None or pd.isna(v) else format(float(v), spec)
 
@@ -109,17 +114,29 @@ def pareto_view(studies: Sequence[StudyData]) -> go.Figure:
                 hovertemplate="%{hovertext}<extra></extra>",
                 meta=dict(kind="front", study=s.name, method=m),
             ))
+    for si, s in enumerate(studies):
+        picked = s.complete[s.complete.number.isin(list(s.exported))]
+        if len(picked):
+            fig.add_trace(go.Scatter(
+                x=picked.memory / unit[1], y=picked.quality, mode="markers",
+                name=_trace_name(s, "exported", many),
+                marker=dict(symbol="star", size=18, color="gold", line=dict(color="black", width=1.5)),
+                hovertext=_hover(picked, s.quality, unit, s.name if many else None),
+                hovertemplate="%{hovertext}<br>exported<extra></extra>",
+                meta=dict(kind="exported", study=s.name),
+            ))
     for b in sorted({s.budget for s in studies if s.budget}):
         fig.add_vline(x=b / unit[1], line_dash="dash", line_color="#444",
-                      annotation_text=f"budget {b / unit[1]:.4g} {unit[0]}", annotation_position="top left")
+                      annotation_text=f"budget {_budget_label(b, unit)}", annotation_position="top left")
     n = sum(len(s.complete) for s in studies)
     failed = sum(int((s.frame.state == "FAIL").sum()) for s in studies)
     quality = studies[0].quality
     title = f"{quality} vs memory: Pareto fronts per method ({n} trials" + (
         f", {failed} failed, not shown)" if failed else ")")
-    fig.update_layout(title=title, template=_TEMPLATE, xaxis_title=f"memory ({unit[0]})",
-                      yaxis_title=quality, legend_title_text="method", hovermode="closest",
-                      height=520)
+    better = "higher" if studies[0].maximize else "lower"
+    fig.update_layout(title=title, template=_TEMPLATE, xaxis_title=f"memory ({unit[0]}, lower is better)",
+                      yaxis_title=f"{quality} ({better} is better)", legend_title_text="method",
+                      hovermode="closest", height=520)
     return fig
 
 
@@ -267,7 +284,7 @@ def layers_view(study: StudyData) -> go.Figure:
     if not settings:
         settings = [k for k in ("prune", "rank") if values[k]][:1]
     unit = memory_unit([study])
-    rows = [f"#{int(r.number)} {r.method} · {r.memory / unit[1]:.3g} {unit[0]}" for _, r in front.iterrows()]
+    rows = [f"#{int(r.number)} {r.method} · {r.memory / unit[1]:.4g} {unit[0]}" for _, r in front.iterrows()]
     fig = make_subplots(rows=len(settings), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[{"bits": "bits", "prune": "prune ratio", "rank": "adapter rank"}[k]
                                         for k in settings])
@@ -328,7 +345,7 @@ def memory_breakdown_view(study: StudyData) -> go.Figure:
                                  meta=dict(kind="measured")))
     if study.budget:
         fig.add_hline(y=study.budget / unit[1], line_dash="dash", line_color="#444",
-                      annotation_text=f"budget {study.budget / unit[1]:.4g} {unit[0]}")
+                      annotation_text=f"budget {_budget_label(study.budget, unit)}")
     fig.update_layout(barmode="stack", template=_TEMPLATE, height=460,
                       title=f"{study.name}: predicted memory breakdown of the front configurations",
                       xaxis_title="front configuration (by increasing memory)",

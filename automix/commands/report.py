@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from automix.commands import add_study_argument, study_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -12,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Write a self-contained HTML report (plotly, opens offline) and one PNG per view, "
                     "and log them on the study's MLflow parent run (artifacts under report/).",
     )
-    p.add_argument("--study", required=True, help="study name in the Optuna storage")
+    add_study_argument(p)
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: the working dir's SQLite file)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: the one the study recorded, else the working dir's)")
@@ -30,4 +31,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from automix.dashboards.report import main  # lazy: CLI start-up (a command loads only what it runs)
 
+    args.study = study_argument(args)
     return main(args)

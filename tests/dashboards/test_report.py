@@ -231,8 +231,8 @@ def test_pareto_view_points_fronts_budget_and_hover(single):
         assert word in hover
     budget_lines = [s for s in fig["layout"]["shapes"] if s["x0"] == s["x1"]]
     assert [s["x0"] for s in budget_lines] == [pytest.approx(cfg.memory_budget / scale)]
-    assert fig["layout"]["xaxis"]["title"]["text"] == "memory (KiB)"
-    assert fig["layout"]["yaxis"]["title"]["text"] == "accuracy"
+    assert fig["layout"]["xaxis"]["title"]["text"] == "memory (KiB, lower is better)"
+    assert fig["layout"]["yaxis"]["title"]["text"] == "accuracy (higher is better)"
 
 
 def test_hypervolume_view_matches_the_driver(single):
@@ -487,3 +487,29 @@ def test_page_never_shows_a_database_password(single):
     data.storage = "postgresql://automix:s3cret-pw@db.example:5432/optuna"
     page = render_html([data], {"pareto": rep.figures["pareto"]})
     assert "s3cret-pw" not in page and "postgresql://automix:***@db.example:5432/optuna" in page
+
+
+def test_exported_pick_is_marked_and_captions_fit_the_study(stores, tmp_path):
+    from automix.export import select_trial
+
+    d, cfgs = stores
+    cfg = cfgs["tpe"]
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    pick = select_trial(study, cfg)
+    study.set_user_attr("exported", {str(pick.number): str(tmp_path / "out")})  # what export_trial records
+    rep = build_report(cfg.name, storage=cfg.storage_url, out=tmp_path / "rep", png=False, log_mlflow=False)
+    text = rep.html.read_text()
+    stars = [tr for tr in html_figures(rep.html)["pareto"]["data"] if tr.get("meta", {}).get("kind") == "exported"]
+    assert len(stars) == 1 and list(stars[0]["y"]) == [pytest.approx(pick.values[0])]
+    assert f"<td>{pick.number} (exported)</td>" in text
+    assert "quality is the accuracy" in text and "full accuracy" not in text
+    assert text.count("<h2>front configurations</h2>") == 1 and "<h3>" not in text  # one heading, not two
+
+
+def test_report_on_a_missing_store_writes_nothing(tmp_path, monkeypatch, capsys):
+    from automix.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "nothere", "--no-mlflow"]) == 2
+    assert "no Optuna storage" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()

@@ -51,7 +51,7 @@ def test_pick_modes(tmp_path):
     assert select_trial(study, cfg, 10_000, "accuracy").number == 5  # a larger limit than the budget
     with pytest.raises(ExportError, match=r"fits in 50 B: the smallest memory found is 100 B \(trial 0\)"):
         select_trial(study, cfg, 50)
-    with pytest.raises(ExportError, match="--pick"):
+    with pytest.raises(ExportError, match="--pick must be best, memory, knee"):
         select_trial(study, cfg, None, "speed")
 
 

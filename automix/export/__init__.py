@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from transformers import AutoModelForCausalLM
+
+from automix.arch import target_layer_names
+from automix.config.layers import resolved_from_dict
 from automix.config.study import format_size
+from automix.export.dense import ExportFormatError
+from automix.export.formats import FORMATS, write_hf, write_llama_cpp, write_peft
 from automix.study.backend import compact_layers
 from automix.study.results import finished_trials, pareto_numbers
 from automix.trial import prepare_model, run_trial
+from automix.trial.models import check_model_config, resolve_model_dir
 
-__all__ = ["ExportError", "select_trial", "export_trial", "save_weights", "ExportedModel", "load"]
+__all__ = ["ExportError", "ExportFormatError", "FORMATS", "select_trial", "export_trial", "save_weights",
+           "ExportedModel", "load"]
 
 
 class ExportError(ValueError):
@@ -29,13 +37,18 @@ class ExportError(ValueError):
 
 # -- choosing and exporting a configuration ---------------------------------------------------
 
-def select_trial(study: Any, cfg: Any, max_memory: float | None = None, pick: str = "accuracy") -> Any:
-    """The front trial to export: within `max_memory` (default: the study budget), best quality
-    ("accuracy"), least memory ("memory"), or the knee of the front ("knee")."""
+PICKS = ("best", "memory", "knee")
+
+
+def select_trial(study: Any, cfg: Any, max_memory: float | None = None, pick: str = "best") -> Any:
+    """The front trial to export: within `max_memory` (default: the study budget), the best
+    quality objective (highest accuracy or lowest perplexity: "best"; "accuracy" is an older
+    name for it), least memory ("memory"), or the knee of the front ("knee")."""
     from optuna.trial import TrialState
 
-    if pick not in ("accuracy", "memory", "knee"):
-        raise ExportError(f"--pick must be accuracy, memory or knee, got {pick!r}")
+    pick = "best" if pick == "accuracy" else pick
+    if pick not in PICKS:
+        raise ExportError(f"--pick must be {', '.join(PICKS)}, got {pick!r}")
     limit = float(max_memory if max_memory is not None else cfg.memory_budget)
     done = [t for t in finished_trials(study) if t.state == TrialState.COMPLETE and t.values]
     if not done:
@@ -52,7 +65,7 @@ def select_trial(study: Any, cfg: Any, max_memory: float | None = None, pick: st
     sign = 1.0 if cfg.directions[0] == "maximize" else -1.0
     if pick == "memory":
         return front[0]
-    if pick == "accuracy" or len(front) < 3:
+    if pick == "best" or len(front) < 3:
         return max(front, key=lambda t: (sign * t.values[0], -t.values[1]))
     # knee: farthest (normalised) point from the line joining the front's two ends
     q = [sign * t.values[0] for t in front]
@@ -64,8 +77,10 @@ def select_trial(study: Any, cfg: Any, max_memory: float | None = None, pick: st
     return max(zip(front, pts), key=lambda fp: abs(ey * fp[1][0] - ex * fp[1][1]) / norm)[0]
 
 
-def export_trial(study: Any, cfg: Any, trial: Any, out: str | Path, with_weights: bool = False) -> Path:
-    """Write the chosen trial: layers.yaml, manifest.json and (with weights) the checkpoint."""
+def export_trial(study: Any, cfg: Any, trial: Any, out: str | Path, with_weights: bool = False,
+                 formats: Sequence[str] = ("automix",)) -> Path:
+    """Write the chosen trial: layers.yaml, manifest.json, with weights the checkpoint, and the
+    other `formats` (see :mod:`automix.export.formats`; hf and peft imply weights)."""
     import yaml
 
     out = Path(out)
@@ -84,13 +99,60 @@ def export_trial(study: Any, cfg: Any, trial: Any, out: str | Path, with_weights
         "result": trial.user_attrs.get("result", {}), "spec": spec, "params": trial.params,
         "files": {"layers": "layers.yaml"},
     }
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ExportError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    with_weights = with_weights or bool({"hf", "peft"} & set(formats))
     if with_weights:
         if not spec:
             raise ExportError(f"trial {trial.number} has no recorded trial spec to re-run for weights")
         manifest["files"].update(save_weights(spec, out))
         manifest["reproduced"] = json.loads((out / "reproduced.json").read_text())
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        manifest["formats"] = _write_weight_formats(out, formats)
+        manifest["files"].update({f: f for f in manifest["formats"]})
+    if "llama-cpp" in formats:
+        resolved = _resolved_layers(layers, spec or {"model": cfg.model})
+        hf_dir = str((out / "hf").resolve()) if "hf" in formats else None
+        write_llama_cpp(resolved, out / "llama-cpp", hf_dir)
+        manifest["files"]["llama-cpp"] = "llama-cpp"
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    exported = dict(study.user_attrs.get("exported") or {})
+    exported[str(trial.number)] = str(out.resolve())
+    study.set_user_attr("exported", exported)  # the report marks the exported pick
     return out
+
+
+def _resolved_layers(layers: dict, spec: dict) -> dict[str, dict[str, Any]]:
+    """{layer: settings dict} for every target layer of the trial's model."""
+    if "default" not in layers and "layers" not in layers:
+        return layers
+    names = target_layer_names(check_model_config(resolve_model_dir(spec.get("model", "builtin:tiny"))))
+    return {n: s.to_dict() for n, s in resolved_from_dict(layers, names, "the trial's layers").items()}
+
+
+def _write_weight_formats(out: Path, formats: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """hf / peft directories next to the automix checkpoint, each checked by re-scoring: the
+    metric of the written checkpoint beside the one `automix.load` gives."""
+    written: dict[str, dict[str, Any]] = {}
+    if not {"hf", "peft"} & set(formats):
+        return written
+    exported = load(out)
+    reference = exported.evaluate()
+    metric = exported.task.metric
+    if "hf" in formats:
+        hf_dir = write_hf(exported, out / "hf")
+        model = AutoModelForCausalLM.from_pretrained(hf_dir)
+        written["hf"] = {"path": "hf", metric: replace(exported, model=model).evaluate()[metric],
+                         f"automix_{metric}": reference[metric]}
+    if "peft" in formats:
+        base_dir, adapter_dir = write_peft(exported, out / "peft")
+        from peft import PeftModel  # lazy: optional dependency, write_peft has checked it is there
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
+        written["peft"] = {"path": "peft", metric: replace(exported, model=model).evaluate()[metric],
+                           f"automix_{metric}": reference[metric]}
+    return written
 
 
 def _prepare(spec: Any) -> tuple[Any, Any, Any, Any]:
