@@ -12,7 +12,7 @@ import sys
 
 
 # Order is the order shown by --help.
-COMMANDS = ["pretrain", "profile", "trial", "search", "status", "export", "report", "ui", "bench"]
+COMMANDS = ["pretrain", "models", "profile", "trial", "search", "status", "export", "report", "ui", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

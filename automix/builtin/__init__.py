@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import platformdirs
+from automix.config.locations import cache_root
 
 __all__ = ["BUILTIN_SIZES", "BuiltinModelMissing", "builtin_model_dir", "cached_model_dir", "shipped_model_dir"]
 
@@ -33,9 +33,9 @@ def shipped_model_dir(size: str) -> Path:
 
 
 def cached_model_dir(size: str) -> Path:
-    """Where `automix pretrain` puts a built-in model by default (user cache dir)."""
+    """Where `automix pretrain` puts a built-in model by default (``models/`` in the cache root)."""
     _check_size(size)
-    return Path(platformdirs.user_cache_dir("automix")) / "models" / size
+    return cache_root() / "models" / size
 
 
 def _complete(d: Path) -> bool:

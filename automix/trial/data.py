@@ -10,6 +10,10 @@ Two tasks, each with a built-in synthetic version (from `automix.builtin.corpus`
 User data may also be a `datasets.save_to_disk` directory. With one file and no `eval_path`,
 every 10th record is held out for evaluation (deterministic). Evaluation defaults are sized so
 that one trial evaluates in seconds on a laptop CPU.
+
+Named data sets (`BUILTIN_DATA`) stand in for a path: ``builtin:python-docs`` is real,
+human-written English (CPython's own documentation, `automix.trial.pydocs`) for the lm task
+and calibration, built offline into the cache with a fixed held-out split.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import math
 import random
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from automix.builtin import corpus
+from automix.trial import pydocs
 
 
 class DataError(ValueError):
@@ -85,10 +90,41 @@ def _load_saved_dataset(path: Path, required: Sequence[str]) -> tuple[list[dict]
     return [dict(r) for r in train], ([dict(r) for r in evl] if evl is not None else None)
 
 
+# Named data sets: name -> (the fields its records have, a function returning (train, eval) files).
+BUILTIN_DATA: dict[str, tuple[tuple[str, ...], Callable[[], tuple[Path, Path]]]] = {
+    f"builtin:{pydocs.NAME}": (("text",), pydocs.corpus_files),
+}
+
+
+def is_named_data(path: str | Path | None) -> bool:
+    """Whether a data spec is a name ('builtin:...') rather than a path: a study file resolves
+    paths against its own folder, names are left as they are."""
+    return path is not None and str(path).startswith("builtin:")
+
+
+def resolve_data(path: str | Path, required: Sequence[str], eval_path: str | Path | None = None
+                 ) -> tuple[Path, Path | None]:
+    """A data spec -> (train path, eval path): a named data set gives its own two files (built
+    on first use; an explicit `eval_path` still wins), a path is returned as it is."""
+    if not is_named_data(path):
+        return Path(path), (Path(eval_path) if eval_path is not None else None)
+    name = str(path)
+    if name not in BUILTIN_DATA:
+        raise DataError(f"unknown data set {name!r}; named data sets: {', '.join(sorted(BUILTIN_DATA))} "
+                        "(or give a JSONL file / datasets.save_to_disk directory)")
+    fields, files = BUILTIN_DATA[name]
+    missing = [k for k in required if k not in fields]
+    if missing:
+        raise DataError(f"data set {name!r} has records with {', '.join(fields)}; this task needs "
+                        f"{', '.join(required)} (missing {', '.join(missing)})")
+    train, evl = files()
+    return train, (Path(eval_path) if eval_path is not None else evl)
+
+
 def load_records(path: str | Path, required: Sequence[str], eval_path: str | Path | None = None
                  ) -> tuple[list[dict], list[dict]]:
-    """(train, eval) records from a JSONL file or a saved dataset directory."""
-    p = Path(path)
+    """(train, eval) records from a JSONL file, a saved dataset directory or a named data set."""
+    p, eval_path = resolve_data(path, required, eval_path)
     if not p.exists():
         raise DataError(f"data path {str(p)!r} does not exist")
     if p.is_dir():
@@ -381,7 +417,8 @@ def available_tasks() -> list[str]:
 
 
 def get_task(name: str, path: str | None = None, **kw: Any) -> Task:
-    """A task by name; `path` (JSONL or saved dataset) replaces the built-in synthetic data."""
+    """A task by name; `path` (JSONL, saved dataset or a named data set such as
+    'builtin:python-docs') replaces the built-in synthetic data."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
     return TASKS[name](path=path, **kw)

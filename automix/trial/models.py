@@ -1,5 +1,9 @@
-"""Load local Hugging Face causal LMs (a `save_pretrained` directory or the built-in model),
-their tokenizers, and fingerprint them for on-disk caches.
+"""Load local Hugging Face causal LMs, their tokenizers, and fingerprint them for on-disk caches.
+
+A model spec is one of: 'builtin:tiny' / 'builtin:small' (the built-in model), a registry name
+such as 'smollm2-135m' or 'registry:smollm2-135m' (`registry`, after `automix models get`), a
+`.gguf` file (converted once, `gguf_convert`) or a local `save_pretrained` directory.
+`resolve_model_dir` turns each into a directory; everything else here starts from it.
 
 What a loaded model looks like (blocks, layer names, shapes) is `automix.arch`.
 """
@@ -18,23 +22,44 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from automix.arch import ModelLoadError, arch_info, supported_architectures
 from automix.builtin import BUILTIN_SIZES, builtin_model_dir
+from automix.trial.cache import hash_file
+from automix.trial.gguf_convert import converted_model_dir, is_gguf_path
+from automix.trial.registry import MODELS as REGISTRY_MODELS, PREFIX as REGISTRY_PREFIX, registry_name
+from automix.trial.registry import model_dir as registry_model_dir
 
-__all__ = ["ModelLoadError", "resolve_model_dir", "check_model_config", "load_model", "load_tokenizer",
-           "model_fingerprint"]
+__all__ = ["ModelLoadError", "is_named_model", "resolve_model_dir", "check_model_config", "load_model",
+           "load_tokenizer", "model_fingerprint"]
+
+MODEL_SPECS = ("'builtin:tiny' / 'builtin:small', a registry name (" + ", ".join(sorted(REGISTRY_MODELS))
+               + "), a .gguf file or a save_pretrained directory")
+
+
+def is_named_model(spec: str | os.PathLike) -> bool:
+    """Whether a model spec is a name (built-in or registry) rather than a path: a study file
+    resolves paths against its own folder, names are left as they are."""
+    s = str(spec)
+    return s.startswith(("builtin:", REGISTRY_PREFIX)) or s in BUILTIN_SIZES or s in REGISTRY_MODELS
 
 
 def resolve_model_dir(spec: str | os.PathLike) -> Path:
-    """'builtin:tiny' / 'builtin:small' / a path -> an existing directory with a config.json."""
+    """A model spec (see the module docstring) -> an existing directory with a config.json.
+
+    Registry models and .gguf files resolve to their converted directory in the cache
+    (converting on first use)."""
     s = str(spec)
     if s.startswith("builtin:") or s in BUILTIN_SIZES:
         try:
             return builtin_model_dir(s.split(":", 1)[-1] or "tiny")
         except ValueError as err:  # unknown size, or not trained yet: says which command makes it
             raise ModelLoadError(str(err)) from None
+    name = registry_name(s)
+    if name is not None:
+        return registry_model_dir(name)
     path = Path(s).expanduser()
     if not path.exists():
-        raise ModelLoadError(f"model directory {s!r} does not exist (expected a save_pretrained "
-                             "directory or 'builtin:tiny' / 'builtin:small')")
+        raise ModelLoadError(f"model {s!r} does not exist (expected {MODEL_SPECS})")
+    if path.is_file() and is_gguf_path(path):
+        return converted_model_dir(path)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ModelLoadError(f"{s!r} is not a Hugging Face model directory: no config.json in it")
     return path
@@ -85,22 +110,6 @@ def load_tokenizer(spec: str | os.PathLike) -> Any:
 
 # ----------------------------------------------------------------------------- fingerprints
 
-_FULL_HASH_LIMIT = 1 << 30  # files above 1 GiB are hashed by sampled 1 MiB chunks every 64 MiB
-
-
-def _hash_file(h: "hashlib._Hash", path: Path) -> None:
-    size = path.stat().st_size
-    h.update(f"{path.name}:{size}".encode())
-    with open(path, "rb") as f:
-        if size <= _FULL_HASH_LIMIT:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            for off in range(0, size, 64 << 20):
-                f.seek(off)
-                h.update(f.read(1 << 20))
-
-
 def model_fingerprint(model_dir_or_model: str | os.PathLike | nn.Module) -> str:
     """Stable 16-hex-digit hash of a model's config and weights: the key for on-disk caches."""
     h = hashlib.sha256()
@@ -120,5 +129,5 @@ def model_fingerprint(model_dir_or_model: str | os.PathLike | nn.Module) -> str:
     files = sorted(p for p in path.iterdir() if p.is_file() and (
         p.name == "config.json" or p.suffix in (".safetensors", ".bin", ".pt")))
     for p in files:
-        _hash_file(h, p)
+        hash_file(h, p)
     return h.hexdigest()[:16]

@@ -10,14 +10,14 @@ from automix.trial import models
 
 
 def test_shipped_tiny_model_is_found_without_training(monkeypatch, tmp_path):
-    monkeypatch.setattr(builtin.platformdirs, "user_cache_dir", lambda *a, **k: str(tmp_path))
+    monkeypatch.setenv("AUTOMIX_CACHE_DIR", str(tmp_path))
     d = builtin.builtin_model_dir("tiny")
     assert d == builtin.shipped_model_dir("tiny") and (d / "model.safetensors").is_file()
     assert models.resolve_model_dir("builtin:tiny") == d
 
 
 def test_missing_builtin_model_says_how_to_make_it_and_does_not_train(monkeypatch, tmp_path):
-    monkeypatch.setattr(builtin.platformdirs, "user_cache_dir", lambda *a, **k: str(tmp_path))
+    monkeypatch.setenv("AUTOMIX_CACHE_DIR", str(tmp_path))
 
     def no_training(*args, **kwargs):  # loading a study's model must never train one
         raise AssertionError("pretrain was called while resolving a model")
@@ -31,7 +31,7 @@ def test_missing_builtin_model_says_how_to_make_it_and_does_not_train(monkeypatc
 
 
 def test_pretrained_small_model_in_the_cache_is_used(monkeypatch, tmp_path):
-    monkeypatch.setattr(builtin.platformdirs, "user_cache_dir", lambda *a, **k: str(tmp_path))
+    monkeypatch.setenv("AUTOMIX_CACHE_DIR", str(tmp_path))
     cached = builtin.cached_model_dir("small")
     cached.mkdir(parents=True)
     (cached / "config.json").write_text("{}")
