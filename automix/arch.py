@@ -12,6 +12,8 @@ model. Needs a model's config (or the model), never its weights.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -187,6 +189,7 @@ def target_layer_names(model_or_config: Any) -> list[str]:
     return [f"{spec.blocks}.{i}.{rel}" for i in range(info.n_layers) for rel, _ in spec.linears]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # pure in the name; the memory model asks for every layer, every call
 def _split_name(name: str) -> tuple[str, int, str]:
     for spec in ARCHITECTURES.values():
         prefix = spec.blocks + "."

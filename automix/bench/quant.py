@@ -1,6 +1,10 @@
 """Quantization-error benchmark: automix minmax / hqq vs the HQQ library, same bits and groups.
 
     python -m automix.bench.quant [--rows 1024 --cols 4096] [--out benchmarks/quant_error.md]
+    python -m automix.bench.quant --quantizers [--bits 2 3 4 --groups 64 128]
+
+``--quantizers`` compares automix's own quantizers (rtn, minmax, hqq) by relative Frobenius error
+``||W - W_hat||_F / ||W||_F`` and time: the table that chose ``automix.quant.DEFAULT_METHOD``.
 
 Weights are synthetic (no model downloads): Student-t with 3 degrees of freedom (heavy tails,
 like LLM weight outliers), Laplace and Gaussian. Errors are on the dequantized weight:
@@ -19,7 +23,7 @@ import time
 
 import torch
 
-from automix.quant.quantizer import quantize
+from automix.quant.quantizer import DEFAULT_METHOD, METHODS, quantize
 
 
 def hqq_library(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor | None:
@@ -60,7 +64,7 @@ def run(rows: int, cols: int, bits_list: list[int], groups: list[int], kinds: li
             for gs in groups:
                 row = {"weights": kind, "bits": bits, "group": gs}
                 for name, fn in (
-                    ("minmax", lambda: quantize(w, bits, gs).dequantize()),
+                    ("minmax", lambda: quantize(w, bits, gs, method="minmax").dequantize()),
                     ("hqq", lambda: quantize(w, bits, gs, method="hqq").dequantize()),
                     ("hqq-lib", lambda: hqq_library(w, bits, gs)),
                 ):
@@ -70,6 +74,27 @@ def run(rows: int, cols: int, bits_list: list[int], groups: list[int], kinds: li
                     row[name] = errors(w, w_hat) if w_hat is not None else (float("nan"),) * 2
                 out.append(row)
     return out
+
+
+def quantizer_table(rows: int, cols: int, bits_list: list[int], groups: list[int], kinds: list[str]) -> str:
+    """Relative Frobenius error and seconds of each automix quantizer (markdown)."""
+    head = "| weights | bits | group | " + " | ".join(f"{m} rel. Frobenius" for m in METHODS) + " | " + \
+        " | ".join(f"{m} s" for m in METHODS) + " | minmax / rtn | hqq / rtn |"
+    lines = [head, "|" + "---|" * (3 + 2 * len(METHODS) + 2)]
+    for kind in kinds:
+        w = weights(kind, rows, cols)
+        for bits in bits_list:
+            for gs in groups:
+                err, sec = {}, {}
+                for m in METHODS:
+                    t0 = time.perf_counter()
+                    w_hat = quantize(w, bits, gs, method=m).dequantize()
+                    sec[m] = time.perf_counter() - t0
+                    err[m] = errors(w, w_hat)[0] ** 0.5
+                lines.append(f"| {kind} | {bits} | {gs} | " + " | ".join(f"{err[m]:.4f}" for m in METHODS) + " | "
+                             + " | ".join(f"{sec[m]:.2f}" for m in METHODS)
+                             + f" | {err['minmax'] / err['rtn']:.3f} | {err['hqq'] / err['rtn']:.3f} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -94,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--groups", type=int, nargs="+", default=[64, 128])
     p.add_argument("--weights", nargs="+", default=["student-t(3)", "laplace", "gaussian"])
     p.add_argument("--out", help="also write the markdown report here")
+    p.add_argument("--quantizers", action="store_true",
+                   help=f"compare automix's quantizers ({', '.join(METHODS)}; default {DEFAULT_METHOD}) only")
     args = p.parse_args(argv)
+    if args.quantizers:
+        print(quantizer_table(args.rows, args.cols, args.bits, args.groups, args.weights))
+        return 0
     rows = run(args.rows, args.cols, args.bits, args.groups, args.weights)
     text = table(rows)
     print(text)

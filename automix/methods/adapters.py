@@ -4,7 +4,7 @@ name, and per-layer quantization from layer settings.
 Typical use inside a method's ``prepare`` (this is what ``qlora`` does)::
 
     freeze(model)                                              # automix.methods.base.freeze
-    quantize_layers(model, layer_settings, method="minmax")    # bits < 16 -> QuantLinear
+    quantize_layers(model, layer_settings, method="rtn")       # bits < 16 -> QuantLinear
     adapters = inject_lora(model, layer_settings, alpha=16.0)  # rank > 0 -> LoRALinear
     # LoftQ / QuAILoRA / ApiQ then overwrite adapters[name].lora_A / lora_B (and may replace
     # adapters[name].base with their own QuantLinear via QuantLinear.from_quantized).
@@ -24,7 +24,7 @@ from torch import nn
 
 from automix.arch import linear_shape
 from automix.config.layers import LayerSettings
-from automix.quant import QuantLinear
+from automix.quant import DEFAULT_METHOD, QuantLinear
 
 
 def _module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -90,7 +90,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def quantize_layers(model: nn.Module, layer_settings: Mapping[str, LayerSettings],
-                    method: str = "minmax", **quant_kwargs: object) -> dict[str, nn.Module]:
+                    method: str = DEFAULT_METHOD, **quant_kwargs: object) -> dict[str, nn.Module]:
     """Replace every target layer with ``bits < 16`` by a ``QuantLinear`` (its group size; its
     backward re-dequantizes the weight instead of saving it); layers already wrapped by ``LoRALinear`` get their ``base`` replaced. Returns name -> QuantLinear.
     Layers already quantized are left alone."""

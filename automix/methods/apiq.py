@@ -96,7 +96,7 @@ class ApiQLinear(nn.Module):
         """(QuantizedWeight or None for 16-bit, A, B) and switch forward to the baked weight."""
         qweight = None
         if self.quantized:
-            qweight = quantize(self.weight, self.plan.bits, self.plan.group_size,
+            qweight = quantize(self.weight, self.plan.bits, self.plan.group_size, method="minmax",  # fake_quantize's grid
                                clip_max_logit=self.clip_max.detach(), clip_min_logit=self.clip_min.detach())
             self._frozen_weight = qweight.dequantize(torch.float32).to(self.weight.device)
         a = self.lora_A.detach().clone() if self.rank > 0 else None

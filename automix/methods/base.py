@@ -25,7 +25,7 @@ Writing a new method (e.g. ``automix/methods/qst.py``)::
         def memory_profile(self, arch, layer_settings, settings=None):
             return MemoryProfile(adapter_params=..., trainable_params=..., trainable_tensors=...,
                                  backprop_through_backbone=False,
-                                 extra_activation_bytes_per_token=...)
+                                 extra_activations=...)
 
 then add nothing else: the registry in ``automix/methods/__init__.py`` already maps the name to
 ``"automix.methods.qst:QST"``. Defaults of ``trainable_parameters`` / ``state_dict`` /
@@ -39,14 +39,16 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
 from automix.config.layers import LayerSettings
 from automix.arch import layer_shapes
+from automix.quant import DEFAULT_METHOD as DEFAULT_QUANT_METHOD
+from automix.quant import METHODS as QUANT_METHODS
 
 
 class MethodError(ValueError):
@@ -57,7 +59,8 @@ class MethodSettings(BaseModel):
     """Settings shared by all methods; method-specific ones go in ``options``.
 
     ``lora_alpha``: LoRA scaling is ``lora_alpha / rank`` per layer (rank from the layer settings).
-    ``quant_method``: ``automix.quant.quantize`` method ("minmax" or "hqq") for quantized layers.
+    ``quant_method``: ``automix.quant.quantize`` method for quantized layers: "rtn" (the default,
+    ``automix.quant.DEFAULT_METHOD``), "minmax" or "hqq".
     ``calib_samples`` / ``calib_seq_len``: calibration set size for methods with
     ``needs_calibration`` (the trial samples it with ``automix.trial.data.calibration_batches``).
     ``options``: per-method knobs, validated against the method's ``option_defaults``.
@@ -70,10 +73,17 @@ class MethodSettings(BaseModel):
 
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    quant_method: Literal["minmax", "hqq"] = "minmax"
+    quant_method: str = DEFAULT_QUANT_METHOD
     calib_samples: int = Field(128, ge=1)
     calib_seq_len: int = Field(256, ge=2)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("quant_method")
+    @classmethod
+    def _quantizer(cls, v: str) -> str:
+        if v not in QUANT_METHODS:
+            raise ValueError(f"quantizer must be one of {', '.join(QUANT_METHODS)}")
+        return v
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -117,11 +127,17 @@ class MemoryProfile:
     * ``extra_frozen_bytes``: frozen parameters/buffers the method adds (index tensors, ...).
     * ``backprop_through_backbone``: False when no gradient flows through the frozen backbone
       (QST), so the backbone saves no activations for backward.
-    * ``extra_activation_bytes_per_token``: activations the method's own modules save for
-      backward, per token (side network layers, LoRA intermediates).
+    * ``extra_activations``: what the method's own modules (a side network) save for backward in
+      one micro-batch, in bytes: called as ``extra_activations(batch_size, seq_len, elem, autocast)``
+      with ``elem`` the bytes of an activation element (the model dtype's: 4, or 2 in bf16 and
+      under fp16 autocast) and ``autocast`` True under fp16 autocast with fp32 trainable weights
+      (None: nothing). The one rule for the dtype: the method counts its tensors in ``elem`` bytes
+      unless they are fp32 whatever the dtype (norm statistics, log-sum-exp), and adds the fp16
+      weight casts autocast keeps. Must be picklable (a ``functools.partial`` of a module-level
+      function).
     * ``lora`` / ``lora_dropout``: layers with ``rank > 0`` carry LoRALinear adapters; the
       memory model then counts their inputs and rank-r intermediates itself (sharing with what
-      the backbone saves), so do not add them to ``extra_activation_bytes_per_token``.
+      the backbone saves), so do not add them to ``extra_activations``.
     * ``grad_layers``: names of layers whose own weights (or a part, e.g. QEFT's weak block)
       train; gradients then flow from there on like from an adapter, so the backbone saves its
       activations from the first such layer on (None: none). Without it (and without ``lora``)
@@ -130,7 +146,14 @@ class MemoryProfile:
       ``QuantLinear`` / ``automix.kernels.quant_matmul``, whose backward re-dequantizes the weight
       rather than keeping a dense copy alive.
     * ``param_bytes``: bytes per element of trainable parameters; None (default) means the
-      model's dtype (LoRALinear creates A and B in its base layer's dtype).
+      model's dtype (LoRALinear creates A and B in its base layer's dtype). Under fp16 autocast
+      every trainable parameter is fp32.
+    * ``fp32_sizes``: elements of the trainable tensors that stay fp32 in every dtype (QST's gate
+      scalars); they are part of ``trainable_params`` / ``trainable_tensors`` (and of
+      ``trainable_sizes`` when given), with fp32 gradients and optimizer states.
+    * ``trainable_sizes``: elements of each trainable tensor (optimizers with per-tensor rules,
+      e.g. bitsandbytes' 8-bit states only above 4096 elements, need them); None: the memory
+      model assumes ``trainable_tensors`` equal parts.
     """
 
     quantize_base: bool = True
@@ -140,11 +163,13 @@ class MemoryProfile:
     trainable_tensors: int = 0
     extra_frozen_bytes: int = 0
     backprop_through_backbone: bool = True
-    extra_activation_bytes_per_token: float = 0.0
+    extra_activations: Callable[[int, int, int, bool], float] | None = None
     param_bytes: int | None = None
     lora: bool = False
     lora_dropout: float = 0.0
     grad_layers: frozenset[str] | None = None
+    trainable_sizes: tuple[int, ...] | None = None
+    fp32_sizes: tuple[int, ...] = ()
 
 
 class Method:
@@ -278,10 +303,13 @@ def lora_memory_profile(arch: Any, layer_settings: Mapping[str, LayerSettings], 
     ``quailora``, ``apiq`` (their initialisations differ, their memory does not)."""
     shapes = layer_shapes(arch, layer_settings)
     params = tensors = 0
+    sizes: list[int] = []
     for name, s in layer_settings.items():
         if s.rank > 0:
             out_f, in_f = shapes[name]
             params += s.rank * (out_f + in_f)
             tensors += 2
+            sizes += [s.rank * in_f, out_f * s.rank]
     return MemoryProfile(quantize_base=quantize_base, adapter_params=params, trainable_params=params,
-                         trainable_tensors=tensors, lora=True, lora_dropout=settings.lora_dropout)
+                         trainable_tensors=tensors, lora=True, lora_dropout=settings.lora_dropout,
+                         trainable_sizes=tuple(sizes))

@@ -20,7 +20,7 @@ from automix.config.layers import LayerSettings
 from automix.methods.base import MemoryProfile, Method, MethodError, MethodSettings, freeze, lora_memory_profile
 from automix.arch import linear_weight
 from automix.methods.adapters import inject_lora, quantize_layers, replace_module
-from automix.quant import QuantizedWeight, QuantLinear, quantize
+from automix.quant import DEFAULT_METHOD, QuantizedWeight, QuantLinear, quantize
 
 
 
@@ -51,7 +51,7 @@ def loftq_init(
     rank: int,
     scaling: float = 1.0,
     iters: int = 1,
-    quant_method: str = "minmax",
+    quant_method: str = DEFAULT_METHOD,
 ) -> tuple[Any, Tensor, Tensor]:
     """LoftQ initialisation of one ``[out, in]`` weight.
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from automix.config.layers import LayerSettings
 from automix.methods.base import MemoryProfile, Method, MethodError, MethodSettings, freeze
-from automix.arch import block_index, layer_kind, layer_shapes, linear_weight
+from automix.arch import layer_shapes, linear_weight
 from automix.methods.adapters import replace_module
 from automix.methods.loftq import as_dtype
 from automix.methods.quailora import collect_input_hessians
@@ -218,8 +218,8 @@ class QEFT(Method):
         shapes = layer_shapes(arch, layer_settings)
         dense: dict[str, int] = {}
         params = tensors = frozen = 0
-        act = 0.0
         trained: set[str] = set()
+        sizes: list[int] = []
         for name, s in layer_settings.items():
             if s.bits >= 16:
                 continue
@@ -231,38 +231,10 @@ class QEFT(Method):
                 params += out_f * k
                 tensors += 1
                 trained.add(name)
+                sizes.append(out_f * k)
         return MemoryProfile(quantize_base=True, dense_columns=dense, adapter_params=0, trainable_params=params,
-                             trainable_tensors=tensors, extra_frozen_bytes=frozen,
-                             extra_activation_bytes_per_token=_saved_input_correction(shapes, dense, trained),
-                             grad_layers=frozenset(trained))
-
-
-def _saved_input_correction(shapes: Mapping[str, tuple[int, int]], dense: Mapping[str, int],
-                            trained: set[str], abytes: int = 4) -> float:
-    """Per-token bytes QEFT saves for its weak blocks minus what the memory model's block formula
-    assumes a trained layer saves (its full input, once per input group: q/k/v, gate/up, down;
-    o's input is shared with attention's output when q/k/v train). Each QEFT layer saves only its
-    gathered weak columns (k values per token, one copy per layer)."""
-    per_block: dict[int, dict[str, str]] = {}
-    for name in shapes:
-        per_block.setdefault(block_index(name), {})[layer_kind(name)] = name
-    total = float(sum(dense[n] * abytes for n in trained))
-    for kinds in per_block.values():
-        def any_trained(*ks: str) -> bool:
-            return any(kinds.get(k) in trained for k in ks)
-
-        qkv = ("attn_q", "attn_k", "attn_v", "attn_qkv")
-        first = next((kinds[k] for k in qkv if k in kinds), None)
-        if first and any_trained(*qkv):
-            total -= shapes[first][1] * abytes
-        if "attn_o" in kinds and any_trained("attn_o") and not any_trained(*qkv):
-            total -= shapes[kinds["attn_o"]][1] * abytes
-        mlp_in = next((kinds[k] for k in ("mlp_gate", "mlp_up") if k in kinds), None)
-        if mlp_in and any_trained("mlp_gate", "mlp_up"):
-            total -= shapes[mlp_in][1] * abytes
-        if "mlp_down" in kinds and any_trained("mlp_down"):
-            total -= shapes[kinds["mlp_down"]][1] * abytes
-    return total
+                             trainable_tensors=tensors, extra_frozen_bytes=frozen, trainable_sizes=tuple(sizes),
+                             grad_layers=frozenset(trained))  # the memory model counts weak-column inputs
 
 
 __all__ = ["QEFT", "weak_column_count", "select_weak_columns", "gptq_quantize_with_weak", "QEFTLinear"]

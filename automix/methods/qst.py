@@ -13,6 +13,7 @@ exactly the quantized backbone's logits at step 0.
 
 from __future__ import annotations
 
+from functools import partial
 from types import SimpleNamespace
 from typing import Any, Mapping
 
@@ -33,8 +34,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        var = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
+        xf = x.float()  # one fp32 copy (x itself in fp32), saved with the rstd
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
 def _rope(x: Tensor, base: float = 10000.0) -> Tensor:
@@ -137,7 +138,11 @@ class QSTModel(nn.Module):
         self.out_gate = nn.Parameter(torch.tensor(float(out_gate_init)))
         dtype = next(backbone.parameters()).dtype
         dev = next(backbone.parameters()).device
-        self._side_modules().to(device=dev, dtype=torch.float32 if dtype == torch.float32 else dtype)
+        # the side layers take the backbone's dtype; the n + 1 gate scalars stay fp32 in every dtype
+        # (in bf16, alpha = 1 could not move by a small step), and mix in the other operand's dtype
+        self._side_modules().to(device=dev, dtype=dtype)
+        self.gates.data = self.gates.data.to(device=dev, dtype=torch.float32)
+        self.out_gate.data = self.out_gate.data.to(device=dev, dtype=torch.float32)
 
     @property
     def config(self) -> Any:
@@ -185,18 +190,23 @@ class QSTModel(nn.Module):
             mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
             mask = mask | torch.eye(length, dtype=torch.bool, device=mask.device)[None, None]
         side_dtype = self.up.weight.dtype
-        s = self.down_emb(emb.to(side_dtype))
+        if torch.is_autocast_enabled(input_ids.device.type):
+            side = (lambda t: t)  # fp16 autocast: the backbone's fp16 states go in as they are
+        else:
+            side = (lambda t: t.to(side_dtype))
+        s = self.down_emb(side(emb))
         for i, layer in enumerate(self.side_layers):
             g = torch.sigmoid(self.gates[i])
-            s = layer(g * self.down[i](states[i].to(side_dtype)) + (1 - g) * s, mask)
+            s = layer(g * self.down[i](side(states[i])) + (1 - g) * s, mask)
         alpha = self.out_gate
-        h = alpha * final.to(side_dtype) + (1 - alpha) * self.up(self.side_norm(s))
+        h = alpha * side(final) + (1 - alpha) * self.up(self.side_norm(s))
         head = self.backbone.get_output_embeddings()
         logits = head(h.to(head.weight.dtype))
         loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                   labels[:, 1:].reshape(-1), ignore_index=-100)
+        if labels is not None:  # as transformers' causal-LM loss: labels shifted, every logit row kept
+            shifted = F.pad(labels, (0, 1), value=-100)[:, 1:]
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+                                   ignore_index=-100)
         return SimpleNamespace(loss=loss, logits=logits)
 
 
@@ -235,31 +245,51 @@ class QST(Method):
                        settings: MethodSettings | Mapping[str, Any] | None = None) -> MemoryProfile:
         opts = self.check_settings(settings).options
         r, dr = int(opts["reduction"]), int(opts["downsample_rank"])
-        n = arch.n_layers
-        params = side_param_count(arch.hidden_size, n, arch.n_heads, arch.intermediate_size, r, dr)
-        tensors = 2 * (n + 1) + 6 * n + 1 + 1 + 1 + 1  # downsamplers, blocks, gates, norm, up, out gate
+        n, d = arch.n_layers, arch.hidden_size
+        side, _, inter = side_dims(d, arch.n_heads, arch.intermediate_size, r)
+        down = [dr * d, side * dr]  # a, b of one downsampler
+        block = [side, 3 * side * side, side * side, side, 2 * inter * side, inter * side]
+        sizes = tuple(down * (n + 1) + block * n + [side, d * side])
+        gates = (n, 1)  # the per-layer gates and the output weight alpha: fp32 in every dtype
+        params = sum(sizes) + sum(gates)  # = side_param_count(...)
         return MemoryProfile(quantize_base=True, adapter_params=params, trainable_params=params,
-                             trainable_tensors=tensors, backprop_through_backbone=False,
-                             extra_activation_bytes_per_token=side_activation_bytes_per_token(
-                                 arch.hidden_size, n, arch.n_heads, arch.intermediate_size, r, dr))
+                             trainable_tensors=len(sizes) + len(gates), trainable_sizes=sizes + gates,
+                             fp32_sizes=gates, backprop_through_backbone=False,
+                             extra_activations=partial(side_activation_bytes, d, n, arch.n_heads,
+                                                       arch.intermediate_size, r, dr))
 
 
-def side_activation_bytes_per_token(hidden: int, n_layers: int, n_heads: int, intermediate: int,
-                                    reduction: int = 16, down_rank: int = 16, elem: int = 4) -> float:
-    """Bytes per token the side network saves for backward (the LM head/loss excluded).
+def side_activation_bytes(hidden: int, n_layers: int, n_heads: int, intermediate: int, reduction: int,
+                          down_rank: int, batch_size: int, seq_len: int, elem: int = 4,
+                          autocast: bool = False) -> int:
+    """Bytes the side network saves for backward in one (micro-)batch (the LM head/loss excluded).
 
-    Counted from what autograd keeps: each downsampler its backbone input (d) and rank-r middle;
-    each gate mix the two mixed states; each side block 3*ds+1 per RMSNorm (input, rstd, pre-scale
-    output, output), q and k after RoPE, the packed qkv (v is a view), the attention output and
-    log-sum-exp, the o input, the SwiGLU gate/up output, SiLU output and down input; the final
-    side norm and the two mixed states of the output combination (2*d).
+    ``elem``: bytes of an activation element (the model dtype's; 2 under fp16 autocast, where the
+    side network's weights are fp32 but its linears compute in fp16). Counted from what autograd
+    keeps (CPU, ``saved_tensors_hooks``), per token in ``elem`` bytes: each downsampler its
+    backbone input (d) and rank-r middle; each gate mix the two mixed states; per side block each
+    RMSNorm's pre-scale output and output (the next linear's input), q and k after RoPE, the packed
+    qkv (v is a view), the attention output, the o input when there is more than one head (with
+    one the merged heads are a view), the SwiGLU gate/up output, SiLU output and down input; the
+    output mix's backbone state and upsampled side state (2*d). Per token in fp32: each RMSNorm's
+    fp32 input copy (the input itself in fp32) and rstd, attention's log-sum-exp per head. Per
+    sequence: the cos/sin tables of each RoPE call (q and k of every block). Fixed: the 2n + 1
+    gate scalars (fp32) and, under autocast, the fp16 casts of the weights whose input needs a
+    gradient (every side-block linear, each downsampler's second factor, the upsampler).
     """
+    n = n_layers
     side, heads, inter = side_dims(hidden, n_heads, intermediate, reduction)
-    down = (n_layers + 1) * (hidden + down_rank)
-    mix = n_layers * 2 * side
-    block = n_layers * (2 * (3 * side + 1) + 7 * side + heads + 4 * inter)
-    final = 2 * hidden + 3 * side + 1
-    return float(elem * (down + mix + block + final))
+    down = (n + 1) * (hidden + down_rank)
+    mix = n * 2 * side
+    block = n * (2 * 2 * side + 2 * side + 3 * side + side + (side if heads > 1 else 0) + 4 * inter)
+    final = 2 * side + 2 * hidden
+    fp32 = (2 * n + 1) * (side + 1) + n * heads
+    rope = n * 2 * 2 * seq_len * ((side // heads) // 2)
+    fixed = 4 * (2 * n + 1)
+    if autocast:
+        fixed += 2 * (n * (4 * side * side + 3 * inter * side) + (n + 1) * down_rank * side + side * hidden)
+    tokens = batch_size * seq_len
+    return tokens * (elem * (down + mix + block + final) + 4 * fp32) + elem * rope + fixed
 
 
-__all__ = ["QST", "side_activation_bytes_per_token", "QSTModel", "SideBlock", "LowRankDown", "side_dims", "side_param_count"]
+__all__ = ["QST", "side_activation_bytes", "QSTModel", "SideBlock", "LowRankDown", "side_dims", "side_param_count"]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from automix.methods.base import MethodError
 from automix.methods.loftq import LowRankInitMethod, check_rank, loftq_init
 from automix.arch import linear_weight
+from automix.quant import DEFAULT_METHOD
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def quailora_init(
     iters: int = 10,
     loftq_iters: int = 1,
     damp: float = 0.01,
-    quant_method: str = "minmax",
+    quant_method: str = DEFAULT_METHOD,
 ) -> tuple[Any, Tensor, Tensor]:
     """LoftQ start then calibrated ALS refinement; returns ``(qweight, A, B)``."""
     qweight, a, b = loftq_init(weight, bits, group_size, rank, scaling, loftq_iters, quant_method)

@@ -3,7 +3,9 @@
 The grid of a group is ``[x_min, x_max]`` split into ``2**bits - 1`` steps:
 ``scale = (x_max - x_min) / qmax`` and a *float* zero point ``zero = -x_min / scale`` (stored
 like the scale, so both grid ends are reproduced exactly; ``round_zero=True`` gives the integer
-zero point of GPTQ-style formats). Codes are ``clamp(round(w / scale + zero), 0, qmax)``.
+zero point). Codes are ``clamp(round(w / scale + zero), 0, qmax)``. :func:`rtn_grid` is the
+standard asymmetric round-to-nearest of GPTQ-style formats: the range widened to contain 0 and an
+integer zero point, so 0 is exactly representable.
 
 OmniQuant / ApiQ learnable weight clipping shrinks the ends per group:
 ``x_max = sigmoid(gamma) * max(w)``, ``x_min = sigmoid(beta) * min(w)``; the logits start at 4.0
@@ -74,15 +76,9 @@ def _check_logits(logit: torch.Tensor | None, n: int, g: int, name: str) -> torc
     return logit.reshape(n, g)
 
 
-def minmax_grid(
-    wg: torch.Tensor,
-    bits: int,
-    clip_max_logit: torch.Tensor | None = None,
-    clip_min_logit: torch.Tensor | None = None,
-    round_zero: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point ``(N, G)`` of the (optionally clipped) min/max grid of ``wg``."""
-    qmax = 2**bits - 1
+def _group_range(wg: torch.Tensor, clip_max_logit: torch.Tensor | None,
+                 clip_min_logit: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group ``(x_max, x_min)`` ``(N, G)``, shrunk by the learnable clipping logits if given."""
     x_max = wg.amax(dim=-1)
     x_min = wg.amin(dim=-1)
     n, g = x_max.shape
@@ -92,13 +88,52 @@ def minmax_grid(
         x_max = torch.sigmoid(gamma.to(x_max.dtype)) * x_max
     if beta is not None:
         x_min = torch.sigmoid(beta.to(x_min.dtype)) * x_min
-    span = x_max - x_min
+    return x_max, x_min
+
+
+def _span_scale(x_max: torch.Tensor, x_min: torch.Tensor, qmax: int) -> torch.Tensor:
     # a flat (or, after clipping, inverted) group gets a scale that maps x_min exactly to code 0
+    span = x_max - x_min
     flat = torch.maximum(x_max.abs(), x_min.abs()).clamp_min(1e-8)
-    scale = torch.where(span > 1e-8, span / qmax, flat)
+    return torch.where(span > 1e-8, span / qmax, flat)
+
+
+def minmax_grid(
+    wg: torch.Tensor,
+    bits: int,
+    clip_max_logit: torch.Tensor | None = None,
+    clip_min_logit: torch.Tensor | None = None,
+    round_zero: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point ``(N, G)`` of the (optionally clipped) min/max grid of ``wg``."""
+    qmax = 2**bits - 1
+    x_max, x_min = _group_range(wg, clip_max_logit, clip_min_logit)
+    scale = _span_scale(x_max, x_min, qmax)
     zero = -x_min / scale
     if round_zero:
         zero = _round_ste(zero).clamp(0, qmax)
+    return scale, zero
+
+
+def rtn_grid(
+    wg: torch.Tensor,
+    bits: int,
+    clip_max_logit: torch.Tensor | None = None,
+    clip_min_logit: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard asymmetric round-to-nearest grid (GPTQ / AutoGPTQ / bitsandbytes-style int zero).
+
+    The group range is widened to contain 0 (``x_min <= 0 <= x_max``), ``scale = (x_max - x_min)
+    / qmax`` and the zero point is the *integer* ``round(-x_min / scale)``, so 0 is exactly on the
+    grid (a symmetric, peaked weight distribution keeps its many near-zero weights near zero) at
+    the price of shifting the grid by up to half a step at its ends.
+    """
+    qmax = 2**bits - 1
+    x_max, x_min = _group_range(wg, clip_max_logit, clip_min_logit)
+    x_max = x_max.clamp_min(0.0)
+    x_min = x_min.clamp_max(0.0)
+    scale = _span_scale(x_max, x_min, qmax)
+    zero = _round_ste(-x_min / scale).clamp(0, qmax)
     return scale, zero
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from automix.arch import linear_weight
 from automix.quant.grid import check_group_size, num_groups
-from automix.quant.quantizer import quantize
+from automix.quant.quantizer import DEFAULT_METHOD, quantize
 from automix.quant.packing import check_bits, packed_words
 from automix.quant.weight import QuantizedWeight
 
@@ -72,7 +72,7 @@ class QuantLinear(nn.Module):
         linear: nn.Module,
         bits: int,
         group_size: int = 64,
-        method: str = "minmax",
+        method: str = DEFAULT_METHOD,
         **quant_kwargs: object,
     ) -> "QuantLinear":
         """Quantize an ``nn.Linear`` (or GPT-2 ``Conv1D``); the bias is kept as is.

@@ -1,5 +1,12 @@
-"""Quantizers: round-to-nearest on each group's min/max grid (optionally with learned clipping)
-and `hqq` grid refinement, packed into a `QuantizedWeight`.
+"""Quantizers, packed into a `QuantizedWeight`:
+
+* ``rtn`` — standard asymmetric round-to-nearest (integer zero point, 0 on the grid), as GPTQ-style
+  formats store it;
+* ``minmax`` — round-to-nearest on each group's exact min/max grid (fractional zero point);
+* ``hqq`` — the min/max grid refined without calibration data (half-quadratic + least squares).
+
+``DEFAULT_METHOD`` is the one every default in automix follows (method settings, profiles,
+benchmarks); ``benchmarks/quant_error.md`` records why it was chosen.
 
 The grid primitives (groups, min/max grid, codes, fake quantization) are :mod:`automix.quant.grid`;
 :mod:`automix.quant.hqq` refines a grid without calibration data.
@@ -9,13 +16,21 @@ from __future__ import annotations
 
 import torch
 
-from automix.quant.grid import check_group_size, check_weight, grouped, minmax_grid, quantize_codes
+from automix.quant.grid import check_group_size, check_weight, grouped, minmax_grid, quantize_codes, rtn_grid
 from automix.quant.hqq import refine_grid
 from automix.quant.packing import check_bits, pack
 from automix.quant.weight import QuantizedWeight
 
-METHODS = ("minmax", "hqq")
+METHODS = ("rtn", "minmax", "hqq")
+DEFAULT_METHOD = "rtn"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_method(method: object) -> str:
+    """Raise ValueError unless ``method`` names a quantizer (see :data:`METHODS`)."""
+    if method not in METHODS:
+        raise ValueError(f"quantizer method must be one of {', '.join(METHODS)}; got {method!r}")
+    return method  # type: ignore[return-value]
 
 
 def pack_quantized(
@@ -43,7 +58,7 @@ def quantize(
     weight: torch.Tensor,
     bits: int,
     group_size: int = 64,
-    method: str = "minmax",
+    method: str = DEFAULT_METHOD,
     *,
     clip_max_logit: torch.Tensor | None = None,
     clip_min_logit: torch.Tensor | None = None,
@@ -53,24 +68,31 @@ def quantize(
 ) -> QuantizedWeight:
     """Quantize a ``(out_features, in_features)`` weight to ``bits`` with per-group scale/zero.
 
-    ``method="minmax"`` is plain round-to-nearest on each group's min/max grid (optionally
-    clipped by learned logits, see :func:`fake_quantize`); ``method="hqq"`` refines the grid with
-    half-quadratic / least-squares iterations (:mod:`automix.quant.hqq`, kwargs go there).
+    ``method="rtn"`` (the default) is standard asymmetric round-to-nearest with an integer zero
+    point (:func:`automix.quant.grid.rtn_grid`); ``method="minmax"`` is round-to-nearest on each
+    group's exact min/max grid with a fractional zero point (``round_zero=True`` rounds it);
+    both accept learned clipping logits (see :func:`fake_quantize`). ``method="hqq"`` refines the
+    min/max grid with half-quadratic / least-squares iterations (:mod:`automix.quant.hqq`, kwargs
+    go there).
     ``group_size`` need not divide ``in_features``: the last group is then shorter.
     Scales and zeros are stored in ``meta_dtype`` (fp16 by default).
     """
     check_bits(bits)
     check_group_size(group_size)
     check_weight(weight)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_method(method)
     if meta_dtype not in _FLOAT_DTYPES:
         raise ValueError(f"meta_dtype must be a floating dtype, got {meta_dtype}")
-    if method == "minmax" and method_kwargs:
-        raise ValueError(f"method='minmax' takes no extra options, got {sorted(method_kwargs)}")
+    if method != "hqq" and method_kwargs:
+        raise ValueError(f"method={method!r} takes no extra options, got {sorted(method_kwargs)}")
+    if method == "rtn" and round_zero:
+        raise ValueError("round_zero applies to method='minmax'; 'rtn' always rounds its zero point")
     with torch.no_grad():
         wg = grouped(weight.detach(), group_size)
-        scale, zero = minmax_grid(wg, bits, clip_max_logit, clip_min_logit, round_zero)
+        if method == "rtn":
+            scale, zero = rtn_grid(wg, bits, clip_max_logit, clip_min_logit)
+        else:
+            scale, zero = minmax_grid(wg, bits, clip_max_logit, clip_min_logit, round_zero)
         if method == "hqq":
             scale, zero = refine_grid(wg, bits, scale, zero, k=weight.shape[1], **method_kwargs)
         return pack_quantized(weight, scale, zero, bits, group_size, meta_dtype)

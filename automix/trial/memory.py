@@ -16,6 +16,14 @@ they keep. It was derived from ``torch.autograd.graph.saved_tensors_hooks`` on L
 Qwen2, OPT and GPT-2 (CPU, SDPA attention, transformers 5.x) and matches them exactly there; on CUDA
 the fused kernels save the same tensors (dropout masks as bytes) and a transient term covers the
 logits' gradient.
+
+The training set-up (``TrialSpec``'s options) is part of the model: gradient checkpointing per
+decoder block (``automix.trial.checkpoint``: each block that takes part in backward keeps its
+input; the largest block's recomputation is added), the dtype (fp32; pure bf16; fp16 autocast with
+fp32 trainable weights, whose fp16 weight casts and per-adapter input copies are counted), the
+optimizer's state bytes (:func:`optimizer_state_bytes`) and gradient accumulation (activations
+of one micro-batch). On CPU the accounting of all of these equals the prediction
+(``tests/trial/test_memory_options.py``, ``benchmarks/memory_model.md``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
 from automix.config.layers import LayerSettings
+from automix.config.study import micro_batch_size
 from automix.arch import as_arch_info, block_index, kept_units, layer_kind, layer_shapes
 from automix.methods import get_method
 from automix.methods.base import MemoryProfile
@@ -139,12 +148,19 @@ def _family(info: Any, config: Any) -> _Family:
 
 def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], profile: Any,
                      batch_size: int, seq_len: int, abytes: int, device: str = "cpu",
-                     padded: bool = False, config: Any = None) -> int:
+                     padded: bool = False, config: Any = None, checkpointing: bool = False,
+                     autocast: bool = False, shapes: Mapping[str, tuple[int, int]] | None = None) -> int:
     """Bytes autograd saves for backward in one training step (see the module docstring).
 
     Walks the blocks in order tracking whether the residual stream needs gradients yet (it does
     from the first trained layer on); frozen linears save nothing, adapters save their input
     (once per group of layers reading the same tensor) and rank-r intermediates.
+
+    ``checkpointing``: every decoder block that takes part in backward keeps only its input
+    (``automix.trial.checkpoint``); the block's own saved tensors come back, one block at a time,
+    when backward recomputes it: the largest block's (minus its input, already kept) is added.
+    ``autocast``: fp16 autocast with fp32 trainable weights; each LoRA adapter then saves its own
+    fp16 copy of its input (no sharing) and the fp16 casts of its weights that backward needs.
     """
     info = as_arch_info(arch)
     if profile.trainable_params <= 0:
@@ -153,28 +169,73 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
     fam = _family(info, config)
     T = batch_size * seq_len
     h, hd, V = info.hidden_size, info.head_dim, info.vocab_size
+    if autocast and shapes is None:
+        shapes = layer_shapes(info, layer_settings)
     kept = kept_units(info, layer_settings)
     by_block: dict[int, dict[str, LayerSettings]] = {}
+    names: dict[tuple[int, str], str] = {}
     for name, s in layer_settings.items():
         b, kind = _block_kind(name)
         by_block.setdefault(b, {})[kind] = s
+        names[(b, kind)] = name
     grad_kinds = {_block_kind(n) for n in (getattr(profile, "grad_layers", None) or ())}
     lora = getattr(profile, "lora", False)
     dropout = getattr(profile, "lora_dropout", 0.0) if lora else 0.0
     mask_bytes = 1 if device.startswith("cuda") else abytes  # CPU dropout keeps a float mask
     norm = (h * 4 + 4) if fam.norm_fp32 else (h * abytes + 8)
+    # the norm's saved input is the block input itself (already kept under checkpointing)
+    norm_saves_input = (not fam.norm_fp32) or abytes == 4
     resid_mask = h * mask_bytes if fam.resid_dropout > 0 else 0
+    shared_inputs = not autocast  # autocast: every adapter saves its own fp16 copy of its input
+
+    def lora_on(b: int, kind: str) -> bool:
+        s = by_block.get(b, {}).get(kind)
+        return bool(lora and s is not None and s.rank > 0)
 
     def trains(b: int, kind: str) -> bool:
-        s = by_block.get(b, {}).get(kind)
-        return (b, kind) in grad_kinds or bool(lora and s is not None and s.rank > 0)
+        return (b, kind) in grad_kinds or lora_on(b, kind)
 
     def dropped(b: int, kinds: Iterable[str], in_f: int, input_grad: bool) -> float:
         """LoRA dropout: each adapter saves its dropped input, plus the mask when grad flows in."""
         if dropout <= 0:
             return 0.0
-        n = sum(1 for k in kinds if k in by_block.get(b, {}) and by_block[b][k].rank > 0)
+        n = sum(1 for k in kinds if lora_on(b, k))
         return n * in_f * (abytes + (mask_bytes if input_grad else 0))
+
+    def dense_k(b: int, kind: str) -> int:
+        """Columns a trained base layer keeps dense (QEFT's weak block); 0 for none."""
+        if (b, kind) not in grad_kinds or (b, kind) not in names:
+            return 0
+        return int(profile.dense_columns.get(names[(b, kind)], 0))
+
+    def adapter_inputs(b: int, kinds: Iterable[str], in_f: int, share_ok: bool = True) -> float:
+        """Inputs the trained layers of ``kinds`` save (LoRA dropout 0): LoRA adapters (and base
+        layers training whole) one shared tensor, or under autocast a copy each; a trained weak
+        block (QEFT) its own gathered ``k`` columns. ``share_ok=False``: the shared tensor is
+        already saved by something else (attention's output)."""
+        full = [k for k in kinds if trains(b, k) and not dense_k(b, k)]
+        private = sum(dense_k(b, k) for k in kinds if trains(b, k)) * abytes
+        if full and dropout == 0:
+            if not shared_inputs:
+                private += len(full) * in_f * abytes
+            elif share_ok:
+                private += in_f * abytes
+        return float(private)
+
+    def casts(b: int, kinds: Iterable[str], input_grad: bool) -> float:
+        """Autocast: fp16 copies of fp32 trainable weights that backward keeps (bytes, not per token):
+        B always (its input needs grad), A only when gradient flows into the adapter's input."""
+        if not autocast:
+            return 0.0
+        total = 0.0
+        for k in kinds:
+            if lora_on(b, k):
+                out_f, in_f = shapes[names[(b, k)]]
+                r = by_block[b][k].rank
+                total += 2 * r * out_f + (2 * r * in_f if input_grad else 0)
+            elif dense_k(b, k) and input_grad:  # the weak block's fp16 copy
+                total += 2 * shapes[names[(b, k)]][0] * dense_k(b, k)
+        return total
 
     def attention(nh: int, nkv: int) -> float:
         if fam.attn_dropout > 0:  # math path: q k v, softmax output, dropout mask and output
@@ -184,77 +245,147 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
             return (2 * nh * hd + 2 * kv_saved * hd) * abytes + nh * 4 + seq_len * abytes
         return (2 * nh * hd + 2 * nkv * hd) * abytes + nh * 4  # flash: q k v out lse
 
-    per_tok = 0.0
+    blocks: list[tuple[float, float, bool, bool]] = []  # (per token, bytes, keeps input, input saved)
     rope = 0
     r = False  # does the residual stream require grad here?
     if profile.backprop_through_backbone:
         for b in range(info.n_layers):
             nh, nkv, inter = kept[b]
+            kinds_b = by_block.get(b, {})
+            active = r or any(trains(b, k) for k in kinds_b)
+            r_in = r
+            tok = 0.0
+            fixed = 0.0
             if r:
-                per_tok += norm
-            attn_in = [k for k in _ATTN_IN if k in by_block.get(b, {})]
-            t_in = [k for k in attn_in if trains(b, k)]
-            if t_in and dropout == 0:
-                per_tok += h * abytes  # normed input saved once for the q/k/v adapters
-            per_tok += dropped(b, attn_in, h, r)
-            qkv_grad = r or bool(t_in)
+                tok += norm
+            attn_in = [k for k in _ATTN_IN if k in kinds_b]
+            tok += adapter_inputs(b, attn_in, h)  # normed input saved for the q/k/v adapters
+            tok += dropped(b, attn_in, h, r)
+            fixed += casts(b, attn_in, r)
+            qkv_grad = r or any(trains(b, k) for k in attn_in)
             if qkv_grad:
-                per_tok += attention(nh, nkv)
+                tok += attention(nh, nkv)
                 if fam.rope:
                     rope = 2 * seq_len * hd * abytes
             o_train = trains(b, "attn_o")
-            shared = fam.o_input_shared and fam.attn_dropout == 0 and qkv_grad
-            if o_train and dropout == 0 and not shared:
-                per_tok += nh * hd * abytes  # attention output (else shared with SDPA's out)
-            per_tok += dropped(b, ("attn_o",), nh * hd, qkv_grad)
+            shared = fam.o_input_shared and fam.attn_dropout == 0 and qkv_grad and shared_inputs
+            tok += adapter_inputs(b, ("attn_o",), nh * hd, share_ok=not shared)  # (else SDPA's out)
+            tok += dropped(b, ("attn_o",), nh * hd, qkv_grad)
+            fixed += casts(b, ("attn_o",), qkv_grad)
             r = r or qkv_grad or o_train
             if r:
-                per_tok += resid_mask + norm  # residual dropout, post-attention norm
+                tok += resid_mask + norm  # residual dropout, post-attention norm
             up_kinds = ("mlp_gate", "mlp_up") if fam.gated_mlp else ("mlp_up",)
             ups = [trains(b, k) for k in up_kinds]
-            if any(ups) and dropout == 0:
-                per_tok += h * abytes
-            per_tok += dropped(b, up_kinds, h, r)
+            tok += adapter_inputs(b, up_kinds, h)
+            tok += dropped(b, up_kinds, h, r)
+            fixed += casts(b, up_kinds, r)
             d_train = trains(b, "mlp_down")
             if fam.gated_mlp:
                 g_grad, u_grad = r or ups[0], r or ups[1]
                 if g_grad:
-                    per_tok += inter * abytes * 2  # SiLU input; its output saved by the product
+                    tok += inter * abytes * 2  # SiLU input; its output saved by the product
                 if u_grad:
-                    per_tok += inter * abytes  # up output saved by the product
+                    tok += inter * abytes  # up output saved by the product
                 mid_grad = g_grad or u_grad
-                if d_train and dropout == 0:
-                    per_tok += inter * abytes  # product (input of down_proj)
+                tok += adapter_inputs(b, ("mlp_down",), inter)  # product (input of down_proj)
             else:
                 mid_grad = r or ups[0]
                 if mid_grad:
-                    per_tok += fam.act_saves * inter * abytes
-                if d_train and dropout == 0 and not (mid_grad and fam.act_saves == 1):
-                    per_tok += inter * abytes  # fc2 input (relu keeps the same tensor)
-            per_tok += dropped(b, ("mlp_down",), inter, mid_grad)
+                    tok += fam.act_saves * inter * abytes
+                relu_keeps = mid_grad and fam.act_saves == 1 and shared_inputs  # relu keeps fc2's input
+                tok += adapter_inputs(b, ("mlp_down",), inter, share_ok=not relu_keeps)
+            tok += dropped(b, ("mlp_down",), inter, mid_grad)
+            fixed += casts(b, ("mlp_down",), mid_grad)
             r = r or mid_grad or d_train
             if r:
-                per_tok += resid_mask
-        if r:
-            per_tok += norm  # final norm
-    if lora:
-        per_tok += lora_activation_bytes_per_token(layer_settings, abytes)
-    per_tok += profile.extra_activation_bytes_per_token
+                tok += resid_mask
+            if lora:
+                tok += lora_activation_bytes_per_token(kinds_b, abytes)
+            blocks.append((tok, fixed, active, r_in and norm_saves_input))
+    elif lora:  # (no backbone backprop and LoRA cannot happen together; kept for completeness)
+        blocks.append((lora_activation_bytes_per_token(layer_settings, abytes), 0.0, False, False))
+    outside = 0.0
+    if r:
+        outside += norm  # final norm
     loss = T * V * 4 + T * 8 + 4  # log-softmax output (fp32), targets, weight total
-    return int(round(per_tok * T)) + rope + loss
+    extra = getattr(profile, "extra_activations", None)  # the method's own modules (side network)
+    loss += int(round(extra(batch_size, seq_len, abytes, autocast))) if extra is not None else 0  # (+ them)
+    if not checkpointing or not any(k for _, _, k, _ in blocks):
+        per_tok = sum(t for t, _, _, _ in blocks) + outside
+        return int(round(per_tok * T + sum(f for _, f, _, _ in blocks))) + rope + loss
+    # checkpointing: kept block inputs (+ the shared rotary tables and padding mask they take as
+    # arguments) for the whole step, plus the largest block recomputation
+    n_kept = sum(1 for _, _, k, _ in blocks if k)
+    kept_args = (2 * seq_len * hd * abytes if fam.rope else 0) + (batch_size * seq_len * seq_len if padded else 0)
+    recompute = max((t - (h * abytes if saves_input else 0)) * T + f for t, f, k, saves_input in blocks if k)
+    return int(round(n_kept * h * abytes * T + outside * T + recompute)) + kept_args + loss
 
 
 # ----------------------------------------------------------------------------- the estimate
 
 
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd")
+BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit states for smaller tensors
+BNB_BLOCK = 256  # blockwise quantization of 8-bit states: one fp32 absmax per block
+
+
+def optimizer_state_bytes(optimizer: str, sizes: Iterable[int], param_bytes: int, device: str = "cpu") -> int:
+    """Bytes of optimizer state for trainable tensors of ``sizes`` elements.
+
+    ``adamw`` (torch): two states in the parameter dtype and a 4-byte step tensor per tensor (a
+    host tensor on CUDA, not counted there). ``sgd``: momentum 0.9, one state in the parameter
+    dtype. bitsandbytes: ``paged-adamw`` two fp32 states; ``adamw-8bit`` / ``paged-adamw-8bit``
+    one byte per state element plus an fp32 absmax per 256-element block (tensors under 4096
+    elements keep fp32 states), and the two 256-entry fp32 quantization maps all tensors share.
+    Paged states live in CUDA unified memory (they can spill to host memory under pressure); the
+    estimate counts them on the device, the conservative choice for a budget.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+    sizes = [int(n) for n in sizes]
+    if optimizer == "adamw":
+        return sum(2 * n * param_bytes for n in sizes) + (0 if device.startswith("cuda") else 4 * len(sizes))
+    if optimizer == "sgd":
+        return sum(n * param_bytes for n in sizes)
+    if optimizer == "paged-adamw":
+        return sum(2 * n * 4 for n in sizes)
+    total, any8 = 0, False
+    for n in sizes:
+        if n >= BNB_MIN_8BIT_SIZE:
+            total += 2 * n + 2 * 4 * ((n + BNB_BLOCK - 1) // BNB_BLOCK)
+            any8 = True
+        else:
+            total += 2 * n * 4
+    return total + (2 * 256 * 4 if any8 else 0)
+
+
+def _trainable_sizes(profile: MemoryProfile) -> list[int]:
+    sizes = getattr(profile, "trainable_sizes", None)
+    if sizes is not None:
+        return list(sizes)
+    n = profile.trainable_tensors
+    if n <= 0:
+        return []
+    base, extra = divmod(profile.trainable_params, n)  # unknown split: equal sizes
+    return [base + (1 if i < extra else 0) for i in range(n)]
+
+
 def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any = "qlora",
              batch_size: int = 8, seq_len: int = 128, dtype: Any = "float32",
              settings: Any = None, device: str = "cpu", config: Any = None,
-             padded: bool = False) -> MemoryBreakdown:
-    """Predicted bytes of one AdamW fine-tuning step.
+             padded: bool = False, gradient_checkpointing: bool = False, optimizer: str = "adamw",
+             grad_accum_steps: int = 1) -> MemoryBreakdown:
+    """Predicted bytes of one fine-tuning step.
 
     ``arch``: an ``ArchInfo``, an HF config or a model. ``method``: a name, a ``Method`` or a
     ``MemoryProfile``. ``layer_settings`` must cover every target layer (pruning included).
+    ``dtype``: float32, bfloat16 (pure bf16: trainable parameters and optimizer states too) or
+    float16 (fp16 autocast over fp16 frozen weights, fp32 trainable parameters).
+    ``gradient_checkpointing``: per decoder block (see :func:`activation_bytes`).
+    ``optimizer``: see :func:`optimizer_state_bytes`. ``grad_accum_steps``: ``batch_size`` rows per
+    optimizer step in micro-batches of ``batch_size / grad_accum_steps`` (activations follow the
+    micro-batch; gradients are accumulated in place).
     On ``device="cuda"`` AdamW's step counters (host tensors) are not counted and a transient
     term for the logits and their gradient is added to approximate ``max_memory_allocated``.
     ``padded``: batches carry padding, so attention gets an explicit mask (more is saved).
@@ -268,7 +399,9 @@ def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any
         if isinstance(method, str):
             method = get_method(method)
         profile = method.memory_profile(info, layer_settings, settings)
+    micro = micro_batch_size(batch_size, grad_accum_steps)
     wb = dtype_bytes(dtype)
+    autocast = mixed_precision(dtype)
     shapes = layer_shapes(info, layer_settings)
     weights = _non_target_bytes(info, config, wb) + profile.extra_frozen_bytes
     meta = 0
@@ -284,21 +417,38 @@ def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any
             meta += md
         else:
             weights += out_f * in_f * wb
-    pb = profile.param_bytes or wb
+    # frozen parts in the model dtype; trainable ones fp32 under autocast (else the model dtype),
+    # those of profile.fp32_sizes fp32 in every dtype
+    pb = 4 if autocast else (profile.param_bytes or wb)
+    fp32_sizes = list(getattr(profile, "fp32_sizes", ()))
+    n32 = sum(fp32_sizes)
     # "adapters" reports every trainable parameter; trainable parts of base layers (QEFT's weak
     # block) move there from "weights", as the measurement categorises them.
     base_trainable = max(0, profile.trainable_params - profile.adapter_params)
-    weights -= base_trainable * pb
-    adapters = profile.trainable_params * pb
-    grads = profile.trainable_params * pb
-    steps = 0 if device.startswith("cuda") else 4 * profile.trainable_tensors
-    optim = 2 * profile.trainable_params * pb + steps
-    acts = activation_bytes(info, layer_settings, profile, batch_size, seq_len, wb, device, padded, config)
+    weights -= base_trainable * (profile.param_bytes or wb)
+    adapters = (profile.trainable_params - n32) * pb + n32 * 4
+    grads = adapters
+    sizes = _trainable_sizes(profile)
+    if fp32_sizes and optimizer in ("adamw", "sgd"):  # (bitsandbytes' states ignore the param dtype)
+        # these count elements and tensors only: the others are the rest, whatever their split
+        n_rest = max(0, profile.trainable_tensors - len(fp32_sizes))
+        rest = [profile.trainable_params - n32] + [0] * (n_rest - 1) if n_rest else []
+        optim = (optimizer_state_bytes(optimizer, rest, pb, device)
+                 + optimizer_state_bytes(optimizer, fp32_sizes, 4, device))
+    else:
+        optim = optimizer_state_bytes(optimizer, sizes, pb, device)
+    acts = activation_bytes(info, layer_settings, profile, micro, seq_len, wb, device, padded, config,
+                            checkpointing=gradient_checkpointing, autocast=autocast, shapes=shapes)
     transient = 0
     if device.startswith("cuda") and profile.trainable_params > 0:
-        transient = 2 * batch_size * seq_len * info.vocab_size * 4
+        transient = 2 * micro * seq_len * info.vocab_size * 4
     return MemoryBreakdown.of(weights=weights, quant_metadata=meta, adapters=adapters, gradients=grads,
                               optimizer_states=optim, activations=acts, transient=transient)
+
+
+def mixed_precision(dtype: Any) -> bool:
+    """float16 means fp16 autocast with fp32 trainable weights (pure fp16 training diverges)."""
+    return str(dtype).replace("torch.", "") == "float16"
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -333,15 +483,35 @@ def model_bytes(model: Any, trainable: Iterable[Any] = ()) -> dict[str, int]:
     return out
 
 
+_ACTIVE: list["SavedTensorMeter"] = []
+
+
+def active_meter() -> "SavedTensorMeter | None":
+    """The innermost :class:`SavedTensorMeter` now entered (checkpointed blocks report to it)."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
 class SavedTensorMeter:
     """Context manager summing the bytes of tensors autograd saves for backward, once per
-    storage, excluding the model's own parameters and buffers (already counted as weights)."""
+    storage, excluding the model's own parameters and buffers (already counted as weights).
+
+    With gradient checkpointing (:mod:`automix.trial.checkpoint`) a checkpointed block saves
+    nothing during the forward; it reports the inputs it keeps (:meth:`keep`, counted like saved
+    tensors) and, in backward, each recomputation's saved tensors (:meth:`recomputed`: the bytes
+    of storages not already counted; the largest recomputation is ``recompute_peak``).
+    ``total`` = ``bytes`` + ``recompute_peak`` is the step's activation accounting.
+    """
 
     def __init__(self, model: Any) -> None:
         self._exclude = {_storage_key(t) for t in list(model.parameters()) + list(model.buffers())}
         self._seen: set[tuple[str, int]] = set()
         self.bytes = 0
+        self.recompute_peak = 0
         self._ctx = None
+
+    @property
+    def total(self) -> int:
+        return self.bytes + self.recompute_peak
 
     def _pack(self, t: Any) -> Any:
         key = _storage_key(t)
@@ -350,32 +520,60 @@ class SavedTensorMeter:
             self.bytes += t.untyped_storage().nbytes()
         return t
 
+    def keep(self, tensors: Iterable[Any]) -> None:
+        """Count tensors kept alive for backward outside autograd's saving (checkpoint inputs)."""
+        for t in tensors:
+            self._pack(t)
+
+    def recomputed(self, tensors: Iterable[Any], inputs: Iterable[Any] = ()) -> None:
+        """Bytes one block recomputation holds beyond the block's kept ``inputs`` (and the model's
+        own tensors); keeps the largest. (Storages counted earlier may be freed by now and their
+        addresses reused, so only the inputs, alive for sure, are matched.)"""
+        fresh = {_storage_key(t) for t in inputs}
+        n = 0
+        for t in tensors:
+            key = _storage_key(t)
+            if key in self._exclude or key in fresh:
+                continue
+            fresh.add(key)
+            n += t.untyped_storage().nbytes()
+        self.recompute_peak = max(self.recompute_peak, n)
+
     def __enter__(self) -> "SavedTensorMeter":
         import torch
 
         self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._ctx.__enter__()
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        _ACTIVE.remove(self)
         self._ctx.__exit__(*exc)
 
 
 def optimizer_bytes(optimizer: Any) -> int:
-    """Exact bytes of an optimizer's state tensors (AdamW: exp_avg, exp_avg_sq, step)."""
+    """Exact bytes of an optimizer's state tensors, once per storage (AdamW: exp_avg, exp_avg_sq,
+    step; 8-bit AdamW: codes, block absmax and the quantization maps all parameters share)."""
     import torch
 
+    seen: set[tuple[str, int]] = set()
     total = 0
     for state in optimizer.state.values():
         for v in state.values():
-            if isinstance(v, torch.Tensor):
+            if isinstance(v, torch.Tensor) and _storage_key(v) not in seen:
+                seen.add(_storage_key(v))
                 total += v.untyped_storage().nbytes()
     return total
 
 
-def measured_breakdown(model: Any, params: Iterable[Any], optimizer: Any, saved_bytes: int) -> MemoryBreakdown:
+def measured_breakdown(model: Any, params: Iterable[Any], optimizer: Any,
+                       saved_bytes: "int | SavedTensorMeter") -> MemoryBreakdown:
     """The CPU accounting after a step: tensors of the model, gradients, optimizer state and the
-    activations measured by a :class:`SavedTensorMeter` during that step's forward."""
+    activations measured by a :class:`SavedTensorMeter` during that step (its ``total``: what
+    the forward saved plus, with checkpointing, the largest block recomputation)."""
+    if isinstance(saved_bytes, SavedTensorMeter):
+        saved_bytes = saved_bytes.total
     params = list(params)
     parts = model_bytes(model, params)
     grads = sum(p.grad.untyped_storage().nbytes() for p in params if p.grad is not None)
@@ -388,6 +586,7 @@ def relative_error(predicted: int, measured: int) -> float:
     return abs(predicted - measured) / max(1, measured)
 
 
-__all__ = ["MemoryBreakdown", "SavedTensorMeter", "activation_bytes", "dtype_bytes", "estimate",
+__all__ = ["OPTIMIZERS", "MemoryBreakdown", "SavedTensorMeter", "active_meter", "activation_bytes", "dtype_bytes",
+           "estimate", "mixed_precision", "optimizer_state_bytes",
            "layer_shapes", "lora_activation_bytes_per_token", "measured_breakdown", "model_bytes",
            "optimizer_bytes", "relative_error"]

@@ -13,6 +13,7 @@ adapter initialisation, data order, dropout).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import random
@@ -27,14 +28,15 @@ import torch
 from automix.arch import layer_shapes
 from automix.config.layers import LayerConfig, average_bits, resolved_from_dict
 from automix.methods import MethodSettings, get_method
-from automix.trial import memory
+from automix.trial import checkpoint, memory
 from automix.trial.data import calibration_batches, get_task, is_padded
 from automix.arch import arch_info, target_layer_names
 from automix.trial.models import load_model
 from automix.trial.prune import prune_model
 from automix.trial.spec import TrialFailure, TrialResult, TrialSpec
 
-__all__ = ["run_trial", "prepare_model", "PreparedTrial"]
+__all__ = ["run_trial", "prepare_model", "PreparedTrial", "grad_scaler", "make_optimizer", "train_step",
+           "training_options"]
 
 
 def _seed(seed: int) -> None:
@@ -55,6 +57,72 @@ def _layer_settings(spec: TrialSpec, names: list[str]) -> dict[str, Any]:
     if isinstance(spec.layers, str):
         return LayerConfig.from_yaml(spec.layers).resolve(names)
     return resolved_from_dict(spec.layers, names, source="spec.layers")
+
+
+def make_optimizer(name: str, params: list[Any], lr: float, weight_decay: float) -> Any:
+    """The optimizer a spec names (see ``TrialSpec.optimizer``); bitsandbytes ones need the package."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    try:
+        import bitsandbytes as bnb  # lazy: optional extra (automix[bnb]), only for its optimizers
+    except Exception as err:  # ImportError, or a broken native library
+        raise TrialFailure("invalid_input", f"optimizer {name!r} needs bitsandbytes, which is not usable here "
+                           f"({type(err).__name__}: {err}); install it with pip install 'automix[bnb]' "
+                           "or use optimizer adamw or sgd") from None
+    cls = {"adamw-8bit": bnb.optim.AdamW8bit, "paged-adamw": bnb.optim.PagedAdamW,
+           "paged-adamw-8bit": bnb.optim.PagedAdamW8bit}[name]
+    return cls(params, lr=lr, weight_decay=weight_decay, min_8bit_size=memory.BNB_MIN_8BIT_SIZE)
+
+
+def _micro_batches(batch: dict[str, torch.Tensor], steps: int) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """Split a batch into ``steps`` micro-batches with the weight of each one's loss (its share
+    of the trained-on tokens, so accumulation matches the token-mean loss of the whole batch)."""
+    if steps == 1:
+        return [(batch, 1.0)]
+    parts = [dict(zip(batch, vals)) for vals in zip(*(v.chunk(steps) for v in batch.values()))]
+    if "labels" in batch:
+        counts = [float((p["labels"][:, 1:] != -100).sum()) for p in parts]
+    else:
+        counts = [float(p["input_ids"].numel()) for p in parts]
+    total = sum(counts) or 1.0
+    return [(p, c / total) for p, c in zip(parts, counts)]
+
+
+def grad_scaler(spec: TrialSpec, device: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast (a no-op otherwise)."""
+    return torch.amp.GradScaler("cuda" if device.startswith("cuda") else "cpu",
+                                enabled=memory.mixed_precision(spec.dtype))
+
+
+def train_step(model: Any, batch: Mapping[str, torch.Tensor], params: list[Any], opt: Any,
+               scaler: torch.amp.GradScaler, spec: TrialSpec, meters: list | None = None) -> float:
+    """One optimizer step over ``batch`` in ``spec.grad_accum_steps`` micro-batches (fp16 autocast
+    when ``spec.dtype`` is float16); returns the batch's loss. With ``meters`` (a list), each
+    micro-batch is measured by its own :class:`automix.trial.memory.SavedTensorMeter`, appended
+    there (the step's activation peak is the largest). The caller zeroes the gradients (after
+    reading the memory it wants to measure)."""
+    dev_type = next(iter(batch.values())).device.type
+    mixed = memory.mixed_precision(spec.dtype)
+    value = 0.0
+    for micro, weight in _micro_batches(dict(batch), spec.grad_accum_steps):
+        ctx: Any = contextlib.nullcontext()
+        if meters is not None:
+            ctx = memory.SavedTensorMeter(model)
+            meters.append(ctx)
+        with ctx, torch.autocast(dev_type, dtype=torch.float16, enabled=mixed):
+            loss = model(**micro).loss * weight
+        value += float(loss.detach())
+        scaler.scale(loss).backward()
+        del loss
+    if math.isfinite(value):
+        if spec.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+    return value
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -126,7 +194,7 @@ def prepare_model(spec: TrialSpec | Mapping[str, Any], device: str = "cpu") -> P
     ls = _layer_settings(spec, names)
     task = get_task(spec.task, spec.data, **({"eval_path": spec.eval_data} if spec.eval_data else {}))
     method = get_method(spec.method)
-    settings = method.check_settings(MethodSettings.from_dict(spec.method_settings))
+    settings = method.check_settings(MethodSettings.from_dict(spec.method_settings_dict()))
 
     if any(s.prune > 0 for s in ls.values()):
         _seed(spec.seed)
@@ -142,7 +210,18 @@ def prepare_model(spec: TrialSpec | Mapping[str, Any], device: str = "cpu") -> P
     _seed(spec.seed)
     model = method.prepare(model, ls, settings, calib.to(device) if calib is not None else None)
     model.to(device)
+    if memory.mixed_precision(spec.dtype):  # fp16 autocast trains fp32 copies of the trainable weights
+        for _, p in method.trainable_parameters(model):
+            p.data = p.data.float()
+    if spec.gradient_checkpointing:
+        checkpoint.enable(model)
     return PreparedTrial(spec, model, tokenizer, task, method, settings, ls, memory_ls, info)
+
+
+def training_options(spec: TrialSpec) -> dict[str, Any]:
+    """The spec's training set-up as :func:`automix.trial.memory.estimate` keywords."""
+    return {"gradient_checkpointing": spec.gradient_checkpointing, "optimizer": spec.optimizer,
+            "grad_accum_steps": spec.grad_accum_steps}
 
 
 def _run(spec: TrialSpec, result: TrialResult) -> None:
@@ -169,7 +248,8 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
     t1, c1 = time.perf_counter(), time.process_time()
     tokens = 0
     if spec.steps > 0:
-        opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        opt = make_optimizer(spec.optimizer, params, spec.lr, spec.weight_decay)
+        scaler = grad_scaler(spec, device)
         model.train()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(device)
@@ -179,33 +259,28 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
             if step == 0:
                 shape = tuple(batch["input_ids"].shape)
                 padded = is_padded(batch)
-                with memory.SavedTensorMeter(model) as meter:
-                    loss = model(**batch).loss
-            else:
-                loss = model(**batch).loss
-            value = float(loss.detach())
+            meters: list | None = [] if step == 0 else None
+            value = train_step(model, batch, params, opt, scaler, spec, meters)
             if not math.isfinite(value):
                 raise TrialFailure("nan", f"loss is {value} at step {step} (diverged; lower the lr "
                                    "or use more bits / a better initialisation)")
             result.losses.append(value)
-            loss.backward()
-            if spec.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
-            opt.step()
-            if step == 0:
-                measured = memory.measured_breakdown(model, params, opt, meter.bytes)
+            if step == 0:  # the largest micro-batch (padding differs between them)
+                measured = memory.measured_breakdown(model, params, opt, max(m.total for m in meters or []))
             opt.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         result.first_loss, result.last_loss = result.losses[0], result.losses[-1]
         predicted = memory.estimate(info, memory_ls, profile, batch_size=shape[0], seq_len=shape[1],
-                                    dtype=spec.dtype, device=device, config=model.config, padded=padded)
+                                    dtype=spec.dtype, device=device, config=model.config, padded=padded,
+                                    **training_options(spec))
         result.memory_measured, result.memory_predicted = measured.to_dict(), predicted.to_dict()
         result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device)) if on_cuda else measured.total
         result.predicted_memory_bytes = predicted.total
     else:  # evaluation only: what is resident (no gradients, optimizer or saved activations)
         static = memory.model_bytes(model, params)
         predicted = memory.estimate(info, memory_ls, profile, batch_size=spec.batch_size,
-                                    seq_len=spec.seq_len, dtype=spec.dtype, device=device, config=model.config)
+                                    seq_len=spec.seq_len, dtype=spec.dtype, device=device, config=model.config,
+                                    **training_options(spec))
         result.memory_measured = dict(static, total=sum(static.values()))
         result.memory_predicted = predicted.to_dict()
         result.peak_memory_bytes = sum(static.values())
@@ -220,7 +295,9 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
     kw: dict[str, Any] = {"batch_size": spec.eval_batch_size}
     if spec.eval_batches is not None:
         kw["n_rows" if spec.task == "lm" else "n"] = spec.eval_batches * spec.eval_batch_size
-    with torch.no_grad():
+    mixed = memory.mixed_precision(spec.dtype)  # evaluate the way it trained (fp32 adapters, fp16 compute)
+    with torch.no_grad(), torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.float16,
+                                         enabled=mixed):
         metrics = task.evaluate(model, tokenizer, **kw)
     result.eval_seconds = time.perf_counter() - t2
     result.metrics = {k: float(v) for k, v in metrics.items()}

@@ -8,14 +8,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from automix.config.study import micro_batch_size
 from automix.methods import available_methods
+from automix.quant import METHODS as QUANTIZERS
 from automix.trial.data import available_tasks
+from automix.trial.memory import OPTIMIZERS
 
-__all__ = ["FailureKind", "TrialSpec", "TrialResult", "TrialFailure"]
+__all__ = ["FailureKind", "OPTIMIZERS", "QUANTIZERS", "TrialSpec", "TrialResult", "TrialFailure"]
 
 FailureKind = Literal["", "invalid_input", "nan", "oom", "error"]
+Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
+Quantizer = Literal[QUANTIZERS]  # type: ignore[valid-type]
 
 
 class TrialSpec(BaseModel):
@@ -27,6 +32,20 @@ class TrialSpec(BaseModel):
     ``lora_dropout``, ``quant_method``, ``calib_samples``, ``calib_seq_len``, ``options``).
     ``eval_batches`` x ``eval_batch_size`` held-out rows (lm) or examples (boolq) are scored;
     ``None`` uses the task's default size.
+
+    How it trains (each also a study ``trial:`` key and an ``automix trial`` flag):
+
+    * ``dtype``: float32; bfloat16 (pure bf16: weights, trainable parameters, optimizer states);
+      float16 (fp16 autocast over fp16 frozen weights with fp32 trainable parameters and a
+      gradient scaler — pure fp16 training diverges, so float16 always means mixed precision).
+    * ``gradient_checkpointing``: keep only each decoder block's input and recompute the block in
+      backward (``automix.trial.checkpoint``); off here, on in studies (``TrialSettings``).
+    * ``optimizer``: adamw (torch, states in the parameter dtype), sgd (momentum 0.9), or through
+      bitsandbytes (``pip install 'automix[bnb]'``) adamw-8bit, paged-adamw, paged-adamw-8bit.
+    * ``grad_accum_steps``: ``batch_size`` rows per optimizer step, in micro-batches of
+      ``batch_size / grad_accum_steps`` rows (must divide).
+    * ``quantizer``: how base weights are quantized (rtn, minmax, hqq; default
+      ``automix.quant.DEFAULT_METHOD``); the same as ``method_settings.quant_method``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -50,8 +69,28 @@ class TrialSpec(BaseModel):
     eval_batches: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(16, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+    optimizer: Optimizer = "adamw"
+    grad_accum_steps: int = Field(1, ge=1)
+    quantizer: Quantizer | None = None
     device: str = "auto"
     save_state: str | None = None
+
+    @model_validator(mode="after")
+    def _micro_batch(self) -> "TrialSpec":
+        micro_batch_size(self.batch_size, self.grad_accum_steps)
+        given = (self.method_settings or {}).get("quant_method")
+        if self.quantizer is not None and given is not None and given != self.quantizer:
+            raise ValueError(f"quantizer {self.quantizer!r} and method_settings.quant_method {given!r} disagree; "
+                             "set one of them")
+        return self
+
+    def method_settings_dict(self) -> dict[str, Any]:
+        """``method_settings`` with ``quantizer`` folded in as ``quant_method``."""
+        out = dict(self.method_settings or {})
+        if self.quantizer is not None:
+            out["quant_method"] = self.quantizer
+        return out
 
     @field_validator("task")
     @classmethod

@@ -70,13 +70,13 @@ def rtn_reference(w: torch.Tensor, bits: int, gs: int) -> torch.Tensor:
 @pytest.mark.parametrize("gs,k", [(32, 96), (64, 128), (48, 100)])
 def test_minmax_equals_round_to_nearest(bits: int, gs: int, k: int) -> None:
     w = torch.randn(7, k)
-    qw = quantize(w, bits, gs, meta_dtype=torch.float32)
+    qw = quantize(w, bits, gs, method="minmax", meta_dtype=torch.float32)
     torch.testing.assert_close(qw.dequantize(), rtn_reference(w, bits, gs), rtol=0, atol=1e-6)
 
 
 def test_minmax_error_bounded_by_half_step() -> None:
     w = torch.randn(16, 256)
-    qw = quantize(w, 4, 64)
+    qw = quantize(w, 4, 64, method="minmax")
     err = (qw.dequantize() - w).abs().view(16, 4, 64)
     step = qw.scales.t().float().unsqueeze(-1)
     assert bool((err <= step * 0.5 + 1e-3).all())
@@ -93,7 +93,7 @@ def test_constant_group_is_exact() -> None:
 @pytest.mark.parametrize("bits", BITS)
 def test_hqq_no_worse_than_minmax_on_heavy_tails(bits: int) -> None:
     w = torch.distributions.StudentT(3.0).sample((32, 256))
-    e_rtn = (quantize(w, bits, 64).dequantize() - w).pow(2).mean()
+    e_rtn = (quantize(w, bits, 64, method="minmax").dequantize() - w).pow(2).mean()
     e_hqq = (quantize(w, bits, 64, method="hqq").dequantize() - w).pow(2).mean()
     assert e_hqq <= e_rtn * 1.001
     if bits <= 3:
@@ -105,8 +105,8 @@ def test_fake_quantize_matches_baked_weight_and_has_gradients() -> None:
     gamma = (clip_logits_init(w.shape, 32) + 0.5 * torch.randn(12, 3)).requires_grad_()
     beta = (clip_logits_init(w.shape, 32) - 3.0 * torch.rand(12, 3)).requires_grad_()
     fq = fake_quantize(w, 3, 32, gamma, beta)
-    baked = quantize(w.detach(), 3, 32, clip_max_logit=gamma.detach(), clip_min_logit=beta.detach(),
-                     meta_dtype=torch.float32)
+    baked = quantize(w.detach(), 3, 32, method="minmax", clip_max_logit=gamma.detach(),
+                     clip_min_logit=beta.detach(), meta_dtype=torch.float32)
     torch.testing.assert_close(fq.detach(), baked.dequantize(), rtol=0, atol=1e-5)
     (fq - w.detach() * 1.1).pow(2).sum().backward()
     assert w.grad is not None and gamma.grad is not None and beta.grad is not None
@@ -244,7 +244,8 @@ def test_quantlinear_from_gpt2_conv1d() -> None:
     ql = QuantLinear.from_linear(conv, 8, 32)
     assert (ql.in_features, ql.out_features) == (64, 24)
     x = torch.randn(4, 64)
-    torch.testing.assert_close(ql(x), conv(x), rtol=0.05, atol=0.05)
+    torch.testing.assert_close(ql.dequantize(torch.float32), conv.weight.t(), rtol=0, atol=0.05)
+    torch.testing.assert_close(ql(x), x @ ql.dequantize(torch.float32).t() + conv.bias, rtol=1e-4, atol=1e-4)
 
 
 def test_quantlinear_error_names_module() -> None:

@@ -130,3 +130,49 @@ def test_cli_json(model_dir, capsys):
         assert key in out
     rc = main(["trial", "--model", model_dir, "--bits", "5", "--steps", "1"])
     assert rc == 2 and "bits must be one of" in capsys.readouterr().err
+
+
+def test_training_options_keep_the_losses_and_the_prediction_exact(model_dir):
+    plain = run_trial(spec(model_dir, steps=3, optimizer="sgd", quantizer="minmax"))
+    r = run_trial(spec(model_dir, steps=3, optimizer="sgd", quantizer="minmax", gradient_checkpointing=True,
+                       grad_accum_steps=2))
+    assert plain.status == r.status == "ok", (plain.failure_reason, r.failure_reason)
+    assert r.losses == pytest.approx(plain.losses, rel=1e-5)  # same data, token-weighted micro-batches
+    assert r.predicted_memory_bytes == pytest.approx(r.peak_memory_bytes, rel=0.02)
+    assert r.peak_memory_bytes < plain.peak_memory_bytes
+    assert r.memory_measured["optimizer_states"] == r.memory_predicted["optimizer_states"] > 0
+    other = run_trial(spec(model_dir, steps=0, quantizer="rtn"))
+    assert other.status == "ok" and other.perplexity != run_trial(spec(model_dir, steps=0, quantizer="minmax")).perplexity
+
+
+def test_fp16_autocast_trains_fp32_adapters(model_dir):
+    r = run_trial(spec(model_dir, steps=2, dtype="float16", gradient_checkpointing=True))
+    assert r.status == "ok", r.failure_reason
+    assert r.memory_measured["adapters"] == 4 * r.trainable_params
+    assert r.predicted_memory_bytes == pytest.approx(r.peak_memory_bytes, rel=0.02)
+
+
+def test_training_option_errors_are_clear():
+    with pytest.raises(ValueError, match=r"grad_accum_steps \(3\) must divide batch_size \(8\)"):
+        TrialSpec(batch_size=8, grad_accum_steps=3)
+    with pytest.raises(ValueError, match="disagree"):
+        TrialSpec(quantizer="rtn", method_settings={"quant_method": "hqq"})
+    with pytest.raises(ValueError, match="adamw-8bit"):
+        TrialSpec(optimizer="adam")
+    assert TrialSpec(quantizer="hqq").method_settings_dict() == {"quant_method": "hqq"}
+
+
+def test_cli_training_flags(model_dir, capsys):
+    from automix.cli import main
+
+    base = ["trial", "--model", model_dir, "--bits", "4", "--group-size", "32", "--rank", "2", "--steps", "1",
+            "--batch-size", "2", "--seq-len", "32", "--eval-batches", "1"]
+    rc = main(base + ["--gradient-checkpointing", "--grad-accum-steps", "2", "--optimizer", "sgd",
+                      "--quantizer", "hqq", "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and out["status"] == "ok"
+    assert out["memory_predicted"]["optimizer_states"] == out["memory_measured"]["optimizer_states"]
+    rc = main(base + ["--grad-accum-steps", "3"])
+    assert rc == 2 and "grad_accum_steps (3) must divide batch_size (2)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--optimizer", "adam"])

@@ -1,0 +1,81 @@
+"""The study's `trial:` training set-up: defaults, values, clear errors, and the same vocabulary as the trial."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import get_args
+
+import pytest
+
+from automix.config.study import DTYPES, OPTIMIZERS, QUANTIZERS, StudyConfigError, TrialSettings, load_study
+
+GOOD = """\
+name: t1
+model: builtin:tiny
+task: boolq
+methods: [qlora]
+search_space:
+  path: search_spaces/quickstart.yaml
+memory_budget: 6GiB
+n_trials: 4
+trial:
+"""
+
+
+def write(tmp_path, body: str):
+    p = tmp_path / "s.yaml"
+    p.write_text(GOOD + textwrap.indent(textwrap.dedent(body), "  "))
+    return p
+
+
+def test_defaults_are_the_practitioners_set_up():
+    t = TrialSettings()
+    assert t.gradient_checkpointing is True and t.optimizer == "adamw" and t.grad_accum_steps == 1
+    assert t.quantizer is None  # automix.quant.DEFAULT_METHOD
+    assert t.memory_options() == {"gradient_checkpointing": True, "optimizer": "adamw", "grad_accum_steps": 1}
+    assert "quantizer" not in t.spec_options()
+
+
+def test_values_round_trip_to_spec_options(tmp_path):
+    cfg = load_study(write(tmp_path, """\
+        batch_size: 8
+        grad_accum_steps: 4
+        gradient_checkpointing: false
+        optimizer: paged-adamw-8bit
+        dtype: float16
+        quantizer: hqq
+        """))
+    assert cfg.trial.spec_options() == {"gradient_checkpointing": False, "optimizer": "paged-adamw-8bit",
+                                        "grad_accum_steps": 4, "quantizer": "hqq"}
+
+
+@pytest.mark.parametrize("body,line,key,words", [
+    ("optimizer: adam\n", 10, "trial.optimizer", "adamw-8bit"),
+    ("quantizer: gptq\n", 10, "trial.quantizer", "rtn"),
+    ("dtype: fp16\n", 10, "trial.dtype", "float16"),
+    ("gradient_checkpointing: maybe\n", 10, "trial.gradient_checkpointing", "bool"),
+    ("grad_accum_steps: 0\n", 10, "trial.grad_accum_steps", "greater than or equal to 1"),
+])
+def test_bad_values_name_file_line_and_key(tmp_path, body, line, key, words):
+    p = write(tmp_path, body)
+    with pytest.raises(StudyConfigError) as e:
+        load_study(p)
+    msg = str(e.value)
+    assert f"{p}:{line}: {key}" in msg and words in msg, msg
+
+
+def test_accumulation_must_divide_the_batch(tmp_path):
+    p = write(tmp_path, "batch_size: 6\ngrad_accum_steps: 4\n")
+    with pytest.raises(StudyConfigError, match=r"grad_accum_steps \(4\) must divide batch_size \(6\)"):
+        load_study(p)
+
+
+def test_vocabulary_matches_the_trial_layer():
+    from automix.quant import METHODS
+    from automix.trial.memory import OPTIMIZERS as TRIAL_OPTIMIZERS
+    from automix.trial.spec import TrialSpec
+
+    assert QUANTIZERS == METHODS and OPTIMIZERS == TRIAL_OPTIMIZERS
+    assert DTYPES == get_args(TrialSpec.model_fields["dtype"].annotation)
+    spec_fields = set(TrialSpec.model_fields)
+    assert set(TrialSettings().spec_options()) | {"quantizer"} <= spec_fields
