@@ -1,17 +1,23 @@
-"""`automix bench search`: AutoMixSampler against Optuna's samplers on synthetic objectives.
+"""`automix bench search`: AutoMixSampler against Optuna's samplers over a suite of problems.
 
 (``--problem builtin`` runs the real-trial benchmark instead: ``automix.bench.search_real``.)
 
-Prints (and optionally writes as markdown) four tables:
+Every case of ``automix.testing.SUITE`` (structurally different generated problems: sensitivity
+spreads, interactions, noise, 42-224 linears, pruning and rank, memory known or learned, profile
+exact, rough or none) is searched twice per sampler and seed:
 
-1. hypervolume (noiseless accuracy vs memory of the evaluated configurations, normalised by a
-   reference front) against the number of trials, median over seeds;
-2. constrained search: best feasible accuracy found under a memory budget vs the true best;
-3. predictor quality (Kendall tau, RMSE on held-out configurations) as trials accumulate;
-4. the sampler's own time per proposal with 500 finished trials.
+* *front*: two objectives (accuracy up, memory down); value = hypervolume of the noiseless
+  (accuracy, memory) of every evaluated configuration, normalised by the case's reference front;
+* *budget*: accuracy under the case's memory budget (``Trial.set_constraint``); value = gap in
+  points between the true best feasible accuracy and the true accuracy of the trial a user
+  would pick (the best *observed* feasible one; chance if none is feasible).
 
-Results of each (part, sampler, seed) are cached in a JSON file so a long run can be resumed
-or extended (``--cache``).
+AutoMixSampler is built as a study builds it: the profile's features, and the memory function
+(vectorised) as a known objective / constraint when the case says memory is known. The tables
+give every case, then the median and the worst case over the suite, and per case how AutoMix
+compares with TPE. Results of each (case, mode, sampler, seed) are cached in a JSON file
+(``--cache``) so a run can be resumed or extended; ``--parts timing`` adds the sampler's own
+CPU time per proposal.
 """
 
 from __future__ import annotations
@@ -29,46 +35,51 @@ from typing import Any
 
 import numpy as np
 
-from automix.testing import SyntheticProblem
 from automix.bench.report import emit_report
 from automix.bench.search_real import main as real_main
-from automix.search.predictors import PerformancePredictor, kendall_tau
+from automix.search.batch import Shifted
+from automix.search.knapsack import KnapsackSampler
 from automix.search.sampler import AutoMixSampler
+from automix.testing import SUITE, ProblemCase, SyntheticProblem
 
-CHECKPOINTS = (10, 20, 30, 45, 60)
-SAMPLERS = ("automix", "automix-flat", "automix-noprofile", "random", "tpe", "nsgaii", "gp")
-
-
-def _features(problem: SyntheticProblem, profile: bool = True):
-    """Engineered predictor features from a (noisy) sensitivity profile: profile x error(bits)
-    per layer and their sum -- what `automix profile` provides for a real model. Without a
-    profile, the relative quantization error alone (what a study with `sensitivity: off` gets
-    from `SearchSpace.feature_fn`)."""
-    proxy = problem.proxy_sensitivity() if profile else np.ones(problem.n_layers)
-
-    def features(params: dict[str, Any]) -> np.ndarray:
-        b = problem.params_to_bits(params)
-        e = np.where(b >= 16, 0.0, 4.0 ** -(b - 2.0)) * proxy
-        return np.concatenate([e, [e.sum()]])
-
-    return features
+SAMPLERS = ("automix", "knapsack", "automix-knapsack", "random", "tpe", "nsgaii")
+MODES = ("front", "budget")
 
 
-def _make_sampler(name: str, problem: SyntheticProblem, seed: int, budget: float | None):
+def _case(name: str) -> ProblemCase:
+    for c in SUITE:
+        if c.name == name:
+            return c
+    raise ValueError(f"unknown case {name!r}; the suite has {[c.name for c in SUITE]}")
+
+
+def make_sampler(name: str, problem: SyntheticProblem, seed: int, mode: str, n_trials: int):
+    """The sampler as a study would build it for this problem."""
     import optuna
 
-    if name.startswith("automix"):
-        dists = {n: optuna.distributions.CategoricalDistribution(list(problem.bits))
-                 for n in problem.layer_names}
-        kw: dict[str, Any] = {"search_space": dists, "seed": seed}
-        if name == "automix":
-            kw["features"] = _features(problem)
-        elif name == "automix-flat":
-            kw["features"] = _features(problem, profile=False)
-        if budget is None:
-            kw["known_objectives"] = {1: problem.memory_of_params}
-        else:
-            kw["known_constraints"] = [lambda p: problem.memory_of_params(p) - budget]
+    known = problem.case.memory == "known"
+    budget = problem.budget_gb()
+    if name in ("automix", "automix-knapsack", "knapsack"):
+        memory = problem.memory_fn()
+        features = problem.features()
+        if name == "knapsack":
+            if not known:
+                return None  # a one-shot allocation needs the memory of each choice
+            return KnapsackSampler(score=features, cost=memory, search_space=problem.distributions,
+                                   budget=budget if mode == "budget" else None, seed=seed)
+        kw: dict[str, Any] = {"search_space": problem.distributions, "seed": seed,
+                              "features": features,
+                              "n_startup_trials": max(2, min(16, n_trials // 3))}
+        if known and mode == "front":
+            kw["known_objectives"] = {1: memory}
+        if known and mode == "budget":
+            kw["known_constraints"] = [Shifted(memory, budget)]
+        if name == "automix-knapsack":
+            if not known:
+                return None
+            kw["startup_configs"] = KnapsackSampler(
+                score=features, cost=memory, search_space=problem.distributions,
+                budget=budget if mode == "budget" else None, seed=seed).proposals(4)
         return AutoMixSampler(**kw)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -76,129 +87,98 @@ def _make_sampler(name: str, problem: SyntheticProblem, seed: int, budget: float
         return optuna.samplers.TPESampler(seed=seed)
     if name == "nsgaii":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLERS}")
 
 
-def run_study(name: str, seed: int, n_trials: int, budget: float | None = None) -> dict:
-    """One study on the seed's problem; returns the bits of every trial and timings."""
+def run_study(name: str, case: ProblemCase, seed: int, n_trials: int, mode: str) -> dict | None:
+    """One study of the seed's instance of the case; the levels of every trial, the observed
+    accuracies and the sampler's CPU seconds (None: the sampler does not apply)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    problem = SyntheticProblem(seed=seed)
-    sampler = _make_sampler(name, problem, seed, budget)
-
-    def objective(trial):
-        bits = problem.suggest(trial)
-        acc = float(problem.observe(bits[None])[0])
-        mem = float(problem.memory_gb(bits[None])[0])
-        if budget is not None:
-            trial.set_constraint("memory", mem - budget)
-            return acc
-        return acc, mem
-
-    directions = ["maximize"] if budget is not None else ["maximize", "minimize"]
+    problem = SyntheticProblem(case, seed=seed)
+    sampler = make_sampler(name, problem, seed, mode, n_trials)
+    if sampler is None:
+        return None
+    budget = problem.budget_gb()
+    cpu = [0.0]
+    directions = ["maximize"] if mode == "budget" else ["maximize", "minimize"]
     study = optuna.create_study(directions=directions, sampler=sampler)
     t0 = time.perf_counter()
-    study.optimize(objective, n_trials=n_trials)
-    bits = [problem.params_to_bits(t.params).tolist() for t in study.trials]
-    values = [t.values[0] for t in study.trials]
-    return {"bits": bits, "observed": values, "seconds": time.perf_counter() - t0}
+    for _ in range(n_trials):
+        c0 = time.process_time()
+        trial = study.ask()
+        x = problem.suggest(trial)
+        cpu[0] += time.process_time() - c0
+        acc = float(problem.observe(x[None])[0])
+        mem = float(problem.memory_gb(x[None])[0])
+        if mode == "budget":
+            trial.set_constraint("memory", mem - budget)
+            study.tell(trial, acc)
+        else:
+            study.tell(trial, [acc, mem])
+    levels = [problem.levels_of(t.params).tolist() for t in study.trials]
+    observed = [t.values[0] for t in study.trials]
+    return {"levels": levels, "observed": observed, "seconds": time.perf_counter() - t0,
+            "cpu": cpu[0]}
 
 
-_EVAL_PROBLEMS: dict[int, SyntheticProblem] = {}
+_PROBLEMS: dict[tuple[str, int], SyntheticProblem] = {}
 
 
-def _problem(seed: int) -> SyntheticProblem:
-    """The seed's problem for evaluation only (its reference front is computed once)."""
-    if seed not in _EVAL_PROBLEMS:
-        _EVAL_PROBLEMS[seed] = SyntheticProblem(seed=seed)
-    return _EVAL_PROBLEMS[seed]
+def problem_for(case: ProblemCase, seed: int) -> SyntheticProblem:
+    """The seed's instance for evaluation (its reference front is computed once)."""
+    key = (case.name, seed)
+    if key not in _PROBLEMS:
+        _PROBLEMS[key] = SyntheticProblem(case, seed=seed)
+    return _PROBLEMS[key]
 
 
-def _hv_curve(seed: int, bits: list, checkpoints) -> list[float]:
-    problem = _problem(seed)
-    b = np.array(bits)
-    return [problem.normalized_hv(b[:k]) for k in checkpoints if k <= len(b)]
-
-
-def _best_feasible(seed: int, run: dict, budget: float, n: int) -> float:
-    """True accuracy of the configuration a user would pick: the best observed feasible."""
-    problem = _problem(seed)
-    b = np.array(run["bits"][:n])
-    feasible = problem.memory_gb(b) <= budget
+def score(case: ProblemCase, seed: int, run: dict, mode: str, n: int, cache: dict) -> float:
+    """Front: normalised hypervolume of the first n trials. Budget: the best-feasible gap."""
+    problem = problem_for(case, seed)
+    X = np.array(run["levels"][:n])
+    if mode == "front":
+        return problem.normalized_hv(X)
+    key = f"best/{case.name}/{seed}"
+    if key not in cache:
+        cache[key] = problem.best_feasible_accuracy()
+    best = cache[key]
+    feasible = problem.memory_gb(X) <= problem.budget_gb()
     if not feasible.any():
-        return float(problem.chance)
+        return best - problem.chance
     obs = np.where(feasible, np.array(run["observed"][:n]), -np.inf)
-    return float(problem.accuracy(b[int(np.argmax(obs))][None])[0])
+    return best - float(problem.accuracy(X[int(np.argmax(obs))][None])[0])
 
 
-def budget_for(problem: SyntheticProblem) -> float:
-    """A tight budget: half-way between the all-2-bit and all-3-bit model's memory."""
-    lo = problem.memory_gb(np.full((1, problem.n_layers), 2))[0]
-    mid = problem.memory_gb(np.full((1, problem.n_layers), 3))[0]
-    return float((lo + mid) / 2)
-
-
-def predictor_quality(seed: int, sizes=(20, 40, 60, 120, 250, 500), n_test: int = 1000) -> list:
-    problem = SyntheticProblem(seed=seed)
-    rng = np.random.default_rng(seed)
-    feats = _features(problem)
-    levels = np.array(problem.bits)
-
-    def design(n):
-        # configurations around the interesting region: mostly 2-4 bits, some 8/16
-        idx = rng.choice(len(levels), (n, problem.n_layers), p=[0.3, 0.3, 0.25, 0.1, 0.05])
-        return levels[idx]
-
-    train, test = design(max(sizes)), design(n_test)
-
-    def X(b):
-        return np.array([np.concatenate([(np.searchsorted(levels, r) / 4.0), feats(
-            dict(zip(problem.layer_names, r.tolist())))]) for r in b])
-
-    Xtr, Xte = X(train), X(test)
-    ytr, yte = problem.observe(train), problem.accuracy(test)
-    rows = []
-    for n in sizes:
-        t0 = time.perf_counter()
-        p = PerformancePredictor(seed=seed).fit(Xtr[:n], ytr[:n])
-        mu, sd = p.predict(Xte)
-        rows.append({"n": n, "model": p.chosen, "tau": kendall_tau(yte, mu),
-                     "rmse": float(np.sqrt(np.mean((mu - yte) ** 2))),
-                     "mean_std": float(sd.mean()), "fit_s": time.perf_counter() - t0})
-    return rows
-
-
-def proposal_time(seed: int, n_finished: int = 500, n_proposals: int = 5) -> dict[str, list[float]]:
-    """Wall and CPU seconds of each proposal (ask + suggest) with `n_finished` trials done.
-    CPU time is what the sampler costs on an idle machine (one BLAS thread)."""
+def proposal_time(case: ProblemCase, seed: int = 0, n_finished: int = 100,
+                  n_proposals: int = 3, sampler: str = "automix") -> dict[str, list[float]]:
+    """CPU seconds of each proposal (ask + suggest) with `n_finished` random trials done
+    (the sampler's own cost: the trials are instant), in the budget mode."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    problem = SyntheticProblem(seed=seed)
+    problem = SyntheticProblem(case, seed=seed)
+    s = make_sampler(sampler, problem, seed, "budget", n_finished + n_proposals)
+    study = optuna.create_study(directions=["maximize"], sampler=s)
     rng = np.random.default_rng(seed)
-    dists = {n: optuna.distributions.CategoricalDistribution(list(problem.bits))
-             for n in problem.layer_names}
-    sampler = AutoMixSampler(search_space=dists, seed=seed, features=_features(problem),
-                             known_objectives={1: problem.memory_of_params})
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    bits = np.array(problem.bits)[rng.integers(0, len(problem.bits), (n_finished, problem.n_layers))]
-    acc, mem = problem.observe(bits), problem.memory_gb(bits)
+    budget = problem.budget_gb()
+    X = np.stack([rng.integers(0, k, n_finished) for k in problem.n_levels()], axis=1)
     study.add_trials([
-        optuna.trial.create_trial(params=dict(zip(problem.layer_names, b.tolist())),
-                                  distributions=dists, values=[a, m])
-        for b, a, m in zip(bits, acc, mem)
+        optuna.trial.create_trial(params=problem.params_of(x), distributions=problem.distributions,
+                                  values=[float(a)], constraints={"memory": float(m - budget)})
+        for x, a, m in zip(X, problem.observe(X), problem.memory_gb(X))
     ])
     times: dict[str, list[float]] = {"wall": [], "cpu": []}
     for _ in range(n_proposals):
         t0, c0 = time.perf_counter(), time.process_time()
         trial = study.ask()
-        b = problem.suggest(trial)
+        x = problem.suggest(trial)
         times["wall"].append(time.perf_counter() - t0)
         times["cpu"].append(time.process_time() - c0)
-        study.tell(trial, [float(problem.observe(b[None])[0]), float(problem.memory_gb(b[None])[0])])
+        mem = float(problem.memory_gb(x[None])[0])
+        trial.set_constraint("memory", mem - budget)
+        study.tell(trial, float(problem.observe(x[None])[0]))
     return times
 
 
@@ -211,21 +191,24 @@ def _cached(cache: dict, path: Path | None, key: str, fn):
     return cache[key]
 
 
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="automix bench search", description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per case (instances)")
     ap.add_argument("--trials", type=int, default=60)
-    ap.add_argument("--samplers", default="automix,random,tpe,nsgaii",
+    ap.add_argument("--samplers", default="automix,knapsack,tpe,nsgaii,random",
                     help=f"comma-separated, from {','.join(SAMPLERS)}")
-    ap.add_argument("--long", type=int, default=1000,
-                    help="also run TPE for this many trials on seed 0 (0 = skip)")
-    ap.add_argument("--parts", default="hv,constrained,predictor,timing")
-    ap.add_argument("--short", default="gp:20:1",
-                    help="SAMPLER:TRIALS:SEEDS for a slow sampler run shorter ('' = none)")
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: the suite)")
+    ap.add_argument("--modes", default="front,budget")
+    ap.add_argument("--parts", default="suite", help="suite,timing")
+    ap.add_argument("--tag", default="", help="cache key suffix (a sampler version)")
     ap.add_argument("--cache", type=Path, default=None, help="JSON file to resume from")
     ap.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
     ap.add_argument("--problem", choices=["synthetic", "builtin"], default="synthetic",
-                    help="synthetic objectives (this module) or real trials on the built-in "
+                    help="generated problems (automix.testing) or real trials on the built-in "
                          "model (automix.bench.search_real; see its --help)")
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
@@ -238,118 +221,76 @@ def main(argv: list[str] | None = None) -> int:
     for s in samplers:
         if s not in SAMPLERS:
             raise ValueError(f"--samplers: unknown sampler {s!r}; choose from {SAMPLERS}")
+    modes = [m for m in args.modes.split(",") if m]
+    cases = [_case(c) for c in args.cases.split(",") if c] or list(SUITE)
     parts = set(args.parts.split(","))
     cache = json.loads(args.cache.read_text()) if args.cache and args.cache.exists() else {}
-    seeds = list(range(args.seeds))
-    checkpoints = [c for c in CHECKPOINTS if c <= args.trials]
-    if args.trials not in checkpoints:
-        checkpoints.append(args.trials)
-    lines = [f"# Search benchmark: synthetic mixed-precision objectives",
-             "",
+    tag = f"/{args.tag}" if args.tag else ""
+    lines = ["# Search benchmark: a suite of generated mixed-precision problems", "",
              f"Command: `OPENBLAS_NUM_THREADS=1 automix bench search {' '.join(argv)}`  ",
              f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; machine: "
              f"{platform.machine()} {os.cpu_count()} cores (shared), Python {platform.python_version()}",
-             "",
-             "Problem (`automix.testing.SyntheticProblem`, one instance per seed): "
-             "8 blocks x 7 Llama-7B-shaped linears = 56 decision variables, bits in "
-             "{2, 3, 4, 8, 16}; log-normal layer sensitivities (higher in the first/last "
-             "blocks, v_proj and down_proj), 3 fragile layers (x12), per-layer error exponents, "
-             "q/k, gate/up, v/o interactions, saturating accuracy (chance 50, top 70, "
-             "all-3-bit = 60), observation noise sd 0.3 points; memory is analytic "
-             "(bits + fp16 scale/zero per 64-group) and given to AutoMixSampler as a known "
-             "objective. Hypervolume: noiseless (accuracy, memory) of all evaluated "
-             "configurations, normalised by a reference front (greedy marginal-gain paths + "
-             "NSGA-II, 300 generations x 300, on the noiseless function); reference point = "
-             "chance accuracy at the all-8-bit memory. `automix` gets predictor features from "
-             "a noisy sensitivity profile (true sensitivity x log-normal(0, 0.5)) times "
-             "4^-(bits-2); `automix-flat` gets 4^-(bits-2) alone (no profile, as a study with "
-             "`sensitivity: off`); `automix-noprofile` gets no features. Optuna samplers use "
-             "their defaults.",
-             ""]
+             "", "Cases (`automix.testing.SUITE`; see its docstring for the generator):", "",
+             "| case | linears | params | prune | rank | spread | interaction | noise | memory | profile |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        p = problem_for(c, 0)
+        lines.append(f"| {c.name} | {c.n_linears} | {p.n_params} | "
+                     f"{(c.prune_per + ' ' + str(list(c.prune))) if c.prune else '-'} | "
+                     f"{list(c.rank) if c.rank else '-'} | {c.spread} | {c.interaction} | {c.noise} | "
+                     f"{c.memory} | {c.profile} |")
+    lines.append("")
+    seeds = list(range(args.seeds))
 
-    if "hv" in parts:
-        lines += ["## Hypervolume vs trials (median over seeds; 1.0 = reference front)", "",
-                  "| sampler | " + " | ".join(f"{c} trials" for c in checkpoints) +
-                  " | min..max at " + str(args.trials) + " | s/study |",
-                  "|---|" + "---|" * (len(checkpoints) + 2)]
-        for s in samplers:
-            curves, secs = [], []
-            for seed in seeds:
-                run = _cached(cache, args.cache, f"hv/{s}/{seed}/{args.trials}",
-                              lambda: run_study(s, seed, args.trials))
-                curves.append(_hv_curve(seed, run["bits"], checkpoints))
-                secs.append(run["seconds"])
-            med = np.median(np.array(curves), axis=0)
-            last = [c[-1] for c in curves]
-            lines.append(f"| {s} | " + " | ".join(f"{v:.3f}" for v in med) +
-                         f" | {min(last):.3f}..{max(last):.3f} | {statistics.median(secs):.0f} |")
-        if args.short:
-            name, n_short, n_seeds = args.short.split(":")
-            n_short, n_seeds = int(n_short), int(n_seeds)
-            cps = [c for c in checkpoints if c <= n_short]
-            curves, secs = [], []
-            for seed in range(n_seeds):
-                run = _cached(cache, args.cache, f"hv/{name}/{seed}/{n_short}",
-                              lambda: run_study(name, seed, n_short))
-                curves.append(_hv_curve(seed, run["bits"], cps))
-                secs.append(run["seconds"])
-            med = np.median(np.array(curves), axis=0)
-            lines += ["", f"{name} (too slow for the full table: {statistics.median(secs):.0f} s "
-                          f"for {n_short} trials; {n_seeds} seed(s)): " + ", ".join(
-                              f"{c} trials {v:.3f}" for c, v in zip(cps, med))]
-        if args.long:
-            run = _cached(cache, args.cache, f"hv/tpe/0/{args.long}",
-                          lambda: run_study("tpe", 0, args.long))
-            cps = [c for c in (60, 100, 250, 500, 1000) if c <= args.long]
-            curve = _hv_curve(0, run["bits"], cps)
-            lines += ["", f"TPE long run (seed 0): " + ", ".join(
-                f"{c} trials {v:.3f}" for c, v in zip(cps, curve))]
-        p0 = _problem(0)
-        uni = np.array([np.full(p0.n_layers, b) for b in p0.bits])
-        lines += ["", f"For scale: the five uniform configurations alone reach "
-                      f"{p0.normalized_hv(uni):.3f} (seed 0).", ""]
-
-    if "constrained" in parts:
-        lines += ["## Constrained: best feasible accuracy within a memory budget",
-                  "", f"Budget: half-way between the all-2-bit and all-3-bit memory. Value: true "
-                  f"accuracy of the best observed feasible trial after {args.trials} trials; "
-                  "gap = true best feasible minus that (points, median over seeds).", "",
-                  "| sampler | median gap | max gap | median found | true best (median) |",
-                  "|---|---|---|---|---|"]
-        for s in samplers:
-            gaps, found, best = [], [], []
-            for seed in seeds:
-                problem = _problem(seed)
-                budget = budget_for(problem)
-                run = _cached(cache, args.cache, f"con/{s}/{seed}/{args.trials}",
-                              lambda: run_study(s, seed, args.trials, budget))
-                f = _best_feasible(seed, run, budget, args.trials)
-                b = problem.best_feasible_accuracy(budget)
-                gaps.append(b - f), found.append(f), best.append(b)
-            lines.append(f"| {s} | {statistics.median(gaps):.2f} | {max(gaps):.2f} | "
-                         f"{statistics.median(found):.2f} | {statistics.median(best):.2f} |")
-        lines.append("")
-
-    if "predictor" in parts:
-        rows = _cached(cache, args.cache, "predictor/0/v2", lambda: predictor_quality(0))
-        lines += ["## Predictor quality (seed 0; trained on n configurations, tested on 1000)", "",
-                  "| n | chosen model | Kendall tau | RMSE (points) | mean std | fit s |",
-                  "|---|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r['n']} | {r['model']} | {r['tau']:.3f} | {r['rmse']:.2f} | "
-                         f"{r['mean_std']:.2f} | {r['fit_s']:.1f} |")
-        lines.append("")
+    if "suite" in parts:
+        results: dict[tuple[str, str, str], float | None] = {}
+        for mode in modes:
+            for c in cases:
+                for s in samplers:
+                    vals = []
+                    for seed in seeds:
+                        run = _cached(cache, args.cache, f"{mode}/{c.name}/{s}/{seed}/{args.trials}"
+                                      + (tag if s.startswith("automix") else ""),
+                                      lambda: run_study(s, c, seed, args.trials, mode))
+                        if run is not None:
+                            vals.append(score(c, seed, run, mode, args.trials, cache))
+                    results[(mode, c.name, s)] = float(np.median(vals)) if vals else None
+            if args.cache is not None:
+                args.cache.write_text(json.dumps(cache))
+        for mode in modes:
+            what = ("hypervolume at {n} trials (1.0 = reference front; higher is better)"
+                    if mode == "front" else
+                    "best-feasible gap at {n} trials (points below the true best within the "
+                    "budget; lower is better)")
+            lines += [f"## {mode}: " + what.format(n=args.trials), "",
+                      "| case | " + " | ".join(samplers) + " |", "|---|" + "---|" * len(samplers)]
+            digits = 3 if mode == "front" else 2
+            for c in cases:
+                lines.append(f"| {c.name} | " + " | ".join(
+                    _fmt(results[(mode, c.name, s)], digits) for s in samplers) + " |")
+            for label, agg in (("median", np.median), ("worst", np.min if mode == "front" else np.max)):
+                row = []
+                for s in samplers:
+                    v = [results[(mode, c.name, s)] for c in cases if results[(mode, c.name, s)] is not None]
+                    row.append(_fmt(float(agg(v)) if v else None, digits))
+                lines.append(f"| **{label}** | " + " | ".join(row) + " |")
+            if "automix" in samplers and "tpe" in samplers:
+                better = (lambda a, t: a >= t) if mode == "front" else (lambda a, t: a <= t)
+                diffs = [(c.name, results[(mode, c.name, "automix")], results[(mode, c.name, "tpe")])
+                         for c in cases]
+                losses = [n for n, a, t in diffs if not better(a, t)]
+                lines += ["", f"AutoMix at least as good as TPE in {len(cases) - len(losses)} of "
+                              f"{len(cases)} cases" + (f" (not in: {', '.join(losses)})" if losses else "") + "."]
+            lines.append("")
 
     if "timing" in parts:
-        t = _cached(cache, args.cache, "timing/0/v2", lambda: proposal_time(0))
-        lines += ["## Sampler time per proposal with 500 finished trials", "",
-                  "| | median s | max s | all (s) |", "|---|---|---|---|"]
-        for kind in ("cpu", "wall"):
-            lines.append(f"| {kind} | {statistics.median(t[kind]):.2f} | {max(t[kind]):.2f} | "
-                         + ", ".join(f"{v:.1f}" for v in t[kind]) + " |")
-        lines += ["", "The first proposal includes model selection (cross-validating every "
-                  "candidate regressor); it is repeated only when the trials grow by 25%. Wall "
-                  "time is on a 2-core machine shared with other jobs.", ""]
+        lines += ["## Sampler CPU time per proposal with 100 finished trials (budget mode)", "",
+                  "| case | params | median CPU s | max CPU s |", "|---|---|---|---|"]
+        for c in cases:
+            t = _cached(cache, args.cache, f"timing/{c.name}{tag}", lambda: proposal_time(c))
+            lines.append(f"| {c.name} | {problem_for(c, 0).n_params} | "
+                         f"{statistics.median(t['cpu']):.2f} | {max(t['cpu']):.2f} |")
+        lines.append("")
 
     emit_report(lines, args.out)
     return 0

@@ -1,6 +1,7 @@
 """automix.search: find the accuracy/memory Pareto front with few real trials.
 
-``AutoMixSampler`` (an Optuna sampler), ``load_space``/``SearchSpace`` (YAML search spaces),
+``AutoMixSampler`` (an Optuna sampler), ``KnapsackSampler`` (the one-shot profile + knapsack
+baseline), ``load_space``/``SearchSpace`` (YAML search spaces),
 ``PerformancePredictor`` (regressors chosen by cross-validated Kendall tau), Pareto utilities
 and sensitivity profiles. Names are imported lazily so that ``automix.search.pareto`` stays
 cheap to import.
@@ -13,6 +14,7 @@ from typing import Any
 
 _EXPORTS = {
     "AutoMixSampler": "automix.search.sampler",
+    "KnapsackSampler": "automix.search.knapsack",
     "SearchSpace": "automix.search.space",
     "SearchSpaceError": "automix.search.space",
     "load_space": "automix.search.space",

@@ -23,6 +23,10 @@ from automix.search._codec import Codec
 from automix.search.pareto import crowding_distance, nondominated_mask, nondominated_rank
 
 UNIFORM_FRACTIONS = (0.0, 1.0, 0.5, 0.25, 0.75, 0.125, 0.875, 0.375, 0.625)
+# Probability that observed (learned) constraints hold for a candidate to count as feasible in
+# the path, NSGA-II selection and exploitation: a budget learned from the trials is predicted
+# well but not exactly, and at 0.5 half of the proposals on its boundary would break it.
+LIKELY_FEASIBLE = 0.9
 
 
 class Prediction(NamedTuple):
@@ -141,7 +145,7 @@ def _walk(codec: Codec, predict: Predict, unknown: list[int], cur: np.ndarray,
         gain = value - p.mean[:, unknown].sum(axis=1)
         eps = 1e-12 * (abs(cost) + 1)
         extra = p.cost - cost
-        allowed = p.ok & (p.pof >= 0.5) & ((extra > eps) | ((extra >= -eps) & (gain > 0)))
+        allowed = p.ok & (p.pof >= LIKELY_FEASIBLE) & ((extra > eps) | ((extra >= -eps) & (gain > 0)))
         ratio = np.where(allowed, gain / np.maximum(extra, eps), -np.inf)
         # take the best few moves at once (on different genes): far fewer predictions for a
         # path that differs little from the one-move-at-a-time path
@@ -155,7 +159,7 @@ def _walk(codec: Codec, predict: Predict, unknown: list[int], cur: np.ndarray,
         step = cur.copy()
         step[moves[order]] = cand[order, moves[order]]
         q = predict(step[None])
-        if len(order) > 1 and not (q.ok[0] and q.cost[0] > cost + eps):
+        if len(order) > 1 and not (q.ok[0] and q.pof[0] >= LIKELY_FEASIBLE and q.cost[0] > cost + eps):
             # the combined step broke a known constraint (or saved nothing): the best move only
             step = cand[order[0]]
             q = predict(step[None])
@@ -208,7 +212,7 @@ def _select(G: np.ndarray, p: Prediction, size: int) -> np.ndarray:
     an observed constraint rank behind every likely-feasible one."""
     if len(G) <= size:
         return G
-    penalised = p.mean + (p.pof < 0.5)[:, None] * (np.ptp(p.mean, axis=0) + 1.0)
+    penalised = p.mean + (p.pof < LIKELY_FEASIBLE)[:, None] * (np.ptp(p.mean, axis=0) + 1.0)
     ranks = nondominated_rank(penalised)
     chosen: list[int] = []
     for r in range(ranks.max() + 1):

@@ -57,6 +57,13 @@ class _Gene:
         if isinstance(dist, IntDistribution) and self.levels is not None:
             self.levels = [int(v) for v in self.levels]
             self.plain = True
+        # the levels as an array (Codec.columns); mixed-type choices stay Python objects
+        self.values = None
+        if self.levels is not None:
+            self.values = np.empty(len(self.levels), dtype=object)
+            self.values[:] = self.levels
+            if all(_is_number(v) for v in self.levels) or all(isinstance(v, str) for v in self.levels):
+                self.values = np.asarray(self.levels)
 
     @property
     def n_levels(self) -> int:
@@ -127,6 +134,18 @@ class Codec:
             g.name: g.levels[i] if g.plain else g.decode(x)
             for g, x, i in zip(self.genes, genome.tolist(), ints)
         }
+
+    def columns(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
+        """Params of many genomes at once: parameter name -> array of values (the input of
+        vectorised known functions, ``automix.search.batch``)."""
+        out = {}
+        idx = np.rint(genomes).astype(int)
+        for j, g in enumerate(self.genes):
+            if g.plain:
+                out[g.name] = g.values[idx[:, j]]
+            else:
+                out[g.name] = np.array([g.decode(x) for x in genomes[:, j]])
+        return out
 
     def key(self, genome: np.ndarray) -> tuple:
         return tuple(np.round(genome, 9).tolist())

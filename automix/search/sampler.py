@@ -43,7 +43,8 @@ from automix.search._optuna_compat import process_constraints_after_trial, stora
 from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
-from automix.search._exploit import boundary_fills, exploit_proposal
+from automix.search._exploit import boundary_fills, exploit_proposal, profile_path
+from automix.search.batch import evaluate_batch
 from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
 from automix.search.predictors import PerformancePredictor
 
@@ -79,6 +80,13 @@ class AutoMixSampler(BaseSampler):
         exploit_every: under ``known_constraints`` with one predicted objective, one guided
             proposal in this many (one more with a front to cover) goes to the best predicted
             configuration within the constraints instead of to EHVI (0 = never).
+        startup_configs: configurations (params) proposed first, before the space-filling
+            design (e.g. ``KnapsackSampler.proposals(k)``: one-shot profile allocations); they
+            count as start-up trials, infeasible ones are skipped.
+        saturation: with several objectives, the hypervolume's reference point stops where
+            the front saturates: past the cheapest point within this fraction of an
+            objective's observed span of its best value, the other objectives are not
+            explored further (0 = reference point at the front's worst values + 10%).
     """
 
     def __init__(
@@ -96,6 +104,8 @@ class AutoMixSampler(BaseSampler):
         prior_trials: Sequence[FrozenTrial] = (),
         seed: int | None = None,
         exploit_every: int = 2,
+        startup_configs: Sequence[Mapping[str, Any]] = (),
+        saturation: float = 0.02,
     ) -> None:
         if n_startup_trials < 1:
             raise ValueError(f"n_startup_trials must be >= 1, got {n_startup_trials}")
@@ -111,6 +121,8 @@ class AutoMixSampler(BaseSampler):
         self._prior = list(prior_trials)
         self._seed = seed
         self._exploit_every = exploit_every
+        self._startup_configs = [dict(c) for c in startup_configs]
+        self._saturation = float(saturation)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
         self._intersection = IntersectionSearchSpace(include_pruned=True)
@@ -281,6 +293,12 @@ class AutoMixSampler(BaseSampler):
 
         design: list[np.ndarray] = []
         seen: set[tuple] = set()
+        for params in self._startup_configs[: self._n_startup]:
+            if set(codec.names) <= params.keys():
+                g = codec.encode(params)
+                if codec.key(g) not in seen and self._feasible(codec, g):
+                    design.append(g)
+                    seen.add(codec.key(g))
         for frac in _UNIFORM_FRACTIONS[: self._uniform_count(max(codec.max_levels(), 2))]:
             g = codec.uniform(frac)
             if codec.key(g) not in seen and self._feasible(codec, g):
@@ -335,13 +353,26 @@ class AutoMixSampler(BaseSampler):
 
     def _evaluate(self, codec: Codec, genomes: np.ndarray):
         """Features, known objective values, known-constraint feasibility and the constraint
-        values themselves (cached per configuration: known functions may be slow)."""
+        values themselves. Functions with a vectorised ``batch`` form (``automix.search.batch``)
+        are evaluated over all genomes at once; the others once per configuration (cached:
+        known functions may be slow)."""
         n = len(genomes)
         base = codec.features(genomes)
         n_con = len(self._known_constraints)
         known, cons = np.zeros((n, len(self._known))), np.zeros((n, n_con))
         if self._features is None and not self._known and not n_con:
             return base, known, np.ones(n, dtype=bool), cons
+        fns = ([self._features] if self._features is not None else []) + list(self._known.values()) \
+            + list(self._known_constraints)
+        if n and all(hasattr(fn, "batch") for fn in fns):
+            columns = codec.columns(genomes)
+            if self._features is not None:
+                base = np.concatenate([base, evaluate_batch(self._features, columns, n)], axis=1)
+            for col, fn in enumerate(self._known.values()):
+                known[:, col] = evaluate_batch(fn, columns, n)[:, 0]
+            for col, fn in enumerate(self._known_constraints):
+                cons[:, col] = evaluate_batch(fn, columns, n)[:, 0]
+            return base, known, np.all(cons <= 0.0, axis=1), cons
         extra = []
         for j, g in enumerate(genomes):
             key = codec.key(g)
@@ -387,6 +418,17 @@ class AutoMixSampler(BaseSampler):
             py = prior_L[:, i] if prior_L is not None else None
             models[i] = pred.fit(X, losses[:, i], prior_X, py)
 
+        # Two predicted objectives, one learned almost exactly (e.g. memory measured by the
+        # trials): it can serve as the cost of the marginal-gain path, as a known one would.
+        cost_obj = None
+        if not known_idx and not self._known_constraints and len(unknown) == 2:
+            taus = {i: self._predictors[("obj", i)].scores.get(self._predictors[("obj", i)].chosen, {})
+                    .get("kendall_tau", 0.0) for i in unknown}
+            best = max(taus, key=lambda i: taus[i])
+            if taus[best] >= 0.9:
+                cost_obj = best
+        walk_unknown = [i for i in unknown if i != cost_obj]
+
         # observed constraints (Trial.set_constraint / constraints_func)
         cons_keys = sorted({k for t, _ in complete for k in t.constraints})
         feasible = np.ones(len(complete), dtype=bool)
@@ -408,12 +450,16 @@ class AutoMixSampler(BaseSampler):
             for col, i in enumerate(known_idx):
                 mean[:, i] = known[:, col] * signs[i]
             pof = np.ones(len(G))
+            learned = np.zeros(len(G))
             for cm in cons_models:
                 m, s = cm.predict(feats)
                 pof *= norm.cdf(-m / np.maximum(s, 1e-12))
+                learned += m
             # what a configuration costs: its known objectives, else how much of the known
-            # constraints it uses up
-            cost = mean[:, known_idx].sum(axis=1) if known_idx else cons.sum(axis=1)
+            # constraints it uses up, else of the learned ones (their predicted values)
+            cost = (mean[:, known_idx].sum(axis=1) if known_idx
+                    else cons.sum(axis=1) if cons.shape[1]
+                    else mean[:, cost_obj] if cost_obj is not None else learned)
             return Prediction(mean, std, ok, pof, cost)
 
         # current front: feasible observations + pending proposals at their predicted means
@@ -423,19 +469,43 @@ class AutoMixSampler(BaseSampler):
         span = np.ptp(losses, axis=0) + 1e-9
         base = front if len(front) else losses
         reference = base.max(axis=0) + 0.1 * span
+        if self._saturation > 0 and n_obj > 1 and len(front):
+            # Past saturation the front buys almost nothing: where the trials show points
+            # within `saturation` of an objective's span of its best at different costs, the
+            # others need go no further than the cheapest such point (e.g. memory beyond the
+            # smallest configuration already as accurate as the full-precision one).
+            nd = front[nondominated_mask(front)]
+            tol = self._saturation * span
+            for i in range(n_obj):
+                others = [j for j in range(n_obj) if j != i]
+                near = np.all(nd[:, others] <= nd[:, others].min(axis=0) + tol[others], axis=1)
+                # only where the trials show it: two saturated points apart in objective i
+                # (the best so far alone may be anything but saturated)
+                if np.ptp(nd[near, i]) > tol[i]:
+                    reference[i] = min(reference[i], nd[near, i].min() + 0.1 * span[i])
 
-        has_cost = bool(self._known or self._known_constraints)
+        # a cost to walk the marginal-gain path along: known objectives or constraints, else
+        # constraints learned from the trials (e.g. measured memory against a budget)
+        has_cost = bool(self._known or self._known_constraints or cons_models) or cost_obj is not None
         # non-ordinal and continuous genes of the path: held at the best feasible trial's
         base = None
         if feasible.any() and unknown:
             base = genomes[feasible][int(np.argmin(losses[feasible, unknown[0]]))]
-        path = (greedy_path(codec, predict, unknown, base=base, rng=self._rng) if has_cost
+        path = (greedy_path(codec, predict, walk_unknown, base=base, rng=self._rng) if has_cost
                 else np.empty((0, codec.dim)))
         fresh = lambda G: self._fresh(codec, G, taken)  # noqa: E731
         exploit = self._exploit(codec, genomes, X, losses, feasible, unknown, pending, predict,
-                                path, fresh, n_obj)
+                                path, fresh, n_obj, bool(cons_models))
         if exploit is not None:
             return self._predicted(exploit, predict, signs)
+        if has_cost and self._features is not None and len(walk_unknown) == 1:
+            # the profile's own front (the path under the feature that ranks the trials best)
+            # competes in the pool: with few trials it is often better than the learned models'
+            n_base = codec.features(genomes[:1]).shape[1]
+            ppath = profile_path(codec, lambda G: self._evaluate(codec, G)[0][:, n_base:],
+                                 X[:, n_base:], losses[:, walk_unknown[0]], predict)
+            if ppath is not None:
+                path = np.vstack([path, ppath]) if len(path) else ppath
         seeds = genomes[feasible] if feasible.any() else genomes
         pool = nsga2_candidates(
             codec, np.vstack([seeds, path]) if len(path) else seeds, predict, fresh, self._rng,
@@ -466,9 +536,11 @@ class AutoMixSampler(BaseSampler):
         return self._predicted(pool[int(np.argmax(score))], predict, signs)
 
     def _exploit(self, codec, genomes, X, losses, feasible, unknown, pending, predict, path,
-                 fresh, n_obj) -> np.ndarray | None:
-        """The exploitation proposal when it is its turn (see the module docstring), else None."""
-        if not self._known_constraints or len(unknown) != 1 or not self._exploit_every:
+                 fresh, n_obj, learned_constraints: bool) -> np.ndarray | None:
+        """The exploitation proposal when it is its turn (see the module docstring), else None.
+        A budget learned from the trials (observed constraints, predicted) counts as known."""
+        budget = bool(self._known_constraints) or learned_constraints
+        if not budget or len(unknown) != 1 or not self._exploit_every:
             return None
         period = self._exploit_every if n_obj == 1 else self._exploit_every + 1
         if (len(genomes) + len(pending) - self._n_startup) % period:

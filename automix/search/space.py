@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -190,30 +190,71 @@ class SearchSpace:
 
     def feature_fn(
         self, sensitivity: Mapping[str, Mapping[int, float]] | None = None
-    ) -> Callable[[Mapping[str, Any]], np.ndarray]:
+    ) -> "_GroupFeatures":
         """Engineered predictor features: per bits group, sum over its layers of
         sensitivity(layer, bits) (or the relative quantization error 4^-(bits-2) without a
-        profile), plus their total -- the additive structure a ridge/GP can then exploit."""
-        groups = self.groups("bits")
+        profile), plus their total -- the additive structure a ridge/GP can then exploit.
+        The result is a function of the params with a vectorised ``batch(columns)`` form
+        (``automix.search.batch``): tables per group and bits choice, computed once."""
+        return _GroupFeatures(self, sensitivity)
 
-        def score(layer: str, bits: int) -> float:
-            if bits >= 16:
-                return 0.0
-            if sensitivity is not None and layer in sensitivity:
-                per = sensitivity[layer]
-                if bits in per:
-                    return float(per[bits])
-                if str(bits) in per:
-                    return float(per[str(bits)])
-            return 4.0 ** -(bits - 2)
+    def param_layers(self) -> dict[str, list[str]]:
+        """Parameter name -> the layers it sets (the study backend's hint of which parameters
+        can interact in the memory model)."""
+        out: dict[str, list[str]] = {n: [] for n in self.distributions}
+        for layer in self.layer_names:
+            for field, group in self._owner[layer].items():
+                name = f"{field}.{group}"
+                if name in out:
+                    out[name].append(layer)
+        return out
 
-        def features(params: Mapping[str, Any]) -> np.ndarray:
-            layers = self.params_to_layers(params)
-            f = np.array([sum(score(n, layers[n].bits) for n in members)
-                          for members in groups.values()])
-            return np.concatenate([f, [f.sum()]])
 
-        return features
+def _score(sensitivity: Mapping[str, Mapping[int, float]] | None, layer: str, bits: int) -> float:
+    if bits >= 16:
+        return 0.0
+    if sensitivity is not None and layer in sensitivity:
+        per = sensitivity[layer]
+        if bits in per:
+            return float(per[bits])
+        if str(bits) in per:
+            return float(per[str(bits)])
+    return 4.0 ** -(bits - 2)
+
+
+class _GroupFeatures:
+    """``SearchSpace.feature_fn``'s features: per bits group the summed layer scores of its
+    bits choice, then their total; ``batch`` evaluates many configurations by table lookup."""
+
+    def __init__(self, space: SearchSpace, sensitivity: Mapping[str, Mapping[int, float]] | None) -> None:
+        self._columns: list[tuple[str | None, dict[Any, float] | float]] = []
+        for group, members in space.groups("bits").items():
+            name = f"bits.{group}"
+            if name in space.distributions:
+                table = {c: sum(_score(sensitivity, n, int(c)) for n in members)
+                         for c in space.distributions[name].choices}
+                self._columns.append((name, table))
+            else:
+                bits = space._group_choices[group]["bits"][0]
+                self._columns.append((None, sum(_score(sensitivity, n, int(bits)) for n in members)))
+
+    def __call__(self, params: Mapping[str, Any]) -> np.ndarray:
+        f = np.array([table[params[name]] if name is not None else table
+                      for name, table in self._columns], dtype=float)
+        return np.concatenate([f, [f.sum()]])
+
+    def batch(self, columns: Mapping[str, Any]) -> np.ndarray:
+        n = len(next(iter(columns.values()))) if columns else 1
+        f = np.empty((n, len(self._columns)))
+        for k, (name, table) in enumerate(self._columns):
+            if name is None:
+                f[:, k] = table
+            else:
+                keys = list(table)
+                values = np.array([table[c] for c in keys])
+                col = np.asarray(columns[name], dtype=float)
+                f[:, k] = values[np.argmin(np.abs(col[:, None] - np.asarray(keys, dtype=float)[None]), axis=1)]
+        return np.concatenate([f, f.sum(axis=1, keepdims=True)], axis=1)
 
 
 def load_space(path: str | Path, layer_names: Iterable[str], known_methods: Iterable[str] | None = None) -> SearchSpace:
