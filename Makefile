@@ -4,9 +4,9 @@ PY ?= python3
 # install the torch you want first and run `make setup TORCH_SPEC=` to keep it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup browser quickstart test test-fast
+.PHONY: setup browser postgres quickstart test test-fast
 
-setup: browser
+setup: browser postgres
 	@if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
 	$(PY) -m pip install -q -e ".[dev]"
 
@@ -16,6 +16,13 @@ browser:
 	  { if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	    else echo "note: chromium not found and cannot be installed here; report PNGs will be skipped"; fi; }
+
+# A PostgreSQL server for the Optuna-storage test (tests/study/test_postgres.py starts its own).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	    else echo "note: PostgreSQL not found and cannot be installed here; its storage test will be skipped"; fi; }
 
 # The main job: the quickstart study (built-in tiny model, local Ray, SQLite stores in ./), its
 # Pareto front printed, the best configuration under the budget exported to exported/quickstart.

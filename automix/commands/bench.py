@@ -1,4 +1,4 @@
-"""`automix bench kernels|search|methods|trial|orchestration`: run a benchmark, print its table."""
+"""`automix bench kernels|search|methods|trial|memory|orchestration|sensitivity`: run a benchmark, print its table."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ BENCHMARKS = {
     "search": "automix.bench.search",
     "methods": "automix.bench.methods",
     "trial": "automix.bench.trial",
+    "memory": "automix.bench.memory",
     "orchestration": "automix.bench.orchestration",
+    "sensitivity": "automix.bench.sensitivity",
+    "reliability": "automix.bench.reliability",
 }
 
 

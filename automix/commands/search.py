@@ -15,6 +15,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="trials in parallel (default: the study's)")
     p.add_argument("--ray-address", default=None,
                    help="join an existing Ray cluster (HOST:PORT or 'auto'); default: start a local Ray")
+    p.add_argument("--ray-timeout", type=float, default=30.0, metavar="S",
+                   help="give up joining --ray-address after S seconds (default 30)")
+    p.add_argument("--takeover", action="store_true",
+                   help="take the study over from a driver that holds its lease but is dead (e.g. on "
+                   "a lost node); its unfinished trials are re-run")
     p.add_argument("--resume", action="store_true",
                    help="require an existing study and continue it (re-running without it continues too)")
     p.add_argument("--n-trials", type=int, default=None, help="total finished trials to reach")
@@ -39,26 +44,33 @@ def run(args: argparse.Namespace) -> int:
         cfg.n_trials = args.n_trials
     if args.resume:
         import optuna
+        from pathlib import Path
 
-        try:
-            names = optuna.get_all_study_names(cfg.storage_url)
+        db = cfg.storage_url[len("sqlite:///"):] if cfg.storage_url.startswith("sqlite:///") else None
+        try:  # (a missing SQLite file is not created just to be asked)
+            names = [] if db is not None and not Path(db).is_file() else optuna.get_all_study_names(cfg.storage_url)
         except Exception:
             names = []
         if cfg.name not in names:
             raise SystemExit(f"--resume: no study {cfg.name!r} in {cfg.storage_url}")
     backend = AutomixBackend(cfg)
-    preflight(cfg, backend)
+    preflight(cfg, backend, cluster=bool(args.ray_address))
     console.print(f"study [bold]{cfg.name}[/]: {len(cfg.methods)} method(s), {cfg.n_trials} trials, "
                   f"{cfg.workers} worker(s); Optuna {cfg.storage_url}; MLflow {cfg.tracking}")
     executor = LocalExecutor(backend.function) if args.local else None
     result = run_study(cfg, backend, executor=executor, ray_address=args.ray_address,
-                       progress=not args.no_progress)
+                       ray_timeout_s=args.ray_timeout, takeover=args.takeover, progress=not args.no_progress)
     from automix.commands.status import print_status  # lazy: CLI start-up (a command loads only what it runs)
 
     print_status(cfg, console)
     if result.requeued:
-        console.print(f"re-ran {len(result.requeued)} trial(s) a previous driver left unfinished")
+        console.print(f"{len(result.requeued)} trial(s) a previous driver left unfinished were marked stale; "
+                      f"{len(result.reran)} of their configurations finished in this run")
     console.print(f"search loop done in {result.seconds:.0f} s")
+    if result.done and result.failed == result.done:
+        console.print(f"[red]error:[/] every trial of study {cfg.name!r} failed ({result.failed} of "
+                      f"{result.done}); see the reasons above (`automix status {cfg.name} --all`)")
+        return 1
     if args.export:
         from automix.study.storage import open_study  # lazy: CLI start-up (a command loads only what it runs)
         from automix.export import export_trial, select_trial

@@ -5,33 +5,52 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from automix.commands import add_study_argument, study_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="table of a study's trials and its Pareto front")
-    p.add_argument("study", help="study file or study name")
+    p = sub.add_parser("status", help="table of a study's trials and its Pareto front",
+                       description="The trials of a study (finished, interrupted, waiting, running), "
+                                   "its Pareto front, and which driver runs it.")
+    add_study_argument(p)
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: the working dir's SQLite file)")
     p.add_argument("--all", action="store_true", help="list every trial (default: the last 20)")
     p.set_defaults(func=run)
 
 
 def print_status(cfg: Any, console: Any = None, show_all: bool = False) -> None:
-    """Print the trials table (recent ones unless show_all) and the front table."""
+    """Print the trials table (recent ones unless show_all) and the front table.
+
+    Trials without a result are shown as they are: INTERRUPTED (Ctrl-C) and STALE (a driver
+    died) ones with their reason, WAITING ones (queued re-runs), RUNNING ones (ORPHANED when no
+    live driver holds the study)."""
+    from collections import Counter
+
     from rich.console import Console
     from rich.table import Table
 
-    from automix.study.storage import open_study  # lazy: CLI start-up (a command loads only what it runs)
+    from automix.study.storage import StudyLease, open_study  # lazy: CLI start-up (a command loads only what it runs)
     from automix.study.results import front_table, trials_table
     from automix.config.study import format_size  # lazy: CLI start-up (a command loads only what it runs)
 
     console = console or Console()
     study = open_study(cfg, create=False)
-    rows = trials_table(study, cfg)
+    holder = StudyLease(cfg.storage_url, cfg.name).holder()
+    alive = holder is not None and holder.alive()
+    rows = trials_table(study, cfg, unfinished=True, driver_alive=alive)
     q = cfg.objectives.quality
-    running = sum(t.state.name in ("RUNNING", "WAITING") for t in study.get_trials(deepcopy=False))
-    failed = sum(r["state"] == "FAIL" for r in rows)
-    console.print(f"[bold]{cfg.name}[/]: {len(rows)} finished ({failed} failed), {running} running or "
-                  f"queued, budget {format_size(cfg.memory_budget)}")
+    n = Counter(r["state"] for r in rows)
+    finished = n["COMPLETE"] + n["FAIL"]
+    parts = [f"{finished} finished ({n['FAIL']} failed)"]
+    parts += [f"{n[k]} {label}" for k, label in (
+        ("INTERRUPTED", "interrupted"), ("STALE", "stale"), ("WAITING", "waiting"),
+        ("RUNNING", "running"), ("ORPHANED", "left running by a stopped driver")) if n[k]]
+    console.print(f"[bold]{cfg.name}[/]: {', '.join(parts)}, budget {format_size(cfg.memory_budget)}")
+    if holder is not None:
+        state = "driven by" if alive else "last driven by (now dead; the next search takes over)"
+        console.print(f"{state} {holder.describe()}")
+    if n["INTERRUPTED"] + n["STALE"] + n["ORPHANED"] and not alive:
+        console.print("`automix search` on this study re-runs the interrupted trials and continues it")
 
     def table(title: str, rs: list[dict]) -> Table:
         t = Table(title=title)
@@ -49,11 +68,15 @@ def print_status(cfg: Any, console: Any = None, show_all: bool = False) -> None:
 
     shown = rows if show_all else rows[-20:]
     console.print(table(f"trials ({len(shown)} of {len(rows)}; front: * overall, m per method)", shown))
-    console.print(table("Pareto front within the budget", front_table(rows)))
+    front = front_table([r for r in rows if r["state"] in ("COMPLETE", "FAIL")])
+    if front:
+        console.print(table("Pareto front within the budget", front))
+    else:
+        console.print("Pareto front within the budget: no complete trial within the budget yet")
 
 
 def run(args: argparse.Namespace) -> int:
     from automix.study.storage import study_from_ref  # lazy: CLI start-up (a command loads only what it runs)
 
-    print_status(study_from_ref(args.study, args.storage), show_all=args.all)
+    print_status(study_from_ref(study_argument(args), args.storage), show_all=args.all)
     return 0

@@ -6,12 +6,36 @@ import argparse
 import json
 import sys
 
+from automix.config.study import DTYPES, OPTIMIZERS, QUANTIZERS
+
+# The fine-tuning methods of automix.methods.REGISTRY (which imports torch: `automix --help` must
+# not), with what each does; tests/test_cli_trial.py checks they agree.
+METHODS = {
+    "lora": "LoRA on the full-precision (never quantized) base: the upper reference",
+    "qlora": "quantized base + zero-initialised LoRA",
+    "loftq": "LoRA started from a low-rank correction of the quantization error (alpha/r scaling)",
+    "quailora": "LoftQ-like start refined on calibration inputs",
+    "apiq": "quantization and LoRA fitted block by block to the full-precision outputs",
+    "apiq-lw": "ApiQ per linear layer (cheaper)",
+    "qst": "quantized side tuning: a thin side network beside the frozen quantized backbone",
+    "qeft": "quantize all but a few weak input columns, fine-tune only those",
+}
+
+
+def _description() -> str:
+    import textwrap
+
+    intro = textwrap.fill(
+        "Run one trial: prune, quantize per layer, initialise the method, fine-tune, evaluate and "
+        "measure memory. Without --data the task's built-in synthetic data is used; --steps 0 "
+        "evaluates right after preparation.", 88)
+    methods = "\n".join(f"  {name:<9} {what}" for name, what in METHODS.items())
+    return f"{intro}\n\nmethods (--method):\n{methods}"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trial", help="run one trial: prepare, fine-tune, evaluate, measure memory",
-                       description="Run one trial. Without --data the task's built-in synthetic data "
-                                   "is used; --steps 0 evaluates right after preparation.")
+                       description=_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="builtin:tiny",
                    help="local save_pretrained directory or builtin:tiny|builtin:small (default: builtin:tiny)")
     src = p.add_mutually_exclusive_group()
@@ -20,22 +44,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=8, help="LoRA rank with --bits (default 8)")
     p.add_argument("--group-size", type=int, default=64, help="quantization group size with --bits")
     p.add_argument("--prune", type=float, default=0.0, help="prune ratio with --bits (default 0)")
-    p.add_argument("--prune-mode", default="structured", choices=["structured", "magnitude", "wanda"])
-    p.add_argument("--method", default="qlora", help="fine-tuning method (default qlora)")
+    p.add_argument("--prune-mode", default="structured", choices=["structured", "magnitude", "wanda"],
+                   help="how --prune removes weights: structured (whole heads and MLP channels; "
+                        "default), magnitude or wanda (unstructured)")
+    p.add_argument("--method", default="qlora", choices=list(METHODS), metavar="METHOD",
+                   help="fine-tuning method, one of: " + ", ".join(METHODS) + " (default qlora; see above)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable (e.g. --option loftq_iters=2)")
-    p.add_argument("--lora-alpha", type=float, default=None)
+    p.add_argument("--lora-alpha", type=float, default=None,
+                   help="LoRA scaling numerator: adapters are scaled by alpha / rank (default 16)")
     p.add_argument("--task", default="lm", help="lm or boolq (default lm)")
     p.add_argument("--data", help="JSONL file or datasets.save_to_disk directory")
     p.add_argument("--eval-data", help="separate evaluation data")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--eval-batches", type=int, default=None)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=50, help="fine-tuning steps (default 50; 0: evaluate only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data order, initialisation and sampling (default 0)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the trainable parameters (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per optimizer step (default 8)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per training row (default 128)")
+    p.add_argument("--eval-batches", type=int, default=None,
+                   help="held-out batches scored (default: the task's own evaluation size)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                   help="float32; bfloat16 (pure bf16); float16 (fp16 autocast, fp32 trainable weights)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                   help="recompute each decoder block in backward instead of keeping its activations "
+                        "(default off for a single trial; studies turn it on)")
+    p.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS),
+                   help="adamw (default), sgd (momentum 0.9), or bitsandbytes' adamw-8bit, paged-adamw, "
+                        "paged-adamw-8bit (pip install 'automix[bnb]')")
+    p.add_argument("--grad-accum-steps", type=int, default=1,
+                   help="micro-batches per optimizer step (must divide --batch-size; default 1)")
+    p.add_argument("--quantizer", choices=list(QUANTIZERS), default=None,
+                   help="how base weights are quantized (default: automix.quant.DEFAULT_METHOD, rtn)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available; default), cpu, cuda or cuda:N")
     p.add_argument("--save-state", help="write the trained method state (safetensors) here")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run)
@@ -60,7 +101,28 @@ def _spec(args: argparse.Namespace) -> dict:
             "method": args.method, "method_settings": method_settings, "layers": layers,
             "prune_mode": args.prune_mode, "steps": args.steps, "seed": args.seed, "lr": args.lr,
             "batch_size": args.batch_size, "seq_len": args.seq_len, "eval_batches": args.eval_batches,
-            "dtype": args.dtype, "device": args.device, "save_state": args.save_state}
+            "dtype": args.dtype, "device": args.device, "save_state": args.save_state,
+            "gradient_checkpointing": args.gradient_checkpointing, "optimizer": args.optimizer,
+            "grad_accum_steps": args.grad_accum_steps,
+            **({"quantizer": args.quantizer} if args.quantizer else {})}
+
+
+def _invalid(spec: dict) -> str | None:
+    """Why the spec is not a valid TrialSpec, as `--option: reason` (None when it is)."""
+    from pydantic import ValidationError
+
+    from automix.trial import TrialSpec  # lazy: CLI start-up (a command loads only what it runs)
+
+    try:
+        TrialSpec.model_validate(spec)
+    except ValidationError as err:
+        out = []
+        for e in err.errors():
+            field = str(e["loc"][0]) if e["loc"] else ""
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            out.append(f"--{field.replace('_', '-')}: {msg}" if field else msg)
+        return "; ".join(out)
+    return None
 
 
 def _mib(n: int | None) -> str:
@@ -74,6 +136,16 @@ def run(args: argparse.Namespace) -> int:
         spec = _spec(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    problem = _invalid(spec)
+    if problem:  # one line per wrong option, not pydantic's report
+        if args.json:
+            from automix.trial import TrialResult  # lazy: CLI start-up (a command loads only what it runs)
+
+            print(json.dumps(TrialResult(status="failed", method=args.method, task=args.task,
+                                         failure_kind="invalid_input", failure_reason=problem).to_dict()))
+        else:
+            print(f"error: {problem}", file=sys.stderr)
         return 2
     result = run_trial(spec)
     if args.json:

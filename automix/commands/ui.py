@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-
+import contextlib
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -11,7 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow backend (default: the working dir's SQLite file)")
     p.add_argument("--optuna", action="store_true", help="open optuna-dashboard on the Optuna storage instead")
     p.add_argument("--storage", default=None, help="Optuna storage URL for --optuna (default: the working dir's)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address the UI listens on (default 127.0.0.1: this machine only; "
+                        "0.0.0.0: every interface, e.g. to open it from another machine)")
     p.add_argument("--port", type=int, default=None, help="default 5000 (MLflow) / 8080 (optuna-dashboard)")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     p.set_defaults(func=run)
@@ -40,11 +42,57 @@ def command(args: argparse.Namespace) -> list[str]:
             "--host", args.host, "--port", str(args.port or 5000)]
 
 
+# The MLflow UI's runs page for the current Pareto front: the model-training view (MLflow 3
+# opens the GenAI one otherwise), the trial runs tagged pareto, sorted by memory. The sort is
+# what shows them: with the default sort (by date) the UI nests the matching trial runs under
+# their study run, one collapsed row.
+FRONT_FILTER = "tags.pareto = 'true'"
+FRONT_SORT = "metrics.`memory_mib`"
+
+
+def front_query() -> str:
+    from urllib.parse import urlencode, quote
+
+    return urlencode({"workflowType": "machine_learning", "searchFilter": FRONT_FILTER,
+                      "orderByKey": FRONT_SORT, "orderByAsc": "true"}, quote_via=quote)
+
+
+def _studies(uri: str) -> list[tuple[str, str]]:
+    """(experiment id, study name) of the automix studies in a SQLite tracking store (read only;
+    nothing for other stores or a missing file)."""
+    import sqlite3
+    from pathlib import Path
+
+    if not uri.startswith("sqlite:///") or not Path(uri[len("sqlite:///"):]).is_file():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{uri[len('sqlite:///'):]}?mode=ro", uri=True)) as db:
+            return [(str(i), n) for i, n in db.execute(
+                "SELECT e.experiment_id, e.name FROM experiments e JOIN experiment_tags t "
+                "ON t.experiment_id = e.experiment_id WHERE t.key = 'automix.config.study' "
+                "AND e.lifecycle_stage = 'active' ORDER BY e.experiment_id")]
+    except sqlite3.Error:
+        return []
+
+
+def front_links(uri: str, host: str, port: int) -> list[str]:
+    """One line per study: the address of its Pareto front's trial runs in the MLflow UI."""
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    return [f"{name}: {base}/#/experiments/{eid}/runs?{front_query()}" for eid, name in _studies(uri)]
+
+
 def run(args: argparse.Namespace) -> int:
     import subprocess
 
+    from automix.config.study import default_tracking_uri  # lazy: CLI start-up (a command loads only what it runs)
+
     cmd = command(args)
     print(" ".join(cmd))
+    if not args.optuna:
+        links = front_links(args.tracking_uri or default_tracking_uri(), args.host, args.port or 5000)
+        if links:
+            print(f"Pareto fronts (filter {FRONT_FILTER}, sorted by memory_mib):")
+            print("\n".join(f"  {line}" for line in links))
     if args.dry_run:
         return 0
     try:

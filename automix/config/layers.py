@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Mapping
 
@@ -228,3 +230,14 @@ def matching_layers(pattern: str, layer_names: Iterable[str]) -> list[str]:
     if _is_glob(pattern):
         return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return [pattern] if pattern in names else []
+
+
+def compact_layers(resolved: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A LayerConfig dict from per-layer settings: the most common settings as the default and
+    only the other layers listed (what `automix trial --layers` reads)."""
+    if not resolved:
+        raise ValueError("no layer settings to write")
+    key = lambda s: json.dumps(dict(s), sort_keys=True)  # noqa: E731
+    common = Counter(key(s) for s in resolved.values()).most_common(1)[0][0]
+    return {"default": json.loads(common),
+            "layers": {name: dict(s) for name, s in resolved.items() if key(s) != common}}

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from automix.config._yaml import Lines, format_errors, read_yaml
 
@@ -21,6 +22,10 @@ __all__ = [
     "StudyConfigError",
     "StudyConfig",
     "TrialSettings",
+    "OPTIMIZERS",
+    "QUANTIZERS",
+    "DTYPES",
+    "micro_batch_size",
     "Resources",
     "Objectives",
     "SearchSpaceRef",
@@ -61,6 +66,9 @@ def parse_size(value: str | int | float) -> int:
     n = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if n <= 0:
         raise ValueError(f"memory size must be positive, got {value!r}")
+    if not m.group(2) and n < 1024:  # '10.5' meant as GiB or MiB would silently be 10 bytes
+        raise ValueError(f"memory size {value!r} has no unit: write e.g. '{m.group(1)}GiB' or "
+                         f"'{m.group(1)}MiB' (a unitless value is a byte count)")
     return int(n)
 
 
@@ -103,8 +111,40 @@ class Objectives(_Strict):
     throughput: bool = False
 
 
+# What a trial can be asked to train with; the same names as automix.trial.memory.OPTIMIZERS and
+# automix.quant.METHODS (this layer imports no torch; tests/config checks they agree).
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd")
+QUANTIZERS = ("rtn", "minmax", "hqq")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def micro_batch_size(batch_size: int, grad_accum_steps: int) -> int:
+    """Rows per forward/backward when ``batch_size`` rows per optimizer step are accumulated over
+    ``grad_accum_steps`` micro-batches; ValueError unless it divides (the one rule, used by the
+    study file, the trial spec and the memory model)."""
+    if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) or grad_accum_steps < 1 \
+            or batch_size % grad_accum_steps:
+        raise ValueError(f"grad_accum_steps ({grad_accum_steps}) must divide batch_size ({batch_size}): each "
+                         "optimizer step runs batch_size / grad_accum_steps rows per micro-batch")
+    return batch_size // grad_accum_steps
+
+
 class TrialSettings(_Strict):
-    """How one trial fine-tunes and evaluates (shared by every trial of the study)."""
+    """How one trial fine-tunes and evaluates (shared by every trial of the study).
+
+    The training set-up keys mirror ``automix.trial.TrialSpec`` (same names, same values):
+    ``dtype`` (float32; bfloat16 = pure bf16; float16 = fp16 autocast with fp32 trainable
+    weights), ``gradient_checkpointing`` per decoder block, ``optimizer``, ``grad_accum_steps``
+    (``batch_size`` rows per optimizer step in micro-batches of ``batch_size / grad_accum_steps``)
+    and ``quantizer`` (rtn, minmax, hqq; unset: automix's default, rtn). Both the trials and the
+    memory objective the search optimises follow them.
+
+    Gradient checkpointing is on by default in studies: it is how quantized models are fine-tuned
+    in practice (PEFT's ``prepare_model_for_kbit_training`` turns it on, as do the QLoRA recipes),
+    and only then do the quantized weights, not the activations, dominate memory, which is what
+    searching bits per layer is for. It costs one extra block forward per block in backward
+    (``benchmarks/memory_model.md`` measures the step time).
+    """
 
     steps: int = Field(20, ge=0)
     seed: int = 0
@@ -112,8 +152,26 @@ class TrialSettings(_Strict):
     batch_size: int = Field(4, ge=1)
     seq_len: int = Field(64, ge=2)
     eval_batches: int | None = Field(None, ge=1)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    gradient_checkpointing: bool = True
+    optimizer: Literal[OPTIMIZERS] = "adamw"  # type: ignore[valid-type]
+    grad_accum_steps: int = Field(1, ge=1)
+    quantizer: Literal[QUANTIZERS] | None = None  # type: ignore[valid-type]
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _accumulation_divides_batch(self) -> "TrialSettings":
+        micro_batch_size(self.batch_size, self.grad_accum_steps)
+        return self
+
+    def memory_options(self) -> dict[str, Any]:
+        """The keywords ``automix.trial.estimate`` takes for this training set-up."""
+        return {"gradient_checkpointing": self.gradient_checkpointing, "optimizer": self.optimizer,
+                "grad_accum_steps": self.grad_accum_steps}
+
+    def spec_options(self) -> dict[str, Any]:
+        """The ``TrialSpec`` fields for this training set-up (``quantizer`` only when set)."""
+        return {**self.memory_options(), **({"quantizer": self.quantizer} if self.quantizer else {})}
 
 
 class Resources(_Strict):
@@ -140,15 +198,16 @@ class StudyConfig(_Strict):
     data: str | None = None
     methods: list[str] = Field(min_length=1)
     search_space: SearchSpaceRef
-    objectives: Objectives = Field(default_factory=Objectives)
+    objectives: Objectives = Field(default_factory=Objectives, validate_default=True)
     memory_budget: int
     n_trials: int = Field(ge=1)
-    sampler: Literal["automix", "tpe", "nsga2", "random"] = "automix"
+    sampler: Literal["automix", "knapsack", "tpe", "nsga2", "random"] = "automix"
     sampler_seed: int = 0
     sampler_options: dict[str, Any] = Field(default_factory=dict)  # extra sampler keyword arguments
-    # Per-layer sensitivity profile as predictor features (AutoMixSampler): "on" loads the cached
-    # profile or computes it in the driver; "auto" does so only for small models (others: run
-    # `automix profile --model ...` on a GPU machine first, then set "on"); "off" never.
+    # Per-layer sensitivity profile as predictor features (AutoMixSampler), calibrated on the
+    # study's task and data: "on" and "auto" load the profile cached for the model and data or
+    # compute it as a Ray task where the trials run ("auto" goes on without one if that fails,
+    # "on" stops the study); "off" never.
     sensitivity: Literal["auto", "on", "off"] = "auto"
     trial: TrialSettings = Field(default_factory=TrialSettings)
     resources: Resources = Field(default_factory=Resources)
@@ -173,12 +232,14 @@ class StudyConfig(_Strict):
     def _size(cls, v: Any) -> int:
         return parse_size(v)
 
-    @model_validator(mode="after")
-    def _quality_fits_task(self) -> "StudyConfig":
-        if self.task == "lm" and self.objectives.quality == "accuracy":
+    @field_validator("objectives")
+    @classmethod
+    def _quality_fits_task(cls, v: Objectives, info: ValidationInfo) -> Objectives:
+        # a field validator (not a model one) so the error points at the objectives line
+        if info.data.get("task") == "lm" and v.quality == "accuracy":
             raise ValueError("task 'lm' is scored by perplexity: set objectives.quality: perplexity "
                              "(or use task: boolq for accuracy)")
-        return self
+        return v
 
     @field_validator("methods")
     @classmethod

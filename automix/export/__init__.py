@@ -18,11 +18,10 @@ from typing import Any, Sequence
 from transformers import AutoModelForCausalLM
 
 from automix.arch import target_layer_names
-from automix.config.layers import resolved_from_dict
+from automix.config.layers import compact_layers, resolved_from_dict
 from automix.config.study import format_size
 from automix.export.dense import ExportFormatError
 from automix.export.formats import FORMATS, write_hf, write_llama_cpp, write_peft
-from automix.study.backend import compact_layers
 from automix.study.results import finished_trials, pareto_numbers
 from automix.trial import prepare_model, run_trial
 from automix.trial.models import check_model_config, resolve_model_dir

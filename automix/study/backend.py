@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,25 +21,27 @@ from optuna.distributions import CategoricalDistribution
 from pydantic import ValidationError
 from transformers import AutoConfig
 
-from automix.arch import arch_info, layer_shapes, target_layer_names
-from automix.config.layers import average_bits
+from automix.arch import arch_info, block_index, layer_shapes, target_layer_names
+from automix.config.layers import average_bits, compact_layers
 from automix.config.space import read_space_file
 from automix.config.study import StudyConfig, StudyConfigError, format_size
+from automix.search.batch import DecomposedFunction, Shifted, decompose
+from automix.search.knapsack import KnapsackSampler
 from automix.search.sampler import AutoMixSampler
 from automix.search.space import SearchSpace
 from automix.study.tracking import TrackingError, check_tracking_uri
-from automix.trial import (ModelLoadError, TrialSpec, available_methods, estimate, get_method, get_task, is_padded,
-                           load_or_profile, load_tokenizer, resolve_model_dir)
+from automix.study.executors import LocalExecutor, RayExecutor
+from automix.trial import (DEFAULT_METRIC, ModelLoadError, SensitivityProfile, TrialSpec, available_methods, estimate,
+                           get_method, get_task, is_named_data, is_named_model, is_padded, load_tokenizer, profile_path,
+                           resolve_model_dir)
 
-# `sensitivity: auto` profiles a model in the driver only below this much weight data.
-_AUTO_PROFILE_MAX_BYTES = 256 * 1024**2
-
-__all__ = ["make_sampler", "compact_layers", "AutomixBackend", "preflight"]
+__all__ = ["make_sampler", "AutomixBackend", "preflight"]
 
 
 def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
     """The sampler the study asks for, told the memory objective and budget it can compute."""
-    mem = backend.predicted_memory
+    # the memory model over many candidates at once when the backend can decompose it
+    mem = backend.memory_function() if hasattr(backend, "memory_function") else backend.predicted_memory
     budget = float(cfg.memory_budget)
 
     # TPE / NSGA-II read the memory constraint the driver sets on each trial when it is asked
@@ -54,9 +55,19 @@ def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
             scores = backend.sensitivity_scores() if hasattr(backend, "sensitivity_scores") else None
             features = space.feature_fn(scores) if hasattr(space, "feature_fn") else None
             kwargs = dict(search_space=dict(backend.distributions), known_objectives=known, features=features,
-                          known_constraints=[lambda p: mem(p) - budget],
+                          known_constraints=[Shifted(mem, budget)],
                           n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed)
             return AutoMixSampler(**{**kwargs, **opts})
+        if cfg.sampler == "knapsack":
+            space = getattr(backend, "space", None)
+            scores = backend.sensitivity_scores() if hasattr(backend, "sensitivity_scores") else None
+            features = space.feature_fn(scores) if hasattr(space, "feature_fn") else None
+            if features is None:
+                raise StudyConfigError(f"{cfg.source or '<study>'}: sampler: knapsack needs a search space "
+                                       "with per-layer scores")
+            return KnapsackSampler(**{"score": features, "cost": mem, "budget": budget,
+                                      "search_space": dict(backend.distributions), "seed": cfg.sampler_seed,
+                                      **opts})
         if cfg.sampler == "tpe":
             return optuna.samplers.TPESampler(**{"seed": cfg.sampler_seed, "multivariate": True, **opts})
         if cfg.sampler == "nsga2":
@@ -64,17 +75,6 @@ def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
         return optuna.samplers.RandomSampler(**{"seed": cfg.sampler_seed, **opts})
     except TypeError as err:
         raise StudyConfigError(f"{cfg.source or '<study>'}: sampler_options: {err}") from None
-
-
-def compact_layers(resolved: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """A LayerConfig dict from per-layer settings: the most common settings as the default and
-    only the other layers listed (what `automix trial --layers` reads)."""
-    if not resolved:
-        raise ValueError("no layer settings to write")
-    key = lambda s: json.dumps(dict(s), sort_keys=True)  # noqa: E731
-    common = Counter(key(s) for s in resolved.values()).most_common(1)[0][0]
-    return {"default": json.loads(common),
-            "layers": {name: dict(s) for name, s in resolved.items() if key(s) != common}}
 
 
 def _settings_dict(s: Any) -> dict[str, Any]:
@@ -94,6 +94,7 @@ class AutomixBackend:
     """
 
     function = "automix.trial:run_trial"
+    profile_function = "automix.trial:profile_job"
 
     def __init__(self, cfg: StudyConfig) -> None:
         self.cfg = cfg
@@ -102,10 +103,7 @@ class AutomixBackend:
         if unknown:
             raise StudyConfigError(f"{where}: methods: unknown method(s) {unknown}; available: "
                                    f"{', '.join(available_methods())}")
-        model = cfg.model
-        if not model.startswith("builtin:"):
-            p = cfg.resolve_path(model)
-            model = str(p)
+        model = cfg.model if is_named_model(cfg.model) else str(cfg.resolve_path(cfg.model))
         try:
             self.model_dir = resolve_model_dir(model)
         except ModelLoadError as err:
@@ -118,23 +116,58 @@ class AutomixBackend:
                               **dict(self.space.distributions)}
         self._mem: dict[tuple, float] = {}
         self._padded: bool | None = None
+        self._memory_fn: DecomposedFunction | None = None
 
-    def sensitivity_scores(self) -> dict[str, dict[int, float]] | None:
-        """Per-layer, per-bits KL sensitivities for the sampler's features, per `cfg.sensitivity`."""
+    def sensitivity_scores(self, local: bool = False, ray_address: str | None = None
+                           ) -> dict[str, dict[int, float]] | None:
+        """Per-layer, per-bits sensitivities for the sampler's features (`fisher_kl`: an estimate
+        of the KL each layer alone causes), per `cfg.sensitivity`.
+
+        "on" and "auto" load the profile cached for the model and the study's task and data, or
+        compute it as a Ray task with one trial's resources, where the trials will run (in this
+        process when `local`), printing its progress; "auto" goes on without a profile when it
+        cannot be computed, "on" raises. "off" never profiles."""
         mode = getattr(self.cfg, "sensitivity", "off")
         if mode == "off":
             return None
-        weights = sum(p.stat().st_size for p in self.model_dir.iterdir()
-                      if p.suffix in (".safetensors", ".bin", ".pt"))
-        if not weights:  # a config-only directory: nothing to profile
+        if not any(p.suffix in (".safetensors", ".bin", ".pt") for p in self.model_dir.iterdir()):
+            return None  # a config-only directory: nothing to profile
+        spec = {**self._spec_fields(), **self.cfg.trial.extra}
+        res = self.cfg.resources
+        payload: dict[str, Any] = {"model_spec": str(self.model_dir), "task": spec["task"], "data": spec["data"],
+                                   "device": "cuda" if res.gpus else "cpu"}
+        quantizer = (spec.get("method_settings") or {}).get("quant_method")
+        if quantizer:
+            payload["method"] = quantizer
+        path, _ = profile_path(**{k: v for k, v in payload.items() if k != "device"})
+        if path.is_file():
+            try:
+                return SensitivityProfile.load(path).scores(DEFAULT_METRIC)
+            except ValueError as err:  # unreadable or an old format: computed again below
+                print(f"note: recomputing the sensitivity profile: {err}")
+        if not res.gpus:  # the profile runs alone, before any trial: the study's CPU share
+            payload["threads"] = max(1, int(self.cfg.workers * res.cpus))
+        print(f"profiling the sensitivity of {self.cfg.model}'s layers on its {spec['task']} data "
+              f"({'in this process' if local else 'as a Ray task'}; cached in {path})", flush=True)
+        try:
+            executor = (LocalExecutor(self.profile_function) if local else
+                        RayExecutor(self.profile_function, workers=1, cpus=res.cpus, gpus=res.gpus,
+                                    max_retries=self.cfg.max_retries, address=ray_address))
+            with executor:
+                executor.submit("profile", payload)
+                outcomes: list = []
+                while not outcomes:
+                    outcomes = executor.poll(1.0)
+            if outcomes[0].status != "ok":
+                raise RuntimeError(f"the sensitivity profile {outcomes[0].status}: {outcomes[0].error}")
+            profile = SensitivityProfile.from_dict(outcomes[0].value)
+        except (RuntimeError, ValueError, OSError) as err:
+            if mode == "on":
+                raise
+            print(f"note: no sensitivity profile ({err}); the sampler goes on with bits-only features")
             return None
-        if mode == "auto" and weights > _AUTO_PROFILE_MAX_BYTES:
-            print(f"note: no sensitivity profile for {self.cfg.model} ({format_size(weights)} of weights); "
-                  "run `automix profile --model ...` and set `sensitivity: on` to use one")
-            return None
-
-        profile, _, _ = load_or_profile(str(self.model_dir))
-        return profile.scores("kl")
+        profile.save(path)  # a cluster worker's cache is not the driver's
+        return profile.scores(DEFAULT_METRIC)
 
     def _layers(self, params: Mapping[str, Any]) -> dict[str, Any]:
         space_params = {k: v for k, v in params.items() if k != "method"}
@@ -148,8 +181,20 @@ class AutomixBackend:
                                             batch_size=t.batch_size, seq_len=t.seq_len,
                                             dtype=t.dtype, config=self.hf_config,
                                             device="cuda" if self.cfg.resources.gpus else "cpu",
-                                            padded=self.batches_padded()).total)
+                                            padded=self.batches_padded(), **t.memory_options()).total)
         return self._mem[key]
+
+    def memory_function(self) -> DecomposedFunction:
+        """`predicted_memory` with a vectorised form for the sampler (``batch``): per-parameter
+        and per-pair tables of the analytic model (pairs of parameters that set layers of the
+        same block: a layer's packed size depends on its block's pruning), checked against the
+        model on random configurations; per-candidate calls if the check fails. Built once."""
+        if self._memory_fn is None:
+            blocks = {name: {block_index(layer) for layer in layers}
+                      for name, layers in self.space.param_layers().items()}
+            self._memory_fn = decompose(self.predicted_memory, self.distributions,
+                                        may_interact=lambda a, b: bool(blocks[a] & blocks[b]))
+        return self._memory_fn
 
     def batches_padded(self) -> bool:
         """Whether the trials' training batches carry padding, read off the first batch as
@@ -196,10 +241,10 @@ class AutomixBackend:
         """The trial spec fields every trial of the study shares (before `trial.extra`)."""
         t, cfg = self.cfg.trial, self.cfg
         spec = {
-            "model": str(self.model_dir) if not cfg.model.startswith("builtin:") else cfg.model,
-            "task": cfg.task, "data": str(cfg.resolve_path(cfg.data)) if cfg.data else None,
+            "model": cfg.model if is_named_model(cfg.model) else str(self.model_dir),  # a name: each worker resolves its own cache
+            "task": cfg.task, "data": _data_spec(cfg),
             "steps": t.steps, "seed": t.seed, "lr": t.lr, "batch_size": t.batch_size, "seq_len": t.seq_len,
-            "dtype": t.dtype,
+            "dtype": t.dtype, **t.spec_options(),
             "device": "cuda" if cfg.resources.gpus else "cpu",
         }
         if t.eval_batches is not None:
@@ -234,6 +279,13 @@ def _choices(dist: Any) -> list[Any]:
     return [dist.low + i * step for i in range(n + 1)]
 
 
+def _data_spec(cfg: StudyConfig) -> str | None:
+    """The study's data as a trial gets it: a name as written, a path resolved against the study file."""
+    if not cfg.data:
+        return None
+    return cfg.data if is_named_data(cfg.data) else str(cfg.resolve_path(cfg.data))
+
+
 def _load_space(cfg: StudyConfig, layer_names: list[str]) -> SearchSpace:
     """The study's search space: the YAML file with the study's overrides merged in (in memory).
 
@@ -266,13 +318,24 @@ def _deep_merge(base: Any, over: Any) -> Any:
     return over
 
 
-def preflight(cfg: StudyConfig, backend: Any) -> None:
-    """Everything that can be checked before a trial runs (raises StudyConfigError / ValueError).
+def preflight(cfg: StudyConfig, backend: Any, *, cluster: bool = False) -> None:
+    """Everything that can be checked before a trial runs or anything is written (raises
+    StudyConfigError / ValueError).
 
     The model, methods and search space were checked building `backend`; here: the memory budget
-    against the smallest configuration, the Optuna storage and the MLflow tracking URI.
+    against the smallest configuration, the trial spec, the task's data (every record, as a
+    trial reads it), the resources (GPUs asked for on a machine without CUDA, when no cluster is
+    given), the Optuna storage (and its database driver) and the MLflow tracking URI.
     """
     where = cfg.source or "<study>"
+    if cfg.resources.gpus and not cluster:
+        import torch  # (third-party; the driver has it through automix.trial)
+
+        if not torch.cuda.is_available():
+            raise StudyConfigError(
+                f"{cfg.file_lines('resources').where(('gpus',))}: each trial asks for "
+                f"{cfg.resources.gpus:g} GPU, but this machine has no CUDA device: set resources.gpus: 0, "
+                "or run on a Ray cluster with GPUs (--ray-address)")
     params: dict[str, Any] = {}
     smallest = getattr(backend, "smallest_memory", None)
     if smallest is not None:
@@ -290,6 +353,12 @@ def preflight(cfg: StudyConfig, backend: Any) -> None:
         except ValidationError as err:
             why = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
             raise StudyConfigError(f"{where}: trial: the trial spec is not valid ({why})") from None
+        data = backend.payload(params or {"method": cfg.methods[0]}).get("data")
+        if data:
+            try:  # every record, with the checks a trial makes (a bad line names FILE:LINE)
+                get_task(cfg.task, data)
+            except ValueError as err:
+                raise StudyConfigError(f"{cfg.file_lines().where(('data',))}: {err}") from None
     try:
         check_tracking_uri(cfg.tracking)
     except TrackingError as err:
@@ -302,6 +371,11 @@ def preflight(cfg: StudyConfig, backend: Any) -> None:
     else:
         try:
             engine = sqlalchemy.create_engine(url)
+        except (ImportError, sqlalchemy.exc.NoSuchModuleError) as err:
+            raise StudyConfigError(f"{where}: storage: no database driver for {url.split(':')[0]!r} ({err}); "
+                                   "for PostgreSQL: pip install 'automix[postgres]' and write the URL as "
+                                   "postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB") from None
+        try:
             with engine.connect():
                 pass
             engine.dispose()

@@ -14,6 +14,8 @@ the trivial functions of the orchestration benchmark.
 from __future__ import annotations
 
 import importlib
+import socket
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,8 +29,10 @@ class Outcome:
     """What became of one submitted job.
 
     status: "ok" (the function returned `value`), "failed" (it raised), "timeout" (stopped over
-    its time limit), "crashed" (its worker or node died more often than retries allow), or
-    "cancelled" (the driver stopped it, e.g. on Ctrl-C).
+    its time limit), "crashed" (its worker or node died on every attempt `max_retries` allows),
+    or "cancelled" (the driver stopped it, e.g. on Ctrl-C). `started_at` is when the job's own
+    work began on its worker (None when it never started): `seconds` is the job's run time from
+    then, `startup_seconds` the wait before it (queueing, worker start-up, imports).
     """
 
     key: Hashable
@@ -38,10 +42,15 @@ class Outcome:
     attempts: int = 1
     submitted_at: float = 0.0
     finished_at: float = 0.0
+    started_at: float | None = None
 
     @property
     def seconds(self) -> float:
-        return self.finished_at - self.submitted_at
+        return self.finished_at - (self.started_at if self.started_at is not None else self.submitted_at)
+
+    @property
+    def startup_seconds(self) -> float | None:
+        return None if self.started_at is None else self.started_at - self.submitted_at
 
 
 def resolve_function(fn: Callable[[Any], Any] | str) -> Callable[[Any], Any]:
@@ -106,12 +115,14 @@ class LocalExecutor(Executor):
             time.sleep(min(timeout, 0.05))
             return []
         key, payload, t0 = self._queue.pop(0)
+        started = time.time()
         try:
             value = self.fn(payload)
-            return [Outcome(key, "ok", value=value, submitted_at=t0, finished_at=time.time())]
+            return [Outcome(key, "ok", value=value, submitted_at=t0, finished_at=time.time(), started_at=started)]
         except Exception as err:  # a trial function's failure is data, not a driver crash
             msg = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}"
-            return [Outcome(key, "failed", error=msg, submitted_at=t0, finished_at=time.time())]
+            return [Outcome(key, "failed", error=msg, submitted_at=t0, finished_at=time.time(),
+                            started_at=started)]
 
     def cancel_all(self) -> list[Outcome]:
         now = time.time()
@@ -127,8 +138,73 @@ class _Running:
     payload: Any
     submitted_at: float
     attempts: int = 1
+    started_at: float | None = None
     cancelled_for: str | None = None
-    extra: dict = field(default_factory=dict)
+    cancel_sent_at: float = 0.0
+    forced: bool = False
+    deaths: list[str] = field(default_factory=list)
+    early_error: BaseException | None = None  # read in place of the start marker
+
+
+_STARTED = "started"  # the first item a job yields: its work begins now
+
+
+def _streaming(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The Ray task around `fn`: yields a start marker, then fn's value (a streaming generator),
+    so the driver knows when the job's own work began, apart from worker start-up."""
+
+    def job(payload: Any) -> Any:
+        yield _STARTED
+        yield fn(payload)
+
+    job.__name__ = job.__qualname__ = getattr(fn, "__name__", "job")
+    return job
+
+
+def _probe_address(address: str, timeout_s: float) -> None:
+    """Fail within `timeout_s` when nothing listens at a cluster's HOST:PORT (ray.init would hang)."""
+    if address == "auto" or ":" not in address:
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        port_n = int(port)
+    except ValueError:
+        raise ValueError(f"--ray-address {address!r}: expected HOST:PORT or 'auto'") from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port_n), timeout=max(0.1, deadline - time.monotonic())):
+                return
+        except OSError as err:
+            if time.monotonic() + 1.0 >= deadline:
+                raise ValueError(
+                    f"cannot reach the Ray cluster at {address!r} within {timeout_s:.0f} s ({err}); is "
+                    "`ray start --head` running there and the port open? (--ray-timeout sets the limit)"
+                ) from None
+            time.sleep(1.0)
+
+
+def _init_within(ray: Any, kwargs: dict[str, Any], timeout_s: float, address: str) -> None:
+    """ray.init(**kwargs) joining a cluster, or a clear error when it does not answer within
+    `timeout_s` (only for clusters: a local Ray's processes die with the thread that starts them)."""
+    box: dict[str, BaseException] = {}
+
+    def target() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = err
+
+    t = threading.Thread(target=target, name="ray-init", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    where = f"the Ray cluster at {address!r}"
+    if t.is_alive():
+        raise ValueError(f"could not connect to {where} within {timeout_s:.0f} s "
+                         "(--ray-timeout sets the limit)")
+    err = box.get("error")
+    if err is not None:
+        raise ValueError(f"cannot start or join {where}: {type(err).__name__}: {err}") from None
 
 
 class RayExecutor(Executor):
@@ -138,11 +214,13 @@ class RayExecutor(Executor):
         fn: the job function (or "module:function"); it must be importable on the workers.
         workers: most jobs in flight at once (the driver keeps this many busy).
         cpus, gpus: resources each job asks for; fractional GPUs share a device.
-        timeout_s: a job running longer is force-cancelled and reported as "timeout".
-        max_retries: Ray re-runs a job whose worker process or node died this many times; when
-            those are spent the executor resubmits it itself, up to `max_retries` more times.
-        address: join an existing cluster ("auto" or "HOST:PORT"); None starts a local Ray
-            sized for `workers` jobs.
+        timeout_s: a job whose own work runs longer (worker start-up not counted) is cancelled
+            and reported as "timeout": first gently (the worker survives, stays warm), then,
+            after `cancel_grace_s`, by killing its worker.
+        max_retries: a job whose worker process or node died is run again, at most this many
+            times (max_retries=1: one re-run); then it is reported as "crashed".
+        address: join an existing cluster ("auto" or "HOST:PORT") within `connect_timeout_s`;
+            None starts a local Ray sized for `workers` jobs, without the dashboard.
         resources: extra custom resources per job, e.g. {"node2": 0.1}.
     """
 
@@ -158,6 +236,8 @@ class RayExecutor(Executor):
         address: str | None = None,
         resources: dict[str, float] | None = None,
         ray_init_kwargs: dict[str, Any] | None = None,
+        connect_timeout_s: float = 30.0,
+        cancel_grace_s: float = 10.0,
     ) -> None:
         import ray
 
@@ -165,119 +245,174 @@ class RayExecutor(Executor):
         self.workers = int(workers)
         self.timeout_s = timeout_s
         self.max_retries = int(max_retries)
+        self.cancel_grace_s = float(cancel_grace_s)
         self._owns_ray = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True,
                                           configure_logging=False)
             if address:
+                _probe_address(address, connect_timeout_s)
                 kwargs["address"] = address
             else:
                 # Enough logical CPUs for `workers` jobs even on a small machine: Ray's CPU
                 # counts are for scheduling; the study's `workers` is the real parallelism.
+                # GPUs are Ray's own count of the machine's devices (none: checked below).
                 kwargs["num_cpus"] = max(int(workers * cpus + 0.999), 1)
-                if gpus:
-                    kwargs["num_gpus"] = max(int(workers * gpus + 0.999), 1)
                 kwargs["object_store_memory"] = 256 * 1024**2
             kwargs.update(ray_init_kwargs or {})
-            try:
-                ray.init(**kwargs)
-            except ConnectionError as err:
-                raise ValueError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
+            if address:
+                _init_within(ray, kwargs, connect_timeout_s, address)
+            else:  # in this thread: Ray's local processes die with the thread that started them
+                try:
+                    ray.init(**kwargs)
+                except (ConnectionError, RuntimeError) as err:
+                    raise ValueError(f"cannot start a local Ray: {err}") from None
             self._owns_ray = True
         self._ray = ray
+        have = ray.cluster_resources().get("GPU", 0.0)
+        if gpus and have < gpus:
+            if self._owns_ray:
+                self.shutdown()
+            where = f"the Ray cluster at {address!r}" if address else "this machine"
+            raise ValueError(f"each trial asks for {gpus:g} GPU (resources.gpus), but {where} has "
+                             f"{have:g}: set resources.gpus: 0, or run where GPUs are")
         _ship_by_value(self.fn)
         # The job function itself is the Ray task (exported once per session, not per job).
-        self._remote = ray.remote(self.fn).options(
-            num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries,
-            retry_exceptions=False, resources=resources or None,
+        self._remote = ray.remote(_streaming(self.fn)).options(
+            num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False,
+            resources=resources or None, num_returns="streaming",
         )
-        self._running: dict[Any, _Running] = {}  # ObjectRef -> job
+        self._running: dict[Any, _Running] = {}  # ObjectRefGenerator (a streaming task) -> job
 
     def in_flight(self) -> int:
         return len(self._running)
 
-    def submit(self, key: Hashable, payload: Any, *, attempts: int = 1) -> None:
-        ref = self._remote.remote(payload)
-        self._running[ref] = _Running(key, payload, time.time(), attempts)
+    def submit(self, key: Hashable, payload: Any) -> None:
+        self._start(_Running(key, payload, time.time()))
+
+    def _start(self, job: _Running) -> None:
+        job.started_at, job.early_error = None, None
+        self._running[self._remote.remote(job.payload)] = job
 
     def poll(self, timeout: float = 1.0) -> list[Outcome]:
         """Outcomes of jobs that finished within `timeout` seconds (and of expired ones)."""
         if not self._running:
             time.sleep(min(timeout, 0.05))
             return []
-        out = self._expire()
-        refs = list(self._running)
-        if not refs:
-            return out
+        self._mark_started()
+        self._expire()
         wait = timeout
-        if self.timeout_s:
-            next_deadline = min(j.submitted_at for j in self._running.values()) + self.timeout_s
-            wait = max(0.0, min(timeout, next_deadline - time.time()))
-        ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=wait, fetch_local=True)
+        deadlines = [self._deadline(j) for j in self._running.values()]
+        deadlines = [d for d in deadlines if d is not None]
+        if deadlines:
+            wait = max(0.0, min(timeout, min(deadlines) - time.time()))
+        # A job's `completed()` ref is ready when its task ends, and raises when its worker or
+        # node died: waiting on it never blocks on a stream whose producer is gone.
+        done = {gen.completed(): gen for gen in self._running}
+        ready, _ = self._ray.wait(list(done), num_returns=len(done), timeout=wait, fetch_local=False)
+        out: list[Outcome] = []
         for ref in ready:
-            out.extend(self._collect(ref))
+            out.extend(self._step(done[ref], ref))
+        self._mark_started()
         return out
 
-    def _expire(self) -> list[Outcome]:
-        if not self.timeout_s:
-            return []
+    def _mark_started(self) -> None:
+        """Note the start of jobs whose start marker has arrived (never blocks)."""
+        for gen, job in self._running.items():
+            if job.started_at is None and job.early_error is None and gen.next_ready():
+                try:
+                    self._ray.get(next(gen))
+                    job.started_at = time.time()
+                except (self._ray.exceptions.RayError, StopIteration) as err:  # died before starting
+                    job.early_error = err  # classified with the job's end, in _step
+
+    def _deadline(self, job: _Running) -> float | None:
+        if job.cancelled_for is not None:
+            return None if job.forced else job.cancel_sent_at + self.cancel_grace_s
+        if self.timeout_s and job.started_at is not None:
+            return job.started_at + self.timeout_s
+        return None
+
+    def _expire(self) -> None:
         now = time.time()
-        for ref, job in self._running.items():
-            if job.cancelled_for is None and now - job.submitted_at > self.timeout_s:
-                job.cancelled_for = "timeout"
-                self._ray.cancel(ref, force=True)
-        return []
+        for gen, job in self._running.items():
+            if job.cancelled_for is None:
+                if self.timeout_s and job.started_at is not None and now - job.started_at > self.timeout_s:
+                    job.cancelled_for, job.cancel_sent_at = "timeout", now
+                    self._cancel(gen, force=False)  # KeyboardInterrupt in the job: its worker lives on
+            elif not job.forced and now - job.cancel_sent_at > self.cancel_grace_s:
+                job.forced = True
+                self._cancel(gen, force=True)  # it did not stop: kill its worker
 
-    def _collect(self, ref: Any) -> list[Outcome]:
-        ray = self._ray
-        job = self._running.pop(ref)
-        now = time.time()
-
-        def outcome(status: str, value: Any = None, error: str | None = None) -> list[Outcome]:
-            return [Outcome(job.key, status, value, error, job.attempts, job.submitted_at, now)]
-
+    def _cancel(self, gen: Any, force: bool) -> None:
         try:
-            value = ray.get(ref)
+            self._ray.cancel(gen, force=force)
+        except Exception:  # noqa: BLE001 - already finished, or its node is gone
+            pass
+
+    def _step(self, gen: Any, completed: Any) -> list[Outcome]:
+        """The outcome of a job whose task has ended (its `completed()` ref is ready)."""
+        ray = self._ray
+        job = self._running[gen]
+        try:
+            if job.early_error is not None:
+                raise job.early_error
+            ray.get(completed)  # raises when the worker or node died
+            # The task has ended: its items exist (a result, or the error it raised), so reading
+            # them does not wait on a producer.
+            if job.started_at is None:
+                ray.get(next(gen))  # the start marker
+                job.started_at = time.time()
+            return self._done(gen, "ok", value=ray.get(next(gen)))
+        except StopIteration:
+            return self._done(gen, "crashed", error="the job ended without a result")
         except ray.exceptions.TaskCancelledError:
-            return self._cancelled(job, now)
+            return self._cancelled(gen)
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                 ray.exceptions.LocalRayletDiedError, ray.exceptions.ObjectLostError) as err:
             if job.cancelled_for is not None:
-                return self._cancelled(job, now)
-            if job.attempts <= self.max_retries:
-                # Ray's own retries are spent (or did not apply): run it again elsewhere.
-                self.submit(job.key, job.payload, attempts=job.attempts + 1)
+                return self._cancelled(gen)
+            job.deaths.append(f"{type(err).__name__}")
+            if len(job.deaths) <= self.max_retries:  # run it again (elsewhere, if its node died)
+                del self._running[gen]
+                job.attempts += 1
+                self._start(job)
                 return []
-            return outcome("crashed", error=f"worker died {job.attempts} times: {err}")
+            return self._done(gen, "crashed", error=(
+                f"its worker died on all {job.attempts} attempt(s) (max_retries: {self.max_retries} "
+                f"re-run(s)): {_first_line(err)}"))
         except ray.exceptions.RayTaskError as err:
+            if job.cancelled_for is not None:
+                return self._cancelled(gen)
             cause = err.cause if getattr(err, "cause", None) is not None else err
-            return outcome("failed", error=f"{type(cause).__name__}: {cause}\n{err}")
+            return self._done(gen, "failed", error=f"{type(cause).__name__}: {cause}\n{err}")
         except ray.exceptions.RayError as err:
             if job.cancelled_for is not None:
-                return self._cancelled(job, now)
-            return outcome("crashed", error=f"{type(err).__name__}: {err}")
-        return outcome("ok", value)
+                return self._cancelled(gen)
+            return self._done(gen, "crashed", error=f"{type(err).__name__}: {_first_line(err)}")
 
-    def _cancelled(self, job: _Running, now: float) -> list[Outcome]:
+    def _done(self, gen: Any, status: str, value: Any = None, error: str | None = None) -> list[Outcome]:
+        job = self._running.pop(gen)
+        return [Outcome(job.key, status, value, error, job.attempts, job.submitted_at, time.time(),
+                        job.started_at)]
+
+    def _cancelled(self, gen: Any) -> list[Outcome]:
+        job = self._running[gen]
         if job.cancelled_for == "timeout":
-            return [Outcome(job.key, "timeout",
-                            error=f"stopped after {now - job.submitted_at:.0f} s: over the "
-                                  f"{self.timeout_s:.0f} s time limit per trial",
-                            attempts=job.attempts, submitted_at=job.submitted_at, finished_at=now)]
-        return [Outcome(job.key, "cancelled", error="cancelled by the driver",
-                        attempts=job.attempts, submitted_at=job.submitted_at, finished_at=now)]
+            ran = job.cancel_sent_at - (job.started_at or job.submitted_at)
+            how = "its worker was killed" if job.forced else "its worker lives on"
+            return self._done(gen, "timeout", error=f"stopped after {ran:.0f} s of work: over the "
+                              f"{self.timeout_s:.0f} s time limit per trial ({how})")
+        return self._done(gen, "cancelled", error="cancelled by the driver")
 
     def cancel_all(self) -> list[Outcome]:
         """Force-stop every job in flight (Ctrl-C); returns their "cancelled" outcomes."""
         now = time.time()
         out = []
-        for ref, job in list(self._running.items()):
-            try:
-                self._ray.cancel(ref, force=True)
-            except Exception:  # already finished or its node is gone
-                pass
-            out.append(Outcome(job.key, "cancelled", error="cancelled by the driver",
-                               attempts=job.attempts, submitted_at=job.submitted_at, finished_at=now))
+        for gen, job in list(self._running.items()):
+            self._cancel(gen, force=True)
+            out.append(Outcome(job.key, "cancelled", error="cancelled by the driver", attempts=job.attempts,
+                               submitted_at=job.submitted_at, finished_at=now, started_at=job.started_at))
         self._running.clear()
         return out
 
@@ -287,6 +422,10 @@ class RayExecutor(Executor):
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
             self._owns_ray = False
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def _ship_by_value(fn: Callable[[Any], Any]) -> None:

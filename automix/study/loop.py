@@ -1,14 +1,15 @@
 """The search loop: ask the sampler, run trials on the executor, tell results, track them.
 
 The driver is the single writer to the Optuna storage and to MLflow, so SQLite is safe as the
-embedded default and a server URL is only a setting. Optuna is the source of truth: every
+embedded default and a server URL is only a setting; the study's lease
+(`automix.study.storage.StudyLease`) makes it the only one. Optuna is the source of truth: every
 trial's result (the trial function's dictionary) is stored in its user attributes before the
-trial is told, MLflow is brought in line from it (`Tracker.sync` on resume), and `status` and
-`export` read it back.
+trial is told, MLflow is brought in line from it (`Tracker.reconcile` on resume), and `status`
+and `export` read it back.
 
 Resuming (re-running the same study, or `--resume`) keeps every finished trial; trials left
-RUNNING by a killed driver, or stopped by Ctrl-C, are marked failed ("stale") and their
-configurations are enqueued to run again.
+RUNNING by a killed driver, or stopped by Ctrl-C, are marked failed ("stale") by the lease's new
+holder and their configurations are enqueued to run again.
 
 The loop is generic over a `TrialBackend`: the real one (`automix.study.backend.AutomixBackend`) maps
 search parameters to `TrialSpec`s for `automix.trial.run_trial`; the orchestration benchmark
@@ -17,11 +18,16 @@ uses a synthetic one.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from automix.search._optuna_compat import storage_of, trial_id_of_number
@@ -30,7 +36,7 @@ from automix.study.backend import make_sampler
 from automix.study.executors import RayExecutor
 from automix.study.progress import StudyProgress
 from automix.study.results import finished_trials, is_feasible, normalized_hypervolume, objective_values, pareto_numbers
-from automix.study.storage import open_study, requeue_stale
+from automix.study.storage import DRIVER_ATTR, StudyBusyError, StudyLease, open_study, requeue_stale
 from automix.study.tracking import Tracker
 
 __all__ = ["TrialBackend", "StudyRun", "run_study"]
@@ -57,7 +63,8 @@ class StudyRun:
     done: int = 0
     failed: int = 0
     running: int = 0
-    requeued: list[int] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)  # trials a previous driver left, marked stale
+    reran: list[int] = field(default_factory=list)     # ... whose configuration finished in this run
     front: list[int] = field(default_factory=list)
     best_quality: float | None = None
     hypervolume: float = 0.0
@@ -65,7 +72,8 @@ class StudyRun:
     interrupted: bool = False
     overhead_seconds: list[float] = field(default_factory=list)  # tell + MLflow + front, per trial
     ask_seconds: list[float] = field(default_factory=list)       # sampler proposal + spec, per trial
-    trial_seconds: list[float] = field(default_factory=list)     # submit -> result, per trial
+    trial_seconds: list[float] = field(default_factory=list)     # the trial's own run time, per trial
+    startup_seconds: list[float] = field(default_factory=list)   # submit -> the trial's work started
     artifacts: list[str] = field(default_factory=list)
 
 
@@ -88,17 +96,67 @@ def run_study(
     n_trials: int | None = None,
     resume: bool = True,
     ray_address: str | None = None,
+    ray_timeout_s: float = 30.0,
+    takeover: bool = False,
     progress: bool = True,
     write_artifacts: bool = True,
 ) -> StudyRun:
     """Run (or continue) a study until it has `n_trials` finished trials.
 
-    `executor` defaults to a `RayExecutor` built from the study's resources; `sampler` to the
-    one `automix.study.backend.make_sampler` builds for it. Ctrl-C cancels the trials in flight,
-    records them as interrupted (requeued on resume) and re-raises KeyboardInterrupt.
+    `executor` defaults to a `RayExecutor` built from the study's resources (joining the cluster
+    at `ray_address` within `ray_timeout_s`); `sampler` to the one
+    `automix.study.backend.make_sampler` builds for it. Nothing is written before the study's
+    lease is known to be free and the executor is up. Ctrl-C (or SIGTERM) cancels the trials in
+    flight, records them as interrupted (requeued on resume), closes the MLflow parent run and
+    re-raises KeyboardInterrupt. Raises StudyBusyError when another live driver runs the study
+    (unless `takeover`) or takes it over from this one.
     """
-    if sampler is None:
-        sampler = make_sampler(cfg, backend)
+    lease = StudyLease(cfg.storage_url, cfg.name)
+    lease.check_free(takeover)  # reads only: a busy study stops here
+    own_executor = executor is None
+    if executor is None:
+        executor = RayExecutor(backend.function, workers=cfg.workers, cpus=cfg.resources.cpus,
+                               gpus=cfg.resources.gpus, timeout_s=cfg.timeout_per_trial,
+                               max_retries=cfg.max_retries, address=ray_address,
+                               connect_timeout_s=ray_timeout_s)
+    try:
+        if sampler is None:
+            sampler = make_sampler(cfg, backend)
+        lease.acquire(takeover)
+        try:
+            with _sigterm_as_interrupt():
+                return _drive(cfg, backend, executor, sampler, lease, n_trials, resume, progress,
+                              write_artifacts)
+        finally:
+            lease.release()
+    finally:
+        if own_executor:
+            executor.shutdown()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _drive(cfg: Any, backend: TrialBackend, executor: Any, sampler: Any, lease: StudyLease,
+           n_trials: int | None, resume: bool, progress: bool, write_artifacts: bool) -> StudyRun:
+    """The loop itself, run holding the study's lease."""
     study = open_study(cfg, sampler)
     if not resume and finished_trials(study):
         raise ValueError(
@@ -108,36 +166,32 @@ def run_study(
     config = {**cfg.model_dump(mode="json"), "storage": cfg.storage_url, "tracking_uri": cfg.tracking}
     if study.user_attrs.get("config") != config:
         study.set_user_attr("config", config)  # status / export work from the name alone
-    run.requeued = requeue_stale(study)
+    run.requeued = requeue_stale(study, keep_driver=lease.token)
     tracker = Tracker(cfg.tracking, cfg.name)
-    tracker.log_study_config(cfg.model_dump(mode="json"), cfg.source)
-    _sync_tracking(study, tracker, cfg)
-
-    own_executor = executor is None
-    if executor is None:
-        executor = RayExecutor(backend.function, workers=cfg.workers, cpus=cfg.resources.cpus,
-                               gpus=cfg.resources.gpus, timeout_s=cfg.timeout_per_trial,
-                               max_retries=cfg.max_retries, address=ray_address)
-    display = StudyProgress(run, enabled=progress)
     pending: dict[int, dict] = {}
     t_start = time.time()
     try:
+        tracker.log_study_config(cfg.model_dump(mode="json"), cfg.source)
+        _sync_tracking(study, tracker, cfg)
+        display = StudyProgress(run, enabled=progress)
         with display:
             finished = finished_trials(study)
             run.done = len(finished)
             run.failed = sum(t.state == TrialState.FAIL for t in finished)
             while True:  # run.done / run.failed are refreshed by _finish as results arrive
                 while executor.free_slots() > 0 and run.done + len(pending) < run.target:
+                    lease.verify()
                     t_ask = time.perf_counter()
                     trial = study.ask(dict(backend.distributions))
+                    trial.set_user_attr(DRIVER_ATTR, lease.token)
                     params = dict(trial.params)
                     mem = float(backend.predicted_memory(params))
                     trial.set_user_attr("predicted_memory", mem)
                     trial.set_constraint("memory_budget", mem - cfg.memory_budget)
                     method, summary, layers = backend.describe(params)
                     trial.set_user_attr("method", method)
-                    trial.set_user_attr("summary", summary)
-                    trial.set_user_attr("layers", layers)
+                    trial.set_user_attr("summary", _readable(summary))
+                    trial.set_user_attr("layers", layers)  # compact: the default and the exceptions
                     payload = backend.payload(params)
                     trial.set_user_attr("spec", payload)
                     pending[trial.number] = dict(params=params, mem=mem, t0=time.time())
@@ -149,41 +203,55 @@ def run_study(
                     break
                 for outcome in executor.poll(0.5):
                     t0 = time.perf_counter()
-                    _finish(study, tracker, cfg, outcome, pending.pop(outcome.key), run)
+                    _finish(study, tracker, cfg, outcome, pending.pop(outcome.key), run, lease)
                     run.overhead_seconds.append(time.perf_counter() - t0)
                     run.trial_seconds.append(outcome.seconds)
+                    if outcome.startup_seconds is not None:
+                        run.startup_seconds.append(outcome.startup_seconds)
                     run.running = len(pending)
                     display.update()
-    except KeyboardInterrupt:
-        run.interrupted = True
-        for outcome in executor.cancel_all():
-            pending.pop(outcome.key, None)
-            tid = trial_id_of_number(study, outcome.key)
-            storage_of(study).set_trial_user_attr(tid, "interrupted", True)
-            storage_of(study).set_trial_user_attr(tid, "failure_reason",
-                                               "interrupted by the user (re-run on resume)")
-        requeue_stale(study)
-        tracker.finish("KILLED")
+    except StudyBusyError:  # taken over: the new driver owns the study, its trials and its runs
+        executor.cancel_all()
+        raise
+    except BaseException as err:
+        run.interrupted = isinstance(err, KeyboardInterrupt)
+        _stop_in_flight(study, executor, pending, lease, interrupted=run.interrupted)
+        tracker.finish("KILLED" if run.interrupted else "FAILED")
         raise
     finally:
         run.seconds = time.time() - t_start
-        if own_executor:
-            executor.shutdown()
     if write_artifacts:
         run.artifacts = write_study_artifacts(study, cfg, tracker)
     tracker.finish("FINISHED")
     return run
 
 
-def _finish(study: Any, tracker: Any, cfg: Any, outcome: Any, info: dict, run: StudyRun) -> None:
+def _stop_in_flight(study: Any, executor: Any, pending: dict, lease: StudyLease, interrupted: bool) -> None:
+    """Cancel the trials in flight and leave them for the next driver to re-run (stale)."""
+    executor.cancel_all()
+    why = ("interrupted by the user (re-run on resume)" if interrupted
+           else "the driver stopped on an error (re-run on resume)")
+    for number in pending:
+        tid = trial_id_of_number(study, number)
+        storage_of(study).set_trial_user_attr(tid, "interrupted", True)
+        storage_of(study).set_trial_user_attr(tid, "failure_reason", why)
+    requeue_stale(study)
+
+
+def _finish(study: Any, tracker: Any, cfg: Any, outcome: Any, info: dict, run: StudyRun,
+            lease: StudyLease | None = None) -> None:
     """Tell one outcome to Optuna, log it to MLflow, refresh the Pareto tags and hypervolume."""
+    if lease is not None:
+        lease.verify()  # a driver that was taken over records nothing more
     storage, tid = storage_of(study), trial_id_of_number(study, outcome.key)
     result = outcome.value if isinstance(outcome.value, dict) else (
         outcome.value.to_dict() if hasattr(outcome.value, "to_dict") else {})
     result = {k: v for k, v in result.items() if _jsonable(v)}
-    storage.set_trial_user_attr(tid, "result", result)
+    storage.set_trial_user_attr(tid, "result", _readable_result(result))
     storage.set_trial_user_attr(tid, "attempts", outcome.attempts)
     storage.set_trial_user_attr(tid, "seconds", outcome.seconds)
+    if outcome.startup_seconds is not None:
+        storage.set_trial_user_attr(tid, "startup_seconds", outcome.startup_seconds)
     reason = None
     if outcome.status != "ok":
         reason = f"{outcome.status}: {outcome.error}"
@@ -192,14 +260,46 @@ def _finish(study: Any, tracker: Any, cfg: Any, outcome: Any, info: dict, run: S
     values = None if reason else objective_values(cfg, result, info["mem"])
     if isinstance(values, str):
         reason, values = values, None
-    if reason:
-        storage.set_trial_user_attr(tid, "failure_reason", reason[:2000])
-        study.tell(outcome.key, state=TrialState.FAIL)
-    else:
-        storage.set_trial_user_attr(tid, "memory_objective", values[1])
-        study.tell(outcome.key, values)
-    _log(tracker, cfg, storage.get_trial(tid))
+    try:
+        if reason:
+            storage.set_trial_user_attr(tid, "failure_reason", reason[:2000])
+            study.tell(outcome.key, state=TrialState.FAIL)
+        else:
+            storage.set_trial_user_attr(tid, "memory_objective", values[1])
+            study.tell(outcome.key, values)
+    except UpdateFinishedTrialError:
+        if lease is not None:
+            lease.verify()  # another driver retired the trial: say who, not a traceback
+        raise
+    frozen = storage.get_trial(tid)
+    if frozen.user_attrs.get("requeued_from") is not None:
+        run.reran.append(frozen.user_attrs["requeued_from"])
+    _log(tracker, cfg, frozen)
     _refresh_front(study, tracker, cfg, run)
+
+
+def _readable(v: Any, digits: int = 6) -> Any:
+    """`v` with its floats rounded to `digits` significant digits (user attributes that
+    optuna-dashboard shows as they are: 0.1333 rather than 0.13333333333333333)."""
+    if isinstance(v, float) and math.isfinite(v):
+        return float(f"{v:.{digits}g}")
+    if isinstance(v, Mapping):
+        return {k: _readable(x, digits) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_readable(x, digits) for x in v]
+    return v
+
+
+_EXACT = ("accuracy", "perplexity", "throughput", "tokens_per_second")  # objectives: as measured
+
+
+def _readable_result(result: Mapping[str, Any]) -> dict:
+    """The trial's result as stored on the Optuna trial: no empty fields, floats rounded (the
+    per-step losses to 4 digits) except the objective values, kept as told."""
+    out = {k: v if k in _EXACT else _readable(v) for k, v in result.items() if v not in (None, "", [], {})}
+    if "losses" in out:
+        out["losses"] = _readable(out["losses"], 4)
+    return out
 
 
 def _jsonable(v: Any) -> bool:
@@ -250,9 +350,11 @@ def _refresh_front(study: Any, tracker: Any, cfg: Any, run: StudyRun) -> None:
 
 
 def _sync_tracking(study: Any, tracker: Any, cfg: Any) -> None:
-    """Log finished trials that MLflow missed (a driver killed between tell and logging)."""
-    missing = [t for t in finished_trials(study) if t.number not in tracker._runs]
-    for t in missing:
-        _log(tracker, cfg, t)
-    if missing:
+    """Make MLflow hold exactly one closed run per finished trial (a driver killed while logging
+    leaves runs open, or none), then refresh the Pareto tags."""
+    finished = {t.number: t for t in finished_trials(study)}
+    removed, missing = tracker.reconcile(finished)
+    for n in missing:
+        _log(tracker, cfg, finished[n])
+    if removed or missing:
         _refresh_front(study, tracker, cfg, StudyRun(cfg.name, cfg.n_trials))

@@ -30,7 +30,7 @@ from automix.search.pareto import normalized_hypervolume as box_hypervolume
 __all__ = ["objective_values", "finished_trials", "within_budget", "is_feasible", "front_masks",
            "pareto_numbers", "hypervolume_points", "hypervolume_box", "memory_scale", "points_hypervolume",
            "hypervolume_history", "normalized_hypervolume", "normalized_hypervolume_history",
-           "trials_table", "front_table"]
+           "trials_table", "trial_label", "front_table"]
 
 
 def objective_values(cfg: Any, result: Mapping[str, Any], predicted_memory: float) -> list[float] | str:
@@ -183,11 +183,51 @@ def normalized_hypervolume_history(trials: Sequence[Any], cfg: Any) -> list[floa
 
 # -- tables -------------------------------------------------------------------------------------
 
-def trials_table(study: Any, cfg: Any) -> list[dict]:
-    """One row per finished trial (complete or failed), with front membership."""
+def trial_label(t: Any, driver_alive: bool = True) -> str:
+    """What a trial is, as `automix status` shows it: COMPLETE, FAIL, INTERRUPTED (stopped by
+    Ctrl-C or SIGTERM), STALE (its driver died mid-trial), WAITING (queued, e.g. the re-run of
+    an interrupted trial), RUNNING (ORPHANED when no live driver holds the study)."""
+    if t.state == TrialState.FAIL and t.user_attrs.get("stale"):
+        return "INTERRUPTED" if t.user_attrs.get("interrupted") else "STALE"
+    if t.state == TrialState.RUNNING and not driver_alive:
+        return "ORPHANED"
+    return t.state.name
+
+
+def _unfinished_row(t: Any, label: str, budget: float | None) -> dict:
+    """A row for a trial without a result of its own (interrupted, stale, waiting, running)."""
+    fixed = t.system_attrs.get("fixed_params") or {}  # an enqueued trial's parameters
+    summary = t.user_attrs.get("summary") or {}
+    mem = t.user_attrs.get("predicted_memory")
+    source = t.user_attrs.get("requeued_from")
+    note = {"WAITING": "queued" + (f": re-run of trial {source}" if source is not None else ""),
+            "RUNNING": "running", "ORPHANED": "left running by a stopped driver (re-run on resume)"}
+    reason = t.user_attrs.get("failure_reason") or note.get(label, "")
+    if label in ("INTERRUPTED", "STALE"):
+        reason = f"{reason} (re-run on resume)" if "re-run" not in reason else reason
+    return {
+        "number": t.number, "state": label,
+        "method": t.user_attrs.get("method") or t.params.get("method") or fixed.get("method"),
+        "quality": None, "memory_bytes": mem, "feasible": within_budget(mem, budget),
+        "pareto": False, "pareto_method": False, "avg_bits": summary.get("avg_bits"),
+        **{k: None for k in ("accuracy", "perplexity", "peak_memory_bytes", "predicted_memory_bytes",
+                             "trainable_params", "train_seconds")},
+        "failure_reason": str(reason)[:200],
+    }
+
+
+def trials_table(study: Any, cfg: Any, unfinished: bool = False, driver_alive: bool = True) -> list[dict]:
+    """One row per finished trial (complete or failed), with front membership; with `unfinished`
+    also the trials without a result yet (interrupted, stale, waiting, running: `trial_label`),
+    all in trial order."""
     trials = finished_trials(study)
     overall, per_method = pareto_numbers(trials, cfg.directions, cfg.memory_budget)
     rows = []
+    if unfinished:
+        done = {t.number for t in trials}
+        rows = [_unfinished_row(t, trial_label(t, driver_alive), cfg.memory_budget)
+                for t in study.get_trials(deepcopy=False) if t.number not in done
+                and t.state in (TrialState.FAIL, TrialState.WAITING, TrialState.RUNNING)]
     for t in sorted(trials, key=lambda t: t.number):
         r = t.user_attrs.get("result", {}) or {}
         mem = t.values[1] if t.values else t.user_attrs.get("predicted_memory")
@@ -201,7 +241,7 @@ def trials_table(study: Any, cfg: Any) -> list[dict]:
                                      "predicted_memory_bytes", "trainable_params", "train_seconds")},
             "failure_reason": (t.user_attrs.get("failure_reason") or "")[:200],
         })
-    return rows
+    return sorted(rows, key=lambda r: r["number"])
 
 
 def front_table(rows: Sequence[dict]) -> list[dict]:

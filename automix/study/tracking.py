@@ -1,12 +1,17 @@
 """MLflow tracking of a study: one experiment, a parent run, a nested run per trial.
 
 The driver is the only writer. Each trial's run carries the method, summary parameters of its
-layer configuration (average bits, prune ratio, rank; the full configuration as a JSON
-artifact) and its metrics. The tags `pareto` (overall front) and `pareto_method` (front of the
+layer configuration (average bits, prune ratio, rank; floats to 4 significant digits; the full
+configuration as `layers.yaml`, the file `automix trial --layers` takes, and as JSON) and its
+metrics (memory in bytes and, beside it, in MiB; a value is logged as a parameter or as a
+metric, never both). The experiment is tagged as a classic ML one (MLflow 3 would otherwise open
+it in its GenAI view). The tags `pareto` (overall front) and `pareto_method` (front of the
 trial's method) are kept "true" exactly on the runs of the current front, so the MLflow UI can
 filter on them. The parent run holds the study file, the front as CSV and plot, and the
 hypervolume over trials as a metric history. The Optuna storage stays the source of truth:
-`sync` re-logs trials the tracking missed (e.g. after a driver was killed between the two).
+on resume `reconcile` removes runs a killed driver left half-written (RUNNING), duplicates and
+runs of trials that are not finished, so the driver can re-log exactly the finished trials
+MLflow misses: one closed run each.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from automix.config.layers import compact_layers
+from automix.study.storage import sqlite_lock
 
 __all__ = ["TrackingError", "check_tracking_uri", "artifact_root_for", "Tracker"]
 
@@ -82,8 +90,41 @@ def artifact_root_for(uri: str, experiment: str) -> str | None:
 
 
 def _fmt(v: Any) -> str:
+    """A parameter's value as MLflow shows it: floats to 4 significant digits."""
+    if isinstance(v, float) and v == v and abs(v) != float("inf"):
+        v = float(f"{v:.4g}")
     s = v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
     return s[:6000]
+
+
+MIB = 2 ** 20
+
+
+def _with_mib(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
+    """The metrics, with each memory metric in bytes also in MiB beside it (`peak_memory_bytes`
+    -> `peak_memory_mib`, `memory_objective` -> `memory_mib`): bytes alone are unreadable in
+    the MLflow compare view."""
+    out = dict(metrics)
+    for k, v in metrics.items():
+        name = "memory_mib" if k == "memory_objective" else (
+            k[:-len("_bytes")] + "_mib" if k.endswith("memory_bytes") else None)
+        if name and name not in out and isinstance(v, (int, float)):
+            out[name] = round(float(v) / MIB, 4)
+    return out
+
+
+def _layers_yaml(layers: Mapping[str, Any]) -> str:
+    """The trial's layer configuration as the YAML file `automix trial --layers` takes."""
+    import yaml
+
+    doc = dict(layers)
+    if doc and "default" not in doc and "layers" not in doc:  # a full per-layer map
+        doc = compact_layers(doc)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+EXPERIMENT_KIND = "mlflow.experimentKind"          # MLflow 3: which view the experiment opens in
+CLASSIC_ML = "custom_model_development"            # runs, metrics, compare (not GenAI traces)
 
 
 class Tracker:
@@ -97,17 +138,20 @@ class Tracker:
         self.uri = tracking_uri
         self.study_name = study_name
         mlflow.set_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(study_name)
+        with sqlite_lock(tracking_uri):  # MLflow creates its schema on first use: one process at a time
+            self.client = MlflowClient(tracking_uri)
+            exp = self.client.get_experiment_by_name(study_name)
         if exp is None:
             self.experiment_id = self.client.create_experiment(
                 study_name, artifact_location=artifact_root_for(tracking_uri, study_name),
-                tags={STUDY: study_name},
+                tags={STUDY: study_name, EXPERIMENT_KIND: CLASSIC_ML},
             )
         else:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND not in exp.tags:  # created before the kind was set
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, CLASSIC_ML)
         self.parent_id = self._find_or_create_parent()
         self._runs = self.logged_trials()
         self._tags: dict[str, tuple[str, str]] = {}
@@ -127,20 +171,44 @@ class Tracker:
         )
         return run.info.run_id
 
-    def logged_trials(self) -> dict[int, str]:
-        """Optuna trial number -> MLflow run id, for the trials already logged."""
-        out: dict[int, str] = {}
+    def _trial_runs(self) -> list[Any]:
+        """Every (not deleted) trial run of the study, oldest first."""
+        out: list[Any] = []
         token = None
         while True:
             page = self.client.search_runs(
                 [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'",
-                max_results=1000, page_token=token,
+                max_results=1000, page_token=token, order_by=["attributes.start_time ASC"],
             )
-            for r in page:
-                out[int(r.data.tags[TRIAL])] = r.info.run_id
+            out.extend(page)
             token = page.token
             if not token:
                 return out
+
+    def logged_trials(self) -> dict[int, str]:
+        """Optuna trial number -> MLflow run id, for the trials already logged."""
+        return {int(r.data.tags[TRIAL]): r.info.run_id for r in self._trial_runs()}
+
+    def reconcile(self, finished: Iterable[int]) -> tuple[list[str], list[int]]:
+        """Bring the trial runs in line with the `finished` Optuna trial numbers.
+
+        Deletes the runs a killed driver left open (RUNNING: created, not completely logged),
+        second runs of one trial, and runs of trials that are not finished; returns (the deleted
+        run ids, the finished trials that have no closed run and must be logged).
+        """
+        finished = set(finished)
+        keep: dict[int, str] = {}
+        removed: list[str] = []
+        for r in self._trial_runs():
+            n = int(r.data.tags[TRIAL])
+            if r.info.status not in ("FINISHED", "FAILED") or n not in finished or n in keep:
+                self.client.delete_run(r.info.run_id)
+                removed.append(r.info.run_id)
+            else:
+                keep[n] = r.info.run_id
+        self._runs = keep
+        self._tags = {}
+        return removed, sorted(finished - set(keep))
 
     def log_study_config(self, config: Mapping[str, Any], source: str | None = None) -> None:
         """The study file (as written, and as validated) on the parent run."""
@@ -190,14 +258,16 @@ class Tracker:
         )
         run_id = run.info.run_id
         ts = int((finished or time.time()) * 1000)
-        ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items()
+        ms = [Metric(k, float(v), ts, 0) for k, v in _with_mib(metrics).items()
               if v is not None and v == v and abs(float(v)) != float("inf")]
-        ps = [Param(k, _fmt(v)) for k, v in params.items() if v is not None]
+        logged = {m.key for m in ms}  # a value given both ways is logged once, as a metric
+        ps = [Param(k, _fmt(v)) for k, v in params.items() if v is not None and k not in logged]
         if len(ps) > 300:  # per-layer raw params of a big model: the JSON artifact holds them
             ps = [p for p in ps if not p.key.startswith("p.") or p.key == "p.method"]
         for i in range(0, max(len(ps), len(ms), 1), 100):  # MLflow takes 100 params per batch
             self.client.log_batch(run_id, metrics=ms[i:i + 100], params=ps[i:i + 100])
-        if layers is not None:
+        if layers is not None:  # layers.yaml: what `automix trial --layers` re-runs
+            self.client.log_text(run_id, _layers_yaml(layers), "layers.yaml")
             self.client.log_text(run_id, json.dumps(layers, indent=1, sort_keys=True), "layers.json")
         self.client.set_terminated(run_id, "FINISHED" if status == "ok" else "FAILED", end_time=ts)
         self._runs[number] = run_id

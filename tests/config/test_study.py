@@ -46,6 +46,12 @@ def test_parse_size_rejects(bad):
         parse_size(bad)
 
 
+def test_unitless_small_size_is_refused_not_read_as_bytes():
+    with pytest.raises(ValueError, match=r"'10.5' has no unit: write e.g. '10.5GiB'"):
+        parse_size("10.5")
+    assert parse_size("2048") == 2048  # a unitless byte count stays one
+
+
 def test_format_size():
     assert format_size(6 * 1024**3) == "6.00 GiB" and format_size(512) == "512 B"
 

@@ -81,7 +81,7 @@ class LayeredBackend(SyntheticBackend):
         return out
 
     def describe(self, params: Mapping[str, Any]) -> tuple[str, dict, dict]:
-        from automix.study.backend import compact_layers
+        from automix.config.layers import compact_layers
 
         s = self._settings(params)
         summary = {"avg_bits": float(np.mean([v["bits"] for v in s.values()])),

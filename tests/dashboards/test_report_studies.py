@@ -120,7 +120,7 @@ def test_perplexity_study_fronts_fall_and_hypervolume_matches_the_driver(fast_di
     run_study(cfg, backend, executor=LocalExecutor(backend.function), progress=False, write_artifacts=False)
     rep = build_report("ppl", storage=cfg.storage_url, out=d / "rep", png=False, log_mlflow=False)
     figs = html_figures(rep.html)
-    assert figs["pareto"]["layout"]["yaxis"]["title"]["text"] == "perplexity"
+    assert figs["pareto"]["layout"]["yaxis"]["title"]["text"] == "perplexity (lower is better)"
     tags = mlflow_trial_tags(cfg)
     for tr in (t for t in figs["pareto"]["data"] if t["meta"]["kind"] == "front"):
         y = np.asarray(tr["y"])

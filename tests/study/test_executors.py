@@ -1,5 +1,7 @@
-"""The Ray executor: results come back, failures are data, dead workers are retried, slow jobs are
-stopped at their time limit, and jobs run in parallel up to `workers`."""
+"""The Ray executor: results come back, failures are data, dead workers are retried exactly
+`max_retries` times, slow jobs are stopped at their time limit (counted from the job's own start,
+not from its submission; the worker survives a gentle stop), and jobs run in parallel up to
+`workers`."""
 
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ def square_job(payload: dict) -> dict:
         raise RuntimeError(f"bad input {payload['x']}")
     if payload.get("sleep"):
         time.sleep(payload["sleep"])
+    for _ in range(int(payload.get("ticks", 0))):  # a Python loop: interruptible, like training
+        time.sleep(0.1)
+    if payload.get("crash_always"):
+        with open(payload["crash_always"], "a") as f:
+            f.write("run\n")
+        os._exit(1)
     marker = payload.get("crash_once")
     if marker and not Path(marker).exists():
         Path(marker).write_text("crashed")
@@ -36,7 +44,7 @@ def drain(ex, n: int, limit: float = 60.0) -> dict:
 
 @pytest.fixture(scope="module")
 def ex():
-    executor = RayExecutor(square_job, workers=2, cpus=1, timeout_s=8.0, max_retries=1)
+    executor = RayExecutor(square_job, workers=2, cpus=1, timeout_s=8.0, max_retries=1, cancel_grace_s=3.0)
     yield executor
     executor.shutdown()
     assert not ray.is_initialized()
@@ -65,12 +73,32 @@ def test_dead_worker_is_retried(ex, tmp_path):
     assert o.status == "ok" and o.value["y"] == 16
 
 
+def test_max_retries_means_that_many_reruns(ex, tmp_path):
+    log = tmp_path / "runs"
+    ex.submit("dies", {"x": 1, "crash_always": str(log)})
+    o = drain(ex, 1)["dies"]
+    assert log.read_text().count("run") == 2  # max_retries: 1 -> the first run and one re-run
+    assert o.status == "crashed" and o.attempts == 2
+    assert "all 2 attempt(s)" in o.error and "max_retries: 1" in o.error
+
+
+def test_time_limit_counts_the_work_not_the_wait(ex):
+    # Two 5 s jobs fill both slots; the third waits ~5 s for one, then works 4 s: 9 s after its
+    # submission, but 4 s of its own work, within the 8 s limit.
+    ex.submit("a", {"x": 1, "sleep": 5})
+    ex.submit("b", {"x": 2, "sleep": 5})
+    ex.submit("c", {"x": 3, "sleep": 4})
+    got = drain(ex, 3, limit=60)
+    assert [got[k].status for k in "abc"] == ["ok", "ok", "ok"]
+    assert got["c"].startup_seconds > 3.0 and got["c"].seconds < 7.0
+
+
 def test_timeout_stops_the_job(ex):
     t0 = time.time()
-    ex.submit("slow", {"x": 1, "sleep": 60})
+    ex.submit("slow", {"x": 1, "ticks": 600})  # interruptible: stopped gently, its worker lives on
     o = drain(ex, 1, limit=40)["slow"]
-    assert o.status == "timeout" and "time limit" in o.error
-    assert time.time() - t0 < 20
+    assert o.status == "timeout" and "time limit" in o.error and "lives on" in o.error
+    assert time.time() - t0 < 16
     # the executor keeps working after a forced cancel
     ex.submit("after", {"x": 2})
     assert drain(ex, 1)["after"].value["y"] == 4

@@ -36,17 +36,20 @@ run_study(cfg, SyntheticBackend(cfg.methods, n_blocks=3, cols=32, sleep=1.5), pr
 """
 
 
-def count_done(db) -> int:
-    """Finished trials, read with plain sqlite3 so the test never races the driver's schema set-up."""
+def count_states(db) -> tuple[int, int]:
+    """(finished, running) trials, read with plain sqlite3 so the test never races the driver's
+    schema set-up."""
     import sqlite3
 
     if not db.exists():
-        return 0
+        return 0, 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return con.execute("SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'FAIL')").fetchone()[0]
+            done = con.execute("SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'FAIL')").fetchone()[0]
+            running = con.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+            return done, running
     except sqlite3.Error:  # tables not created yet
-        return 0
+        return 0, 0
 
 
 @pytest.mark.slow
@@ -58,9 +61,12 @@ def test_sigkill_driver_then_resume(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         t0 = time.time()
-        while count_done(tmp_path / "optuna.db") < 3 and time.time() - t0 < 120:
+        while time.time() - t0 < 120:  # on trial states, not on time: 3 finished and some in flight
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            time.sleep(0.3)
+            done, running = count_states(tmp_path / "optuna.db")
+            if done >= 3 and running:
+                break
+            time.sleep(0.1)
         os.kill(proc.pid, signal.SIGKILL)  # the driver dies with trials in flight
         proc.wait(timeout=30)
     finally:
@@ -99,7 +105,8 @@ def test_sigkill_driver_then_resume(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_requeues(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_requeues(tmp_path, sig):
     url = f"sqlite:///{tmp_path}/optuna.db"
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(DRIVER.format(d=tmp_path)).replace("sleep=1.5", "sleep=20"))
@@ -119,7 +126,7 @@ def test_ctrl_c_stops_cleanly_and_requeues(tmp_path):
                 pass
             time.sleep(0.3)
         time.sleep(1.0)
-        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        os.kill(proc.pid, sig)  # what Ctrl-C sends, or a scheduler's stop
         proc.wait(timeout=60)  # stops promptly, without waiting for the 20 s trials
         assert time.time() - t0 < 100
     finally:
@@ -135,3 +142,87 @@ def test_ctrl_c_stops_cleanly_and_requeues(tmp_path):
     queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
     assert sorted(t.user_attrs["requeued_from"] for t in queued) == sorted(t.number for t in stopped)
     assert finished_trials(study) == []  # interrupted trials do not count as finished
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("killme").experiment_id
+    parents = client.search_runs([exp], filter_string="tags.`automix.role` = 'study'")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    from automix.study.storage import StudyLease
+
+    assert StudyLease(url, "killme").holder() is None
+
+
+def _closed_runs(cfg) -> dict[int, list]:
+    """Trial runs by trial number (read with a plain client: a Tracker would reopen the parent)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking)
+    exp = client.get_experiment_by_name(cfg.name).experiment_id
+    out: dict[int, list] = {}
+    for r in client.search_runs([exp], filter_string="tags.`automix.role` = 'trial'"):
+        out.setdefault(int(r.data.tags["automix.trial"]), []).append(r)
+    return out
+
+
+def test_resume_reconciles_mlflow_with_optuna(tmp_path):
+    """A driver killed while logging leaves a run RUNNING (maybe tagged pareto, without metrics),
+    or no run, and its parent run open: resume leaves exactly one closed run per finished trial,
+    with its metrics and layers, and closes the parent."""
+    cfg = StudyConfig(name="recon", methods=["lora", "qlora"], task="boolq", search_space={"path": "synthetic"},
+                      memory_budget=5000, n_trials=4, workers=1, sampler="random",
+                      storage=f"sqlite:///{tmp_path}/optuna.db", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    backend = SyntheticBackend(cfg.methods, n_blocks=2, cols=16)
+    run_study(cfg, backend, executor=LocalExecutor(backend.function), progress=False, write_artifacts=False)
+    t = Tracker(cfg.tracking, cfg.name)  # (reopens the parent: RUNNING, as a killed driver leaves it)
+    runs = t.logged_trials()
+    t.client.delete_run(runs[1])  # trial 1: the driver died between create_run and set_terminated
+    t.client.create_run(t.experiment_id, run_name="trial-0001", tags={
+        "mlflow.parentRunId": t.parent_id, "automix.role": "trial", "automix.config.study": cfg.name,
+        "automix.trial": "1", "pareto": "true", "pareto_method": "true"})
+    t.client.delete_run(runs[2])  # trial 2: told to Optuna, never logged
+    t.client.create_run(t.experiment_id, tags={  # trial 9 does not exist in Optuna
+        "mlflow.parentRunId": t.parent_id, "automix.role": "trial", "automix.trial": "9"})
+    assert t.client.get_run(t.parent_id).info.status == "RUNNING"
+
+    run_study(cfg, backend, executor=LocalExecutor(backend.function), n_trials=5, progress=False,
+              write_artifacts=False)
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    done = {t.number: t for t in finished_trials(study)}
+    got = _closed_runs(cfg)
+    assert sorted(got) == sorted(done) and len(done) == 5
+    for n, rs in got.items():
+        assert len(rs) == 1, f"trial {n} has {len(rs)} runs"
+        r = rs[0]
+        assert r.info.status == ("FINISHED" if done[n].state == TrialState.COMPLETE else "FAILED")
+        if done[n].state == TrialState.COMPLETE:
+            assert r.data.metrics["accuracy"] == pytest.approx(done[n].values[0])
+        assert ("avg_bits" in r.data.params) != ("avg_bits" in r.data.metrics)  # one of them, once
+        assert sorted(a.path for a in t.client.list_artifacts(r.info.run_id)) == ["layers.json", "layers.yaml"]
+    assert t.client.get_run(t.parent_id).info.status == "FINISHED"
+
+
+class _Broken(LocalExecutor):
+    def poll(self, timeout: float = 1.0):
+        raise RuntimeError("the executor broke")
+
+
+def test_parent_run_closed_and_lease_freed_when_the_driver_fails(tmp_path):
+    cfg = StudyConfig(name="broken", methods=["lora"], task="boolq", search_space={"path": "synthetic"},
+                      memory_budget=5000, n_trials=2, workers=1, sampler="random",
+                      storage=f"sqlite:///{tmp_path}/optuna.db", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    backend = SyntheticBackend(cfg.methods, n_blocks=2, cols=16)
+    with pytest.raises(RuntimeError, match="the executor broke"):
+        run_study(cfg, backend, executor=_Broken(backend.function), progress=False)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking)
+    exp = client.get_experiment_by_name(cfg.name)
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.`automix.role` = 'study'")
+    assert [p.info.status for p in parents] == ["FAILED"]
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]  # in flight: requeued
+    run = run_study(cfg, backend, executor=LocalExecutor(backend.function), progress=False,
+                    write_artifacts=False)  # the lease was freed: no takeover needed
+    assert run.done == 2
+    assert client.get_run(parents[0].info.run_id).info.status == "FINISHED"
