@@ -207,6 +207,10 @@ def _init_within(ray: Any, kwargs: dict[str, Any], timeout_s: float, address: st
         raise ValueError(f"cannot start or join {where}: {type(err).__name__}: {err}") from None
 
 
+class _ItemsLost(Exception):
+    """An ended Ray job whose streamed items never arrived: handled like a dead worker."""
+
+
 class RayExecutor(Executor):
     """Run jobs as Ray tasks with per-job resources, retries and time limits.
 
@@ -238,6 +242,7 @@ class RayExecutor(Executor):
         ray_init_kwargs: dict[str, Any] | None = None,
         connect_timeout_s: float = 30.0,
         cancel_grace_s: float = 10.0,
+        item_wait_s: float = 30.0,
     ) -> None:
         import ray
 
@@ -246,6 +251,7 @@ class RayExecutor(Executor):
         self.timeout_s = timeout_s
         self.max_retries = int(max_retries)
         self.cancel_grace_s = float(cancel_grace_s)
+        self.item_wait_s = float(item_wait_s)
         self._owns_ray = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True,
@@ -358,18 +364,18 @@ class RayExecutor(Executor):
             if job.early_error is not None:
                 raise job.early_error
             ray.get(completed)  # raises when the worker or node died
-            # The task has ended: its items exist (a result, or the error it raised), so reading
-            # them does not wait on a producer.
+            # The task has ended: its items exist (a result, or the error it raised) unless they
+            # were lost with its node, so reading them waits a bounded time, never forever.
             if job.started_at is None:
-                ray.get(next(gen))  # the start marker
+                self._next_item(gen)  # the start marker
                 job.started_at = time.time()
-            return self._done(gen, "ok", value=ray.get(next(gen)))
+            return self._done(gen, "ok", value=self._next_item(gen))
         except StopIteration:
             return self._done(gen, "crashed", error="the job ended without a result")
         except ray.exceptions.TaskCancelledError:
             return self._cancelled(gen)
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                ray.exceptions.LocalRayletDiedError, ray.exceptions.ObjectLostError) as err:
+                ray.exceptions.LocalRayletDiedError, ray.exceptions.ObjectLostError, _ItemsLost) as err:
             if job.cancelled_for is not None:
                 return self._cancelled(gen)
             job.deaths.append(f"{type(err).__name__}")
@@ -390,6 +396,17 @@ class RayExecutor(Executor):
             if job.cancelled_for is not None:
                 return self._cancelled(gen)
             return self._done(gen, "crashed", error=f"{type(err).__name__}: {_first_line(err)}")
+
+    def _next_item(self, gen: Any) -> Any:
+        """The next item of an ended job's stream; `_ItemsLost` when it does not arrive within
+        `item_wait_s` (a node that died right as the task ended takes its items with it)."""
+        deadline = time.time() + self.item_wait_s
+        while not gen.next_ready():
+            if time.time() > deadline:
+                raise _ItemsLost(f"its results did not arrive within {self.item_wait_s:.0f} s of its end "
+                                 "(lost with its node)")
+            time.sleep(0.05)
+        return self._ray.get(next(gen))
 
     def _done(self, gen: Any, status: str, value: Any = None, error: str | None = None) -> list[Outcome]:
         job = self._running.pop(gen)
