@@ -16,9 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from automix.config.locations import cache_root
-
-__all__ = ["cache_root", "hash_file", "file_sha256", "atomic_dir"]
+__all__ = ["hash_file", "file_sha256", "atomic_dir"]
 
 _FULL_HASH_LIMIT = 1 << 30  # files above 1 GiB are hashed by sampled 1 MiB chunks every 64 MiB
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from automix.arch import ModelLoadError, supported_architectures
-from automix.trial.cache import atomic_dir, cache_root, file_sha256
+from automix.config.locations import cache_root
+from automix.trial.cache import atomic_dir, file_sha256
 
 __all__ = ["GGUF_SUFFIX", "is_gguf_path", "gguf_architecture", "gguf_architectures", "gguf_cache_dir",
            "cached_conversion", "converted_model_dir"]

@@ -33,7 +33,8 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from automix.trial.cache import atomic_dir, cache_root
+from automix.config.locations import cache_root
+from automix.trial.cache import atomic_dir
 
 __all__ = ["NAME", "MIN_CHARS", "HELDOUT_EVERY", "documents", "split_of", "build_corpus", "corpus_dir",
            "corpus_files"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from automix.arch import ModelLoadError
-from automix.trial.cache import cache_root
+from automix.config.locations import cache_root
 from automix.trial.gguf_convert import cached_conversion, converted_model_dir
 
 __all__ = ["PREFIX", "RegistryModel", "MODELS", "registry_name", "registry_dir", "gguf_file", "is_present",

@@ -37,7 +37,8 @@ import torch
 
 from automix.arch import arch_info, block_index, linear_weight, target_layers
 from automix.quant import DEFAULT_METHOD, quantize
-from automix.trial.cache import cache_root, hash_file
+from automix.config.locations import cache_root
+from automix.trial.cache import hash_file
 from automix.trial.data import calibration_batches, get_task, is_named_data, resolve_data
 from automix.trial.models import load_model, model_fingerprint
 
@@ -105,7 +106,7 @@ class SensitivityProfile:
 
 def cache_dir() -> Path:
     """Where profiles are cached: ``sensitivity/`` under the automix cache root
-    (`automix.trial.cache.cache_root`: $AUTOMIX_CACHE_DIR or the user cache dir)."""
+    (`automix.config.locations.cache_root`: $AUTOMIX_CACHE_DIR or the user cache dir)."""
     return cache_root() / "sensitivity"
 
 

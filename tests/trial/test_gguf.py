@@ -11,7 +11,7 @@ import torch
 
 from automix.arch import ModelLoadError
 from automix.trial import gguf_convert, models
-from automix.trial.cache import cache_root
+from automix.config.locations import cache_root
 from tests.trial.tiny_gguf import write_tiny_llama_gguf
 
 
