@@ -90,6 +90,10 @@ def _detached(x: Any) -> Any:
     return x
 
 
+def _never_unpacked(index: int) -> torch.Tensor:
+    raise RuntimeError("gradient checkpointing: the recomputed forward's own graph is never run backward")
+
+
 class _Frame:
     """One checkpointed call: its inputs, RNG/autocast state and (after backward asks) the
     recomputed saved tensors, in the order the forward saved them."""
@@ -126,8 +130,11 @@ class _Frame:
                 if on:
                     stack.enter_context(torch.autocast(dev, dtype=dtype))
             stack.enter_context(torch.enable_grad())
+            # Keep detached copies and hand the recomputed graph an index, never the tensor: a
+            # tensor packed into the graph that made it is a cycle through autograd's C++ nodes
+            # that Python's collector cannot see (every recompute leaked its block's activations).
             stack.enter_context(torch.autograd.graph.saved_tensors_hooks(
-                lambda t: saved.append(t) or t, lambda t: t))
+                lambda t: saved.append(t.detach()) or len(saved) - 1, _never_unpacked))
             self.forward(*args, **kwargs)
         if len(saved) != self.count:
             raise RuntimeError(f"gradient checkpointing: the recomputed block saved {len(saved)} tensors, "
