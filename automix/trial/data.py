@@ -7,6 +7,9 @@ Two tasks, each with a built-in synthetic version (from `automix.builtin.corpus`
             fields `question`, `passage`, `answer`. Scored like lm-eval-harness: the answer with
             the higher log-likelihood of " yes" vs " no" after the prompt wins.
 
+Every record of user data is checked by one rule (`check_record` with the task's `fields`):
+`iter_jsonl` streams a JSONL file a line at a time, errors naming FILE:LINE and the field, and
+`validate_data` runs the rule over all of a task's data in constant memory (the study preflight).
 User data may also be a `datasets.save_to_disk` directory. With one file and no `eval_path`,
 every 10th record is held out for evaluation (deterministic). Evaluation defaults are sized so
 that one trial evaluates in seconds on a laptop CPU.
@@ -23,7 +26,7 @@ import math
 import random
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,40 +36,115 @@ from automix.trial import pydocs
 
 
 class DataError(ValueError):
-    """Unreadable or malformed task data; the message names the file (and line) at fault."""
+    """Unreadable or malformed task data; the message names the file (and line) at fault,
+    `role` whether it is the data or, from `validate_data`, the "eval data"."""
+
+    role: str = "data"
 
 
 # ----------------------------------------------------------------------------- reading records
 
 
-def read_jsonl(path: str | Path, required: Sequence[str]) -> list[dict[str, Any]]:
-    """Records of a JSONL file, each checked for the `required` fields (errors name file:line)."""
+class FieldRule(NamedTuple):
+    """What one field of a record must hold: `read` returns the value as a task uses it (raising
+    TypeError / ValueError when it is not one), `expected` says what that is in error messages."""
+
+    expected: str
+    read: Callable[[Any], Any]
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(type(value).__name__)
+    return value
+
+
+def _yes_no(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "false", "no", "1", "0"):
+        return value.strip().lower() in ("true", "yes", "1")
+    raise ValueError(value)
+
+
+TEXT = FieldRule("a string", _text)
+YES_NO = FieldRule("a boolean (true/false/yes/no)", _yes_no)
+
+# The fields a record must have: names (presence only) or name -> rule (presence and value).
+Fields = Sequence[str] | Mapping[str, FieldRule]
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as its JSON (what the user wrote), cut to `limit` characters."""
+    try:
+        s = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        s = repr(value)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def check_record(rec: Any, required: Fields, where: str) -> dict[str, Any]:
+    """One record checked against `required` (errors start with `where`, e.g. FILE:LINE): a JSON
+    object with every field, each rule's field holding what the rule expects. Returns the record
+    with the ruled fields as the rules read them (e.g. "yes" -> True)."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    missing = [k for k in required if k not in rec]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(map(repr, missing))} "
+                        f"(required: {', '.join(required)})")
+    if not isinstance(required, Mapping):
+        return rec
+    out = dict(rec)
+    for key, rule in required.items():
+        try:
+            out[key] = rule.read(rec[key])
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: {key!r} must be {rule.expected}, got {_shown(rec[key])}") from None
+    return out
+
+
+def iter_jsonl(path: str | Path, required: Fields) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, read one line at a time (a file of any size in constant
+    memory) and each checked by `check_record`: an error names FILE:LINE (and the field). A
+    missing file raises at once; bad lines, and a file without records, when reached."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file {str(p)!r} does not exist")
-    records: list[dict[str, Any]] = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    return _jsonl_records(p, required)
+
+
+def _jsonl_records(p: Path, required: Fields) -> Iterator[dict[str, Any]]:
+    n = 0
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{p}:{lineno}: not UTF-8 text (byte {err.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{p}:{lineno}: invalid JSON ({err.msg})") from err
-            if not isinstance(rec, dict):
-                raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            missing = [k for k in required if k not in rec]
-            if missing:
-                raise DataError(f"{p}:{lineno}: missing field(s) {', '.join(map(repr, missing))} "
-                                f"(required: {', '.join(required)})")
-            records.append(rec)
-    if not records:
+                raise DataError(f"{p}:{lineno}: invalid JSON ({err.msg})") from None
+            yield check_record(rec, required, f"{p}:{lineno}")
+            n += 1
+    if not n:
         raise DataError(f"data file {p} is empty (expected JSONL records with {', '.join(required)})")
-    return records
 
 
-def _load_saved_dataset(path: Path, required: Sequence[str]) -> tuple[list[dict], list[dict] | None]:
-    import datasets
+def read_jsonl(path: str | Path, required: Fields) -> list[dict[str, Any]]:
+    """Records of a JSONL file, each checked for the `required` fields (errors name file:line)."""
+    return list(iter_jsonl(path, required))
+
+
+def _open_saved_dataset(path: Path, required: Fields) -> tuple[Any, Any]:
+    """(train, eval or None) splits of a datasets.save_to_disk directory (memory-mapped, not
+    read), with the columns `required` names and at least one row each."""
+    import datasets  # lazy: a heavy import only saved-dataset data needs
 
     try:
         ds = datasets.load_from_disk(str(path))
@@ -87,7 +165,24 @@ def _load_saved_dataset(path: Path, required: Sequence[str]) -> tuple[list[dict]
                             f"has {', '.join(d.column_names)}")
         if len(d) == 0:
             raise DataError(f"{path} ({name} split) is empty")
-    return [dict(r) for r in train], ([dict(r) for r in evl] if evl is not None else None)
+    return train, evl
+
+
+def _dataset_records(d: Any, required: Fields, where: str) -> Iterator[dict[str, Any]]:
+    for i, row in enumerate(d, 1):
+        yield check_record(dict(row), required, f"{where} row {i}")
+
+
+def _open_records(path: Path, required: Fields, what: str
+                  ) -> tuple[Iterator[dict[str, Any]], Iterator[dict[str, Any]] | None]:
+    """(records, the records of its own eval split or None) of a data path, read lazily."""
+    if not path.exists():
+        raise DataError(f"{what} path {str(path)!r} does not exist")
+    if not path.is_dir():
+        return iter_jsonl(path, required), None
+    train, evl = _open_saved_dataset(path, required)
+    return (_dataset_records(train, required, f"{path} (train split)"),
+            _dataset_records(evl, required, f"{path} (eval split)") if evl is not None else None)
 
 
 # Named data sets: name -> (the fields its records have, a function returning (train, eval) files).
@@ -102,7 +197,7 @@ def is_named_data(path: str | Path | None) -> bool:
     return path is not None and str(path).startswith("builtin:")
 
 
-def resolve_data(path: str | Path, required: Sequence[str], eval_path: str | Path | None = None
+def resolve_data(path: str | Path, required: Fields, eval_path: str | Path | None = None
                  ) -> tuple[Path, Path | None]:
     """A data spec -> (train path, eval path): a named data set gives its own two files (built
     on first use; an explicit `eval_path` still wins), a path is returned as it is."""
@@ -121,27 +216,48 @@ def resolve_data(path: str | Path, required: Sequence[str], eval_path: str | Pat
     return train, (Path(eval_path) if eval_path is not None else evl)
 
 
-def load_records(path: str | Path, required: Sequence[str], eval_path: str | Path | None = None
+def load_records(path: str | Path, required: Fields, eval_path: str | Path | None = None
                  ) -> tuple[list[dict], list[dict]]:
-    """(train, eval) records from a JSONL file, a saved dataset directory or a named data set."""
+    """(train, eval) records from a JSONL file, a saved dataset directory or a named data set,
+    each checked by `check_record` (with rules, the ruled fields come back as they read them)."""
     p, eval_path = resolve_data(path, required, eval_path)
-    if not p.exists():
-        raise DataError(f"data path {str(p)!r} does not exist")
-    if p.is_dir():
-        train, evl = _load_saved_dataset(p, required)
-    else:
-        train, evl = read_jsonl(p, required), None
+    train_records, own_eval = _open_records(p, required, "data")
+    train = list(train_records)
+    evl = list(own_eval) if own_eval is not None else None
     if eval_path is not None:
-        ep = Path(eval_path)
-        if not ep.exists():
-            raise DataError(f"eval data path {str(ep)!r} does not exist")
-        evl = _load_saved_dataset(ep, required)[0] if ep.is_dir() else read_jsonl(ep, required)
+        evl = list(_open_records(Path(eval_path), required, "eval data")[0])
     if evl is None:
-        if len(train) < 2:
-            raise DataError(f"{p}: need at least 2 records to hold one out for evaluation")
+        _check_holdout(p, len(train))
         evl = [r for i, r in enumerate(train) if i % 10 == 9] or train[-1:]
         train = [r for i, r in enumerate(train) if i % 10 != 9] or train[:-1]
     return train, evl
+
+
+def _check_holdout(path: Path, n_records: int) -> None:
+    if n_records < 2:
+        raise DataError(f"{path}: need at least 2 records to hold one out for evaluation")
+
+
+def validate_data(task: str, path: str | Path, eval_path: str | Path | None = None) -> tuple[int, int | None]:
+    """Every record of a task's data checked as the task reads it (`load_records`' rule with the
+    task's `fields`), streamed: each file is read once, a line at a time, in constant memory,
+    however large. Raises DataError naming FILE:LINE, the field and what it must be (or the
+    path, for a missing path or an empty file; `role` "eval data" for `eval_path`'s). Returns the number of records of the data and
+    of its evaluation data (None: the evaluation records are held out of the data)."""
+    fields = task_class(task).fields
+    p, eval_path = resolve_data(path, fields, eval_path)
+    train, own_eval = _open_records(p, fields, "data")
+    n_train = sum(1 for _ in train)
+    n_eval = sum(1 for _ in own_eval) if own_eval is not None else None
+    if eval_path is not None:
+        try:
+            n_eval = sum(1 for _ in _open_records(Path(eval_path), fields, "eval data")[0])
+        except DataError as err:
+            err.role = "eval data"
+            raise
+    if n_eval is None:
+        _check_holdout(p, n_train)
+    return n_train, n_eval
 
 
 # ----------------------------------------------------------------------------- packing helpers
@@ -217,6 +333,7 @@ class Task(ABC):
     name: str = ""
     metric: str = ""  # the headline metric key in evaluate()'s result
     higher_is_better: bool = True
+    fields: Mapping[str, FieldRule] = {}  # what each record of user data must hold
 
     @abstractmethod
     def train_texts(self, seed: int) -> Iterator[str]:
@@ -250,6 +367,7 @@ class LMTask(Task):
     """
 
     name, metric, higher_is_better = "lm", "perplexity", False
+    fields = {"text": TEXT}
 
     def __init__(self, path: str | None = None, eval_path: str | None = None, eval_rows: int = 64,
                  eval_seq_len: int = 128) -> None:
@@ -259,11 +377,7 @@ class LMTask(Task):
             self._train = None
             self._eval = corpus.sample_documents(eval_rows * 8, seed=corpus.HELDOUT_SEED, mix=corpus.LM_TASK_MIX)
         else:
-            tr, ev = load_records(path, ("text",), eval_path)
-            for recs, where in ((tr, path), (ev, eval_path or path)):
-                for i, r in enumerate(recs):
-                    if not isinstance(r["text"], str):
-                        raise DataError(f"{where}: record {i + 1}: 'text' must be a string")
+            tr, ev = load_records(path, self.fields, eval_path)
             self._train = [r["text"] for r in tr]
             self._eval = [r["text"] for r in ev]
 
@@ -306,16 +420,6 @@ class LMTask(Task):
         return {"perplexity": math.exp(min(mean, 50.0)), "loss": mean, "tokens": float(count)}
 
 
-def _as_bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "false", "no", "1", "0"):
-        return value.strip().lower() in ("true", "yes", "1")
-    raise DataError(f"{where}: 'answer' must be a boolean (true/false/yes/no), got {value!r}")
-
-
 class BoolQTask(Task):
     """Yes/no reading comprehension scored by answer log-likelihood; trains on the answer only.
 
@@ -326,6 +430,7 @@ class BoolQTask(Task):
     """
 
     name, metric, higher_is_better = "boolq", "accuracy", True
+    fields = {"question": TEXT, "passage": TEXT, "answer": YES_NO}
     ANSWERS = (" yes", " no")
 
     def __init__(self, path: str | None = None, eval_path: str | None = None, eval_size: int = 200,
@@ -338,20 +443,18 @@ class BoolQTask(Task):
             rng = random.Random(corpus.BOOLQ_EVAL_SEED)
             self._eval = [self._from_example(corpus.passage_example(rng, negation_rate)) for _ in range(eval_size)]
         else:
-            tr, ev = load_records(path, ("question", "passage", "answer"), eval_path)
-            self._train = [self._checked(r, path, i) for i, r in enumerate(tr)]
-            self._eval = [self._checked(r, eval_path or path, i) for i, r in enumerate(ev)][:eval_size]
+            tr, ev = load_records(path, self.fields, eval_path)
+            self._train = [self._from_record(r) for r in tr]
+            self._eval = [self._from_record(r) for r in ev][:eval_size]
 
     @staticmethod
     def _from_example(ex: corpus.PassageExample) -> tuple[str, bool]:
         return corpus.boolq_prompt(ex.passage, ex.question), ex.answer
 
     @staticmethod
-    def _checked(rec: dict, where: Any, i: int) -> tuple[str, bool]:
-        for k in ("question", "passage"):
-            if not isinstance(rec[k], str):
-                raise DataError(f"{where}: record {i + 1}: {k!r} must be a string")
-        return corpus.boolq_prompt(rec["passage"], rec["question"]), _as_bool(rec["answer"], f"{where}: record {i + 1}")
+    def _from_record(rec: dict) -> tuple[str, bool]:
+        """A record `check_record` has read with `fields` (the answer already a bool)."""
+        return corpus.boolq_prompt(rec["passage"], rec["question"]), rec["answer"]
 
     def _train_examples(self, seed: int) -> Iterator[tuple[str, bool]]:
         if self._train is None:
@@ -416,12 +519,17 @@ def available_tasks() -> list[str]:
     return sorted(TASKS)
 
 
+def task_class(name: str) -> type[Task]:
+    """The task class of a name (ValueError naming the tasks there are)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
+    return TASKS[name]
+
+
 def get_task(name: str, path: str | None = None, **kw: Any) -> Task:
     """A task by name; `path` (JSONL, saved dataset or a named data set such as
     'builtin:python-docs') replaces the built-in synthetic data."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
-    return TASKS[name](path=path, **kw)
+    return task_class(name)(path=path, **kw)
 
 
 def calibration_batches(tokenizer: Any, n_samples: int = 128, seq_len: int = 256, seed: int = 0,

@@ -64,6 +64,84 @@ def test_good_data_passes(tmp_path):
     preflight(cfg, AutomixBackend(cfg))
 
 
+def _big(tmp_path: Path, n: int, bad_line: int | None = None, bad: str = "") -> Path:
+    """A JSONL file of `n` good BoolQ records, line `bad_line` replaced by `bad`."""
+    p = tmp_path / "data.jsonl"
+    with open(p, "w") as f:
+        for i in range(1, n + 1):
+            f.write(bad + "\n" if i == bad_line else GOOD)
+    return p
+
+
+@pytest.mark.parametrize("bad,message", [
+    ('{"question": "q", "passage": "p", "answer": "perhaps"}',
+     r"'answer' must be a boolean \(true/false/yes/no\), got \"perhaps\""),
+    ('{"question": 3, "passage": "p", "answer": true}', r"'question' must be a string, got 3"),
+    ('{"question": "q", "answer": true}', r"missing field\(s\) 'passage'"),
+    ('{"question": "q", "passage": "p", "answer": tru', r"invalid JSON"),
+])
+def test_a_bad_line_near_the_end_of_a_large_file_is_named(tmp_path, monkeypatch, bad, message):
+    # every line is checked, not a sample, and streamed: the data is never loaded whole
+    import automix.trial.data as trial_data
+
+    def loaded_whole(*a, **kw):
+        raise AssertionError("preflight loaded the data whole")
+
+    monkeypatch.setattr(trial_data, "load_records", loaded_whole)
+    n = 20_000
+    _big(tmp_path, n, n - 5, bad)
+    cfg = load_study(study(tmp_path, f"data: {tmp_path}/data.jsonl\n"))
+    with pytest.raises(StudyConfigError, match=rf"s\.yaml:\d+: data: .*data\.jsonl:{n - 5}: " + message):
+        preflight(cfg, AutomixBackend(cfg))
+
+
+def test_eval_data_is_checked_and_named(tmp_path):
+    (tmp_path / "data.jsonl").write_text(GOOD * 4)
+    (tmp_path / "eval.jsonl").write_text(GOOD * 2 + '{"question": "q", "passage": "p", "answer": 2}\n')
+    extra = f"data: {tmp_path}/data.jsonl\n"
+    trial = "trial: {{steps: 1, batch_size: 2, seq_len: 32, extra: {{eval_data: {e}}}}}"
+    text = study(tmp_path, extra).read_text().replace("trial: {steps: 1, batch_size: 2, seq_len: 32}", trial)
+
+    def with_eval(e: str):
+        (tmp_path / "s.yaml").write_text(text.format(e=e))
+        return load_study(tmp_path / "s.yaml")
+
+    cfg = with_eval(f"{tmp_path}/eval.jsonl")
+    with pytest.raises(StudyConfigError, match=r"s\.yaml:\d+: trial\.extra\.eval_data: .*eval\.jsonl:3: "
+                                               r"'answer' must be a boolean .*, got 2"):
+        preflight(cfg, AutomixBackend(cfg))
+    cfg = with_eval(f"{tmp_path}/no-eval.jsonl")
+    with pytest.raises(StudyConfigError, match=r"trial\.extra\.eval_data: eval data path .*no-eval\.jsonl' "
+                                               "does not exist"):
+        preflight(cfg, AutomixBackend(cfg))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    cfg = with_eval(f"{tmp_path}/empty.jsonl")
+    with pytest.raises(StudyConfigError, match=r"trial\.extra\.eval_data: .*empty\.jsonl is empty"):
+        preflight(cfg, AutomixBackend(cfg))
+    (tmp_path / "eval.jsonl").write_text(GOOD)
+    preflight(with_eval(f"{tmp_path}/eval.jsonl"), AutomixBackend(with_eval(f"{tmp_path}/eval.jsonl")))
+    # eval data without data: a trial would ignore it (the built-in data has its own split)
+    text = text.replace(extra, "")
+    cfg = with_eval(f"{tmp_path}/eval.jsonl")
+    with pytest.raises(StudyConfigError, match=r"trial\.extra\.eval_data: evaluation data is set without `data`"):
+        preflight(cfg, AutomixBackend(cfg))
+
+
+def test_named_data_still_passes(tmp_path):
+    cfg = load_study(_named(tmp_path))  # lm: the named data's own files, train and held-out
+    preflight(cfg, AutomixBackend(cfg))
+    cfg = load_study(study(tmp_path, "data: builtin:python-docs\n"))  # boolq: records have only text
+    with pytest.raises(StudyConfigError, match=r"s\.yaml:\d+: data: data set 'builtin:python-docs' has records with "
+                                               "text; this task needs question, passage, answer"):
+        preflight(cfg, AutomixBackend(cfg))
+
+
+def _named(tmp_path: Path) -> Path:
+    p = study(tmp_path, "data: builtin:python-docs\nobjectives: {quality: perplexity}\n")
+    p.write_text(p.read_text().replace("task: boolq", "task: lm"))
+    return p
+
+
 def test_gpus_without_cuda(tmp_path):
     import torch
 
