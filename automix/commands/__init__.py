@@ -9,6 +9,9 @@ takes about 8 s on 2 cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+from typing import Any, Iterator, Mapping
 
 
 def add_study_argument(parser: argparse.ArgumentParser, what: str = "study name or study file") -> None:
@@ -28,3 +31,31 @@ def study_argument(args: argparse.Namespace) -> str:
     if len(set(given)) > 1:
         raise ValueError(f"automix {args.command}: two different studies given ({given[0]!r} and {given[1]!r})")
     return given[0]
+
+
+def trial_command(spec: Mapping[str, Any], layers: str, default_model: str = "builtin:tiny") -> str:
+    """`automix trial ...` re-running a recorded trial spec on a layer file (model, task, data,
+    method and steps as recorded)."""
+    args = ["--model", str(spec.get("model") or default_model), "--task", str(spec.get("task") or "lm")]
+    if spec.get("data"):
+        args += ["--data", str(spec["data"])]
+    args += ["--method", str(spec.get("method")), "--layers", layers]
+    if spec.get("steps") is not None:
+        args += ["--steps", str(spec["steps"])]
+    return "automix trial " + " ".join(shlex.quote(a) for a in args)
+
+
+@contextlib.contextmanager
+def trial_threads(cfg: Any) -> Iterator[None]:
+    """A trial run in the CLI's own process (`export --with-weights`, `search --local`) gets, on
+    CPU, the threads a Ray task of the study has (`resources.cpus`): the study's time and
+    arithmetic, not those of a machine the driver shares. The count is restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if not cfg.resources.gpus:
+        torch.set_num_threads(max(1, int(cfg.resources.cpus)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

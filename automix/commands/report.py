@@ -1,4 +1,4 @@
-"""`automix report --study NAME`: an HTML report (and PNGs) of a study, logged to its MLflow run."""
+"""`automix report STUDY`: an HTML report (and PNGs) of a study, logged to its MLflow run."""
 
 from __future__ import annotations
 
@@ -29,7 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.study = study_argument(args)
+    what = ["HTML"] + ([] if args.no_png else ["PNG images"]) + ([] if args.no_mlflow else ["logged to MLflow"])
+    names = " vs ".join([args.study, *(args.compare or [])])
+    print(f"building the report of {names} ({', '.join(what)}) ...", flush=True)
+
     from automix.dashboards.report import main  # lazy: CLI start-up (a command loads only what it runs)
 
-    args.study = study_argument(args)
     return main(args)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+import warnings
+from typing import Any
 
+from automix.commands import trial_command, trial_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,12 +38,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from automix.study.progress import end_step, show_step  # lazy: CLI start-up (a command loads only what it runs)
+
+    console = Console(highlight=False)
+    # the imports, the model's config and the checks take a while before anything else shows
+    show_step(console, f"checking {args.study}: model, search space, data and stores ...")
+    try:
+        with warnings.catch_warnings():
+            # how the sampler evaluates the memory model (tables or per candidate) asks nothing of the user
+            warnings.filterwarnings("ignore", message="decompose: ", category=UserWarning)
+            return _search(args, console)
+    finally:
+        end_step()
+
+
+def _search(args: argparse.Namespace, console: Any) -> int:
     from automix.study.loop import run_study  # lazy: CLI start-up (a command loads only what it runs)
     from automix.study.executors import LocalExecutor
-    from automix.config.study import load_study  # lazy: CLI start-up (a command loads only what it runs)
+    from automix.config.study import format_size, load_study  # lazy: CLI start-up (a command loads only what it runs)
     from automix.study.backend import AutomixBackend, preflight  # lazy: CLI start-up (a command loads only what it runs)
+    from automix.study.progress import end_step, show_step  # lazy: CLI start-up (a command loads only what it runs)
 
-    console = Console()
     cfg = load_study(args.study, workers=args.workers)
     if args.n_trials:
         cfg.n_trials = args.n_trials
@@ -55,11 +75,30 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--resume: no study {cfg.name!r} in {cfg.storage_url}")
     backend = AutomixBackend(cfg)
     preflight(cfg, backend, cluster=bool(args.ray_address))
-    console.print(f"study [bold]{cfg.name}[/]: {len(cfg.methods)} method(s), {cfg.n_trials} trials, "
-                  f"{cfg.workers} worker(s); Optuna {cfg.storage_url}; MLflow {cfg.tracking}")
+    end_step()
+    at_once = 1 if args.local else cfg.workers
+    console.print(f"study [bold]{cfg.name}[/]: {len(cfg.methods)} method(s) ({', '.join(cfg.methods)}), "
+                  f"{cfg.n_trials} trials, {at_once} at a time, budget {format_size(cfg.memory_budget)}",
+                  soft_wrap=True)
+    say(console, f"  Optuna: {cfg.storage_url}")
+    say(console, f"  MLflow: {cfg.tracking}")
+    if args.local:
+        show_step(console, "running the trials in this process, one at a time ...")
+    elif args.ray_address:
+        show_step(console, f"joining the Ray cluster at {args.ray_address} ...")
+    else:
+        show_step(console, f"starting a local Ray for {cfg.workers} trial(s) at a time ...")
     executor = LocalExecutor(backend.function) if args.local else None
-    result = run_study(cfg, backend, executor=executor, ray_address=args.ray_address,
-                       ray_timeout_s=args.ray_timeout, takeover=args.takeover, progress=not args.no_progress)
+    try:
+        with trial_threads(cfg) if args.local else contextlib.nullcontext():
+            result = run_study(cfg, backend, executor=executor, ray_address=args.ray_address,
+                               ray_timeout_s=args.ray_timeout, takeover=args.takeover,
+                               progress=not args.no_progress)
+    except KeyboardInterrupt:
+        end_step()
+        console.print(f"interrupted: the finished trials are kept; `automix search {args.study}` "
+                      "continues the study", soft_wrap=True)
+        return 130
     from automix.commands.status import print_status  # lazy: CLI start-up (a command loads only what it runs)
 
     print_status(cfg, console)
@@ -67,20 +106,67 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{len(result.requeued)} trial(s) a previous driver left unfinished were marked stale; "
                       f"{len(result.reran)} of their configurations finished in this run")
     console.print(f"search loop done in {result.seconds:.0f} s")
+    ref = study_ref(cfg, args.study)
     if result.done and result.failed == result.done:
         console.print(f"[red]error:[/] every trial of study {cfg.name!r} failed ({result.failed} of "
-                      f"{result.done}); see the reasons above (`automix status {cfg.name} --all`)")
+                      f"{result.done}); see the reasons above (`automix status {ref} --all`)", soft_wrap=True)
         return 1
+    rerun = None
     if args.export:
         from automix.study.storage import open_study  # lazy: CLI start-up (a command loads only what it runs)
         from automix.export import export_trial, select_trial
 
         study = open_study(cfg, create=False)
-        trial = select_trial(study, cfg, None, "accuracy")
+        trial = select_trial(study, cfg, None, "best")
         path = export_trial(study, cfg, trial, args.export)
         console.print(f"exported trial {trial.number} ({trial.user_attrs.get('method')}, "
-                      f"{cfg.objectives.quality} {trial.values[0]:.4g}) to {path}/layers.yaml")
-    else:
-        console.print(f"export the best configuration under a memory limit with:\n"
-                      f"  automix export --study {cfg.name} --max-memory <SIZE> --out exported/{cfg.name}")
+                      f"{cfg.objectives.quality} {trial.values[0]:.4g}) to {path}/layers.yaml", soft_wrap=True)
+        spec = {"task": cfg.task, **(trial.user_attrs.get("spec") or {}), "method": trial.user_attrs.get("method")}
+        rerun = trial_command(spec, f"{path}/layers.yaml", cfg.model)
+    console.print("next:")
+    for line in next_commands(cfg, ref, rerun):
+        say(console, f"  {line}")
     return 0
+
+
+def say(console: Any, line: str) -> None:
+    """One plain line (no markup, no wrapping: commands and paths stay copyable)."""
+    console.print(line, markup=False, soft_wrap=True)
+
+
+def study_ref(cfg: Any, study_file: str) -> str:
+    """How `status` / `report` / `export` find the study: its name in the working directory's
+    store, else its study file (which names its store)."""
+    from automix.config.study import default_storage_url  # lazy: CLI start-up (a command loads only what it runs)
+
+    return cfg.name if cfg.storage_url == default_storage_url() else study_file
+
+
+def _compact_size(n: float) -> str:
+    from automix.config.study import format_size  # lazy: CLI start-up (a command loads only what it runs)
+
+    return format_size(n).replace(".00 ", " ").replace(" ", "")
+
+
+def next_commands(cfg: Any, ref: str, rerun: str | None = None) -> list[str]:
+    """The commands to run after a search, each with what it does (`rerun`: the `automix trial`
+    command of an exported configuration)."""
+    from automix.config.study import default_tracking_uri  # lazy: CLI start-up (a command loads only what it runs)
+
+    q = shlex.quote(ref)
+    rows = [(f"automix status {q}", "trials and the Pareto front, as tables"),
+            (f"automix report {q}", "HTML + PNG report (also logged to MLflow)")]
+    if rerun is None:
+        rows.append((f"automix export {q} --max-memory {_compact_size(cfg.memory_budget)} "
+                     f"--out {shlex.quote(f'exported/{cfg.name}')}", "the best configuration under a memory limit"))
+    else:
+        rows.append((rerun, "re-run the exported configuration"))
+    if cfg.tracking == default_tracking_uri():
+        rows.append(("automix ui", "MLflow UI on every trial's run (prints each study's front page)"))
+    elif cfg.tracking.startswith(("http://", "https://")):
+        rows.append((f"open {cfg.tracking}", "the MLflow server's UI"))
+    else:
+        rows.append((f"automix ui --tracking-uri {shlex.quote(cfg.tracking)}",
+                     "MLflow UI on the study's tracking store"))
+    width = max([len(cmd) for cmd, _ in rows if len(cmd) <= 40] or [0])  # a long one is not aligned
+    return [f"{cmd:<{width}}  # {what}" for cmd, what in rows]

@@ -75,9 +75,14 @@ def _studies(uri: str) -> list[tuple[str, str]]:
         return []
 
 
+def address(host: str, port: int) -> str:
+    """Where a browser on this machine opens a UI listening on host:port."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
 def front_links(uri: str, host: str, port: int) -> list[str]:
     """One line per study: the address of its Pareto front's trial runs in the MLflow UI."""
-    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    base = address(host, port)
     return [f"{name}: {base}/#/experiments/{eid}/runs?{front_query()}" for eid, name in _studies(uri)]
 
 
@@ -88,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
     cmd = command(args)
     print(" ".join(cmd))
+    port = args.port or (8080 if args.optuna else 5000)
+    print(f"{'optuna-dashboard' if args.optuna else 'MLflow UI'}: {address(args.host, port)}"
+          + ("" if args.dry_run else " (Ctrl-C stops it)"))
     if not args.optuna:
         links = front_links(args.tracking_uri or default_tracking_uri(), args.host, args.port or 5000)
         if links:

@@ -10,15 +10,17 @@ What a loaded model looks like (blocks, layer names, shapes) is `automix.arch`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from automix.arch import ModelLoadError, arch_info, supported_architectures
 from automix.builtin import BUILTIN_SIZES, builtin_model_dir
@@ -28,7 +30,7 @@ from automix.trial.registry import MODELS as REGISTRY_MODELS, PREFIX as REGISTRY
 from automix.trial.registry import model_dir as registry_model_dir
 
 __all__ = ["ModelLoadError", "is_named_model", "resolve_model_dir", "check_model_config", "load_model",
-           "load_tokenizer", "model_fingerprint"]
+           "quiet_loading", "load_tokenizer", "model_fingerprint"]
 
 MODEL_SPECS = ("'builtin:tiny' / 'builtin:small', a registry name (" + ", ".join(sorted(REGISTRY_MODELS))
                + "), a .gguf file or a save_pretrained directory")
@@ -88,11 +90,26 @@ def load_model(spec: str | os.PathLike = "builtin:tiny", dtype: torch.dtype = to
     path = resolve_model_dir(spec)
     check_model_config(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load the model weights in {path}: {err}") from err
     model.to(device).eval()
     return model, load_tokenizer(path)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off while a model loads: every trial loads
+    its model, and on Ray workers each bar lands in the driver's output (its warnings still show)."""
+    was_on = hf_logging.is_progress_bar_enabled()
+    if was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(spec: str | os.PathLike) -> Any:
