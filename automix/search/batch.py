@@ -15,13 +15,23 @@ terms, so ``f(x) = f(x0) + sum_j d_j(x_j) + sum_(i,j) d_ij(x_i, x_j)`` with firs
 depends on both). Which pairs may interact is a hint (``may_interact``, e.g. "set layers of the
 same block"); a pair is tabulated when it interacts at its highest levels. Non-numeric
 categoricals (the fine-tuning method) change everything, so each of their value combinations
-gets its own tables. The decomposition is then *checked* against the function on random
-configurations. When every check matches, ``batch`` is exact. When some differ by a little (a
-term that is not of this form, e.g. a maximum over blocks), the tables are an approximation
-within ``error_bound`` (three times the largest difference seen); a known constraint built on them
-(:class:`Shifted`) re-evaluates exactly every candidate that close to its limit, so feasibility
-stays exact. When they differ by more than ``max_rel_error``, ``batch`` calls the function per
-candidate (correct, slow) and says so with a warning.
+gets its own tables.
+
+A maximum is not a sum: with gradient checkpointing the memory holds the largest block
+recomputation, ``f(x) = s(x) + max_b m_b(x)``. When the caller can say what the ``m_b`` are
+(``max_terms(x)``, e.g. from the memory model's per-block terms), the same tables are built for
+the vector ``(s, m_1, ..., m_K)`` (``s = f - max_b m_b``), each component a sum of per-parameter
+and pairwise terms of its own (a block's term depends on that block's parameters only: the
+tables of the others are zero and skipped), and ``batch`` returns ``s + max_b m_b`` -- exact.
+
+The decomposition is then *checked* against the function on random configurations (the value
+and, with ``max_terms``, every component). When every check matches, ``batch`` is exact. When
+some differ by a little (a term that is not of this form, e.g. a maximum not declared through
+``max_terms``), the tables are an approximation within ``error_bound`` (three times the largest
+difference seen); a known constraint built on them (:class:`Shifted`) re-evaluates exactly every
+candidate that close to its limit, so feasibility stays exact. When they differ by more than
+``max_rel_error``, ``batch`` calls the function per candidate (correct, slow) and says so with a
+warning.
 """
 
 from __future__ import annotations
@@ -94,69 +104,161 @@ class DecomposedFunction:
             :class:`Shifted` re-evaluates exactly around its limit).
         n_calls: calls of the function spent building and checking the tables.
         pairs: the interacting parameter pairs that got a second-order table.
+        n_terms: the number of terms of the maximum (``max_terms``; 0 without).
     """
 
     def __init__(self, fn: Callable[[Mapping[str, Any]], float], names: list[str],
-                 choices: list[list], conditions: list[str]) -> None:
-        self.fn = fn
+                 choices: list[list], conditions: list[str],
+                 max_terms: Callable[[Mapping[str, Any]], Sequence[float]] | None = None) -> None:
+        self.fn, self.max_terms = fn, max_terms
         self.names, self.choices, self.conditions = names, choices, conditions
         self.exact = False
         self.max_error = float("inf")
         self.error_bound = 0.0
         self.use_tables = False
         self.n_calls = 0
+        self.n_terms = 0
         self.pairs: list[tuple[str, str]] = []
-        # condition values -> (f(x0), first-order tables, {(i, j): table})
-        self._tables: dict[tuple, tuple[float, list[np.ndarray], dict[tuple[int, int], np.ndarray]]] = {}
+        # condition values -> (components at x0 (P,), first-order tables (levels, P), pairwise
+        # tables {(i, j): (levels_i, levels_j, P)}), and the same laid out for batch (_Plan)
+        self._tables: dict[tuple, tuple[np.ndarray, list[np.ndarray], dict[tuple[int, int], np.ndarray]]] = {}
+        self._plans: dict[tuple, _Plan] = {}
         self._index = [{c: k for k, c in enumerate(ch)} for ch in choices]
-        self._cache: dict[tuple, float] = {}
+        self._cache: dict[tuple, tuple[float, np.ndarray]] = {}
+        # numeric parameters with the same choices are looked up together: (sorted values, the
+        # level of each sorted value, the parameters' positions)
+        groups: dict[tuple, list[int]] = {}
+        for j, ch in enumerate(choices):
+            if _numeric(ch):
+                groups.setdefault(tuple(float(c) for c in ch), []).append(j)
+        self._numeric_groups = []
+        for values, js in groups.items():
+            order = np.argsort(values, kind="stable")
+            self._numeric_groups.append((np.asarray(values)[order], order, js))
+        self._other = [j for j, ch in enumerate(choices) if not _numeric(ch)]
+        self._last: tuple[Mapping[str, Sequence], list, np.ndarray] | None = None
 
-    def __call__(self, params: Mapping[str, Any]) -> float:
-        key = tuple(params[n] for n in self.names) + tuple(params[c] for c in self.conditions)
+    def _key(self, params: Mapping[str, Any]) -> tuple:
+        return tuple(params[n] for n in self.names) + tuple(params[c] for c in self.conditions)
+
+    def _evaluate(self, params: Mapping[str, Any]) -> tuple[float, np.ndarray]:
+        """(f(x), components): ``(f,)``, or ``(f - max_b m_b, m_1, ..., m_K)`` with ``max_terms``."""
+        key = self._key(params)
         if key not in self._cache:
             if len(self._cache) > 100_000:
                 self._cache.clear()
-            self._cache[key] = float(self.fn(params))
+            value = float(self.fn(params))
+            if self.max_terms is None:
+                parts = np.array([value])
+            else:
+                m = np.asarray(self.max_terms(params), dtype=float).reshape(-1)
+                parts = np.concatenate([[value - (m.max() if len(m) else 0.0)], m])
+            self._cache[key] = (value, parts)
             self.n_calls += 1
         return self._cache[key]
 
+    def __call__(self, params: Mapping[str, Any]) -> float:
+        return self._evaluate(params)[0]
+
     def _levels(self, columns: Mapping[str, Sequence], n: int) -> np.ndarray:
+        """Level indices ``(n, parameters)`` of the columns' values (numeric: the nearest choice)."""
         X = np.empty((n, len(self.names)), dtype=np.int64)
-        for j, (name, ch) in enumerate(zip(self.names, self.choices)):
-            col = columns[name]
-            if _numeric(ch):
-                values = np.asarray(ch, dtype=float)
-                order = np.argsort(values)
-                v = np.asarray(col, dtype=float)
-                pos = np.clip(np.searchsorted(values[order], v), 0, len(values) - 1)
-                lo = np.clip(pos - 1, 0, len(values) - 1)
-                pick = np.where(np.abs(values[order][lo] - v) < np.abs(values[order][pos] - v), lo, pos)
-                X[:, j] = order[pick]
-            else:
-                X[:, j] = [self._index[j][c] for c in col]
+        for values, order, js in self._numeric_groups:
+            v = np.array([columns[self.names[j]] for j in js], dtype=float).reshape(len(js), n)
+            pos = np.clip(np.searchsorted(values, v), 0, len(values) - 1)
+            lo = np.maximum(pos - 1, 0)
+            pick = np.where(np.abs(values[lo] - v) < np.abs(values[pos] - v), lo, pos)
+            X[:, js] = order[pick].T
+        for j in self._other:
+            X[:, j] = [self._index[j][c] for c in columns[self.names[j]]]
         return X
 
+    def _components(self, cond: tuple, X: np.ndarray) -> np.ndarray:
+        """The components ``(n, P)`` from the tables: ``v0 + sum_j d_j[x_j] + sum_ij d_ij[x_i, x_j]``."""
+        if cond not in self._plans:
+            self._plans[cond] = _Plan(*self._tables[cond])
+        return self._plans[cond].components(X)
+
+    @staticmethod
+    def _combine(parts: np.ndarray) -> np.ndarray:
+        """``s + max_b m_b`` of components ``(s, m_1, ..., m_K)`` (just ``s`` when K = 0)."""
+        return parts[:, 0] + (parts[:, 1:].max(axis=1) if parts.shape[1] > 1 else 0.0)
+
     def _from_tables(self, cond: tuple, X: np.ndarray) -> np.ndarray:
-        f0, first, second = self._tables[cond]
-        out = np.full(len(X), f0)
-        for j, t in enumerate(first):
-            out += t[X[:, j]]
-        for (i, j), t in second.items():
-            out += t[X[:, i], X[:, j]]
-        return out
+        return self._combine(self._components(cond, X))
 
     def batch(self, columns: Mapping[str, Sequence]) -> np.ndarray:
+        """The function over ``columns`` (parameter -> values). The same columns passed again
+        (the same mapping holding the same arrays, as a sampler does for a known objective and
+        the constraint built on it) give the result again without recomputing it."""
         n = len(next(iter(columns.values()))) if columns else 1
         if not self.use_tables:
             return _call_rows(self, columns, n)[:, 0]
+        arrays = list(columns.values())
+        last = self._last
+        if last is not None and last[0] is columns and len(last[1]) == len(arrays) \
+                and all(a is b for a, b in zip(last[1], arrays)):
+            return last[2].copy()
         X = self._levels(columns, n)
         if not self.conditions:
-            return self._from_tables((), X)
-        conds = list(zip(*[list(columns[c]) for c in self.conditions]))
-        out = np.empty(n)
-        for cond in set(conds):
-            rows = np.array([k for k, c in enumerate(conds) if c == cond])
-            out[rows] = self._from_tables(cond, X[rows])
+            out = self._from_tables((), X)
+        else:
+            conds = list(zip(*[list(columns[c]) for c in self.conditions]))
+            out = np.empty(n)
+            for cond in set(conds):
+                rows = np.array([k for k, c in enumerate(conds) if c == cond])
+                out[rows] = self._from_tables(cond, X[rows])
+        self._last = (columns, arrays, out.copy())
+        return out
+
+
+class _Plan:
+    """The tables of one condition laid out for many configurations at once.
+
+    Every table (first-order ``d_j``, pairwise ``d_ij``) is a block of rows of one value matrix
+    ``G`` (rows: the table's level combinations, columns: the components; a last row of zeros),
+    so a configuration's row in table ``t`` is ``offset_t + x_i * stride_t + x_j`` (first-order:
+    ``i = j``, stride 0). Component ``c`` is ``v0_c + sum_t G[row_t, c]`` over the tables that
+    change it: for the first component (the sum part) one gather of all its tables, for the
+    terms of the maximum one gather of a (terms, tables per term) index array padded with the
+    zero row -- a block's term only reads its own block's tables.
+    """
+
+    def __init__(self, v0: np.ndarray, first: list[np.ndarray], second: dict[tuple[int, int], np.ndarray]) -> None:
+        tables = [(j, j, 0, t.reshape(-1, t.shape[-1])) for j, t in enumerate(first)]
+        tables += [(i, j, t.shape[1], t.reshape(-1, t.shape[-1])) for (i, j), t in second.items()]
+        tables = [tb for tb in tables if np.any(tb[3] != 0)]
+        self.v0 = v0
+        P = len(v0)
+        self.a = np.array([tb[0] for tb in tables], dtype=np.int64)
+        self.b = np.array([tb[1] for tb in tables], dtype=np.int64)
+        self.stride = np.array([tb[2] for tb in tables], dtype=np.int64)
+        sizes = [len(tb[3]) for tb in tables]
+        self.offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if tables \
+            else np.zeros(0, dtype=np.int64)
+        self.zero = int(sum(sizes))  # the row of zeros
+        self.G = np.concatenate([tb[3] for tb in tables] + [np.zeros((1, P))])
+        changes = np.stack([np.any(tb[3] != 0, axis=0) for tb in tables]) if tables else np.zeros((0, P), bool)
+        self.sum_tables = np.flatnonzero(changes[:, 0])
+        self.G0 = np.ascontiguousarray(self.G[:, 0])
+        by_term = [np.flatnonzero(changes[:, c]) for c in range(1, P)]
+        width = max((len(t) for t in by_term), default=0)
+        # (terms, width) table positions; padding: position len(tables), an extra column of `rows`
+        # that holds the zero row
+        self.term_tables = np.full((P - 1, width), len(tables), dtype=np.int64)
+        for c, t in enumerate(by_term):
+            self.term_tables[c, :len(t)] = t
+        self.Gt = np.ascontiguousarray(self.G[:, 1:])
+
+    def components(self, X: np.ndarray) -> np.ndarray:
+        n, P = len(X), len(self.v0)
+        rows = self.offset + X[:, self.a] * self.stride + X[:, self.b]  # (n, tables)
+        out = np.empty((n, P))
+        out[:, 0] = self.v0[0] + self.G0[rows[:, self.sum_tables]].sum(axis=1)
+        if P > 1:
+            rows = np.concatenate([rows, np.full((n, 1), self.zero, dtype=np.int64)], axis=1)
+            term_rows = rows[:, self.term_tables]  # (n, terms, width)
+            out[:, 1:] = self.v0[1:] + self.Gt[term_rows, np.arange(P - 1)[:, None]].sum(axis=2)
         return out
 
 
@@ -165,6 +267,7 @@ def decompose(
     distributions: Mapping[str, BaseDistribution],
     *,
     may_interact: Callable[[str, str], bool] | None = None,
+    max_terms: Callable[[Mapping[str, Any]], Sequence[float]] | None = None,
     n_check: int = 48,
     seed: int = 0,
     rtol: float = 1e-9,
@@ -179,6 +282,9 @@ def decompose(
             tabulated per value, other categoricals become conditions).
         may_interact: which numeric parameter pairs may interact (default: none; every pair is
             then assumed additive and the check decides).
+        max_terms: params -> ``(m_1, ..., m_K)`` (K fixed per condition) when
+            ``fn = s + max_b m_b`` with ``s`` and each ``m_b`` sums of per-parameter and pairwise
+            terms (the memory model's per-block recomputations); ``max`` of none is 0.
         n_check: random configurations (per condition) compared against the function.
         rtol: relative tolerance of the check (memory in bytes is an integer sum: exact).
         max_rel_error: beyond this relative difference on a check the tables are not used.
@@ -195,7 +301,7 @@ def decompose(
         else:
             conditions.append(name)
             cond_choices.append(list(dist.choices))
-    out = DecomposedFunction(fn, names, choices, conditions)
+    out = DecomposedFunction(fn, names, choices, conditions, max_terms)
     combos = list(itertools.product(*cond_choices))
     if len(combos) > max_conditions:
         warnings.warn(f"decompose: {len(combos)} combinations of {conditions}; evaluating per candidate")
@@ -207,42 +313,55 @@ def decompose(
     for combo in combos:
         cond = dict(zip(conditions, combo))
 
-        def f(levels: Sequence[int]) -> float:
-            return out({**{n: ch[int(v)] for n, ch, v in zip(names, choices, levels)}, **cond})
+        def f(levels: Sequence[int]) -> tuple[float, np.ndarray]:
+            return out._evaluate({**{n: ch[int(v)] for n, ch, v in zip(names, choices, levels)}, **cond})
 
         x0 = np.zeros(len(names), dtype=int)
-        f0 = f(x0)
+        f0, v0 = f(x0)
+        scale = rtol * max(1.0, abs(f0))
+
+        def parts(x: np.ndarray) -> np.ndarray:
+            v = f(x)[1]
+            if v.shape != v0.shape:
+                raise ValueError(f"decompose: max_terms gave {len(v) - 1} terms, {len(v0) - 1} at the base "
+                                 "configuration; their number must not depend on the parameters")
+            return v
+
         first = []
         for j, ch in enumerate(choices):
-            t = np.zeros(len(ch))
+            t = np.zeros((len(ch), len(v0)))
             for v in range(1, len(ch)):
                 x = x0.copy()
                 x[j] = v
-                t[v] = f(x) - f0
+                t[v] = parts(x) - v0
             first.append(t)
         second: dict[tuple[int, int], np.ndarray] = {}
         for i, j in pair_hint:
             ti, tj = len(choices[i]) - 1, len(choices[j]) - 1
             x = x0.copy()
             x[i], x[j] = ti, tj
-            if abs(f(x) - f0 - first[i][ti] - first[j][tj]) <= rtol * max(1.0, abs(f0)):
+            if np.all(np.abs(parts(x) - v0 - first[i][ti] - first[j][tj]) <= scale):
                 continue
-            t = np.zeros((ti + 1, tj + 1))
+            t = np.zeros((ti + 1, tj + 1, len(v0)))
             for a in range(1, ti + 1):
                 for b in range(1, tj + 1):
                     x = x0.copy()
                     x[i], x[j] = a, b
-                    t[a, b] = f(x) - f0 - first[i][a] - first[j][b]
+                    t[a, b] = parts(x) - v0 - first[i][a] - first[j][b]
             second[(i, j)] = t
             pairs_found.add((names[i], names[j]))
-        out._tables[combo] = (f0, first, second)
-        # the check: random configurations, the function against the tables
+        out._tables[combo] = (v0, first, second)
+        out.n_terms = max(out.n_terms, len(v0) - 1)
+        # the check: random configurations, the function (and its components) against the tables
         X = np.stack([rng.integers(0, len(ch), n_check) for ch in choices], axis=1) if names \
             else np.zeros((n_check, 0), dtype=int)
-        want = np.array([f(x) for x in X])
-        got = out._from_tables(combo, X)
-        worst = max(worst, float(np.max(np.abs(want - got) / np.maximum(1.0, np.abs(want)))))
-        worst_abs = max(worst_abs, float(np.max(np.abs(want - got))))
+        evaluated = [f(x) for x in X]
+        want = np.array([value for value, _ in evaluated])
+        want_parts = np.stack([parts(x) for x in X])
+        got_parts = out._components(combo, X)
+        diff = np.maximum(np.abs(want - out._combine(got_parts)), np.max(np.abs(want_parts - got_parts), axis=1))
+        worst = max(worst, float(np.max(diff / np.maximum(1.0, np.abs(want)))))
+        worst_abs = max(worst_abs, float(np.max(diff)))
     out.max_error = worst
     out.exact = worst <= rtol
     out.use_tables = worst <= max_rel_error

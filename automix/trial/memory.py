@@ -28,7 +28,7 @@ of one micro-batch). On CPU the accounting of all of these equals the prediction
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from automix.config.layers import LayerSettings
@@ -48,7 +48,15 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """Bytes per category; ``total`` is their sum (``transient`` is 0 on CPU)."""
+    """Bytes per category; ``total`` is their sum (``transient`` is 0 on CPU).
+
+    ``recompute`` (not a category: not in ``to_dict``, not compared) is the structure of the
+    activations under gradient checkpointing, one entry per decoder block: the bytes that block's
+    recomputation adds (0 for a block that is not checkpointed; all 0 when none is), so that
+    ``activations = A + max(recompute)`` with ``A`` a sum of per-layer and per-block terms (the
+    kept block inputs, the loss...). Empty without checkpointing (``activations`` is then itself
+    such a sum). The search uses it to tabulate the model exactly (``automix.search.batch``).
+    """
 
     weights: int
     quant_metadata: int
@@ -58,9 +66,10 @@ class MemoryBreakdown:
     activations: int
     transient: int = 0
     total: int = 0
+    recompute: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "recompute"}
 
     @staticmethod
     def of(**parts: int) -> "MemoryBreakdown":
@@ -150,7 +159,18 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
                      batch_size: int, seq_len: int, abytes: int, device: str = "cpu",
                      padded: bool = False, config: Any = None, checkpointing: bool = False,
                      autocast: bool = False, shapes: Mapping[str, tuple[int, int]] | None = None) -> int:
-    """Bytes autograd saves for backward in one training step (see the module docstring).
+    """Bytes autograd saves for backward in one training step (see the module docstring and
+    :func:`activation_parts`, which also returns the per-block recomputation terms)."""
+    return activation_parts(arch, layer_settings, profile, batch_size, seq_len, abytes, device, padded, config,
+                            checkpointing, autocast, shapes)[0]
+
+
+def activation_parts(arch: Any, layer_settings: Mapping[str, LayerSettings], profile: Any,
+                     batch_size: int, seq_len: int, abytes: int, device: str = "cpu",
+                     padded: bool = False, config: Any = None, checkpointing: bool = False,
+                     autocast: bool = False, shapes: Mapping[str, tuple[int, int]] | None = None
+                     ) -> tuple[int, tuple[float, ...]]:
+    """(bytes autograd saves for backward in one training step, per-block recomputation terms).
 
     Walks the blocks in order tracking whether the residual stream needs gradients yet (it does
     from the first trained layer on); frozen linears save nothing, adapters save their input
@@ -161,10 +181,17 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
     when backward recomputes it: the largest block's (minus its input, already kept) is added.
     ``autocast``: fp16 autocast with fp32 trainable weights; each LoRA adapter then saves its own
     fp16 copy of its input (no sharing) and the fp16 casts of its weights that backward needs.
+
+    The terms: with ``checkpointing``, one per decoder block, ``m_b = (s_b - i_b) * T + c_b``
+    for a checkpointed block (``s_b``: its saved bytes per token, ``i_b``: its input when a norm
+    saves it, ``c_b``: its per-step bytes, ``T``: tokens of the micro-batch) and 0 for the others;
+    the bytes are then ``A + max_b m_b`` with ``A`` (kept inputs, outside-block and loss terms) a
+    sum of per-block terms. Without checkpointing: no terms, the bytes are such a sum.
     """
     info = as_arch_info(arch)
+    no_terms = (0.0,) * info.n_layers if checkpointing else ()
     if profile.trainable_params <= 0:
-        return 0
+        return 0, no_terms
 
     fam = _family(info, config)
     T = batch_size * seq_len
@@ -313,13 +340,15 @@ def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], pro
     loss += int(round(extra(batch_size, seq_len, abytes, autocast))) if extra is not None else 0  # (+ them)
     if not checkpointing or not any(k for _, _, k, _ in blocks):
         per_tok = sum(t for t, _, _, _ in blocks) + outside
-        return int(round(per_tok * T + sum(f for _, f, _, _ in blocks))) + rope + loss
+        return int(round(per_tok * T + sum(f for _, f, _, _ in blocks))) + rope + loss, no_terms
     # checkpointing: kept block inputs (+ the shared rotary tables and padding mask they take as
     # arguments) for the whole step, plus the largest block recomputation
     n_kept = sum(1 for _, _, k, _ in blocks if k)
     kept_args = (2 * seq_len * hd * abytes if fam.rope else 0) + (batch_size * seq_len * seq_len if padded else 0)
-    recompute = max((t - (h * abytes if saves_input else 0)) * T + f for t, f, k, saves_input in blocks if k)
-    return int(round(n_kept * h * abytes * T + outside * T + recompute)) + kept_args + loss
+    terms = tuple(float((t - (h * abytes if saves_input else 0)) * T + f) if k else 0.0
+                  for t, f, k, saves_input in blocks)
+    recompute = max(m for m, (_, _, k, _) in zip(terms, blocks) if k)
+    return int(round(n_kept * h * abytes * T + outside * T + recompute)) + kept_args + loss, terms
 
 
 # ----------------------------------------------------------------------------- the estimate
@@ -389,6 +418,8 @@ def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any
     On ``device="cuda"`` AdamW's step counters (host tensors) are not counted and a transient
     term for the logits and their gradient is added to approximate ``max_memory_allocated``.
     ``padded``: batches carry padding, so attention gets an explicit mask (more is saved).
+    The result's ``recompute``: the per-block recomputation terms of the activations
+    (:class:`MemoryBreakdown`, :func:`activation_parts`).
     """
     info = as_arch_info(arch)
     if config is None and not isinstance(arch, type(info)):
@@ -437,13 +468,14 @@ def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any
                  + optimizer_state_bytes(optimizer, fp32_sizes, 4, device))
     else:
         optim = optimizer_state_bytes(optimizer, sizes, pb, device)
-    acts = activation_bytes(info, layer_settings, profile, micro, seq_len, wb, device, padded, config,
-                            checkpointing=gradient_checkpointing, autocast=autocast, shapes=shapes)
+    acts, recompute = activation_parts(info, layer_settings, profile, micro, seq_len, wb, device, padded, config,
+                                       checkpointing=gradient_checkpointing, autocast=autocast, shapes=shapes)
     transient = 0
     if device.startswith("cuda") and profile.trainable_params > 0:
         transient = 2 * micro * seq_len * info.vocab_size * 4
-    return MemoryBreakdown.of(weights=weights, quant_metadata=meta, adapters=adapters, gradients=grads,
-                              optimizer_states=optim, activations=acts, transient=transient)
+    return replace(MemoryBreakdown.of(weights=weights, quant_metadata=meta, adapters=adapters, gradients=grads,
+                                      optimizer_states=optim, activations=acts, transient=transient),
+                   recompute=recompute)
 
 
 def mixed_precision(dtype: Any) -> bool:
@@ -586,7 +618,8 @@ def relative_error(predicted: int, measured: int) -> float:
     return abs(predicted - measured) / max(1, measured)
 
 
-__all__ = ["OPTIMIZERS", "MemoryBreakdown", "SavedTensorMeter", "active_meter", "activation_bytes", "dtype_bytes",
+__all__ = ["OPTIMIZERS", "MemoryBreakdown", "SavedTensorMeter", "active_meter", "activation_bytes", "activation_parts",
+           "dtype_bytes",
            "estimate", "mixed_precision", "optimizer_state_bytes",
            "layer_shapes", "lora_activation_bytes_per_token", "measured_breakdown", "model_bytes",
            "optimizer_bytes", "relative_error"]

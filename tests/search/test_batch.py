@@ -148,3 +148,60 @@ def test_a_small_non_additive_term_gives_approximate_tables_and_exact_constraint
     con = Shifted(fn, limit).batch(cols)
     assert ((con <= 0) == (want <= limit)).all()  # feasibility exact, near the limit too
     assert np.max(np.abs(fn.batch(cols) - want)) <= 2 * fn.error_bound
+
+
+def _peak_terms(p: dict) -> list[float]:
+    """Per-block terms of a maximum: each block's 'recomputation' grows with its bits and
+    shrinks with its pruning (a pairwise term within the block)."""
+    return [10.0 * sum(p[f"bits.{b}.{k}"] for k in "ab") * (1 - p[f"prune.{b}"]) for b in range(2)]
+
+
+def _memory_with_peak(p: dict) -> float:
+    return _memory({**p, "method": "qlora"}) + max(_peak_terms(p))
+
+
+def test_a_declared_maximum_over_block_terms_is_tabulated_exactly() -> None:
+    space = {k: d for k, d in SPACE.items() if k != "method"}
+    same_block = lambda a, c: a.split(".")[1] == c.split(".")[1]  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exact: no warning
+        fn = decompose(_memory_with_peak, space, may_interact=same_block, max_terms=_peak_terms)
+    assert fn.exact and fn.error_bound == 0.0 and fn.n_terms == 2
+    assert ("bits.0.a", "prune.0") in fn.pairs and ("bits.0.a", "prune.1") not in fn.pairs
+    # learned from the calls: block 0's bits change the sum part and block 0's term, not block 1's
+    _, first, _ = fn._tables[()]
+    t = first[fn.names.index("bits.0.a")]
+    assert np.any(t[:, 0] != 0) and np.any(t[:, 1] != 0) and np.all(t[:, 2] == 0)
+    rng = np.random.default_rng(6)
+    cols = {k: np.array([d.choices[i] for i in rng.integers(0, len(d.choices), 600)], dtype=object)
+            for k, d in space.items()}
+    want = np.array([_memory_with_peak({k: cols[k][i] for k in space}) for i in range(600)])
+    peaks = {int(np.argmax(_peak_terms({k: cols[k][i] for k in space}))) for i in range(600)}
+    assert peaks == {0, 1}
+    np.testing.assert_allclose(fn.batch(cols), want, rtol=1e-12, atol=0)
+    calls = fn.n_calls
+    limit = float(np.median(want))
+    assert ((Shifted(fn, limit).batch(cols) <= 0) == (want <= limit)).all()
+    assert fn.n_calls == calls  # exact tables: nothing re-evaluated near the limit
+
+
+def test_max_terms_must_keep_their_number() -> None:
+    space = {k: d for k, d in SPACE.items() if k != "method"}
+    with pytest.raises(ValueError, match="number must not depend"):
+        decompose(_memory_with_peak, space, max_terms=lambda p: _peak_terms(p)[: 1 + (p["bits.0.a"] > 2)])
+
+
+def test_batch_reuses_its_result_only_for_the_same_columns() -> None:
+    space = {k: d for k, d in SPACE.items() if k != "method"}
+    fn = decompose(_memory_with_peak, space, may_interact=lambda a, c: a.split(".")[1] == c.split(".")[1],
+                   max_terms=_peak_terms)
+    rng = np.random.default_rng(7)
+    cols = {k: np.array([d.choices[i] for i in rng.integers(0, len(d.choices), 50)]) for k, d in space.items()}
+    first = fn.batch(cols)
+    first[:] = -1.0  # the caller's copy: the next answer is not affected
+    again = fn.batch(cols)
+    cols["bits.1.b"] = np.full(50, 8)  # another array under the same key: computed afresh
+    changed = fn.batch(cols)
+    want = [_memory_with_peak({k: cols[k][i] for k in space}) for i in range(50)]
+    np.testing.assert_allclose(changed, want, rtol=1e-12)
+    assert (again >= 0).all() and not np.array_equal(again, changed)
