@@ -8,7 +8,9 @@ worker or node died, and stops a job over its time limit. `LocalExecutor` runs j
 in the driver's process (debugging, and machines without Ray).
 
 Executors are generic over the function: the same machinery runs `automix.trial.run_trial` and
-the trivial functions of the orchestration benchmark.
+the trivial functions of the orchestration benchmark. A job's intermediate reports
+(`automix.trial.reporting.report`: its training loss, its evaluations at checkpoints) reach the
+driver's `on_report` while it runs, and the driver may stop it there (a pruner's decision).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
+from automix.trial import TrialStopped, reporting_to
+
 __all__ = ["Outcome", "Executor", "RayExecutor", "LocalExecutor", "resolve_function"]
 
 
@@ -30,7 +34,8 @@ class Outcome:
 
     status: "ok" (the function returned `value`), "failed" (it raised), "timeout" (stopped over
     its time limit), "crashed" (its worker or node died on every attempt `max_retries` allows),
-    or "cancelled" (the driver stopped it, e.g. on Ctrl-C). `started_at` is when the job's own
+    "pruned" (stopped early because `on_report` said so), or "cancelled" (the driver stopped
+    it, e.g. on Ctrl-C). `started_at` is when the job's own
     work began on its worker (None when it never started): `seconds` is the job's run time from
     then, `startup_seconds` the wait before it (queueing, worker start-up, imports).
     """
@@ -67,9 +72,14 @@ def resolve_function(fn: Callable[[Any], Any] | str) -> Callable[[Any], Any]:
 
 
 class Executor:
-    """Interface the driver uses: submit, poll, cancel, shutdown."""
+    """Interface the driver uses: submit, poll, cancel, shutdown.
+
+    `on_report(key, kind, step, value) -> bool`, when set, receives the job's intermediate
+    reports (`automix.trial.reporting.report`) during `poll`; True stops that job ("pruned").
+    """
 
     workers: int = 1
+    on_report: Callable[[Hashable, str, int, float], bool] | None = None
 
     def free_slots(self) -> int:
         return self.workers - self.in_flight()
@@ -116,9 +126,17 @@ class LocalExecutor(Executor):
             return []
         key, payload, t0 = self._queue.pop(0)
         started = time.time()
+
+        def receive(kind: str, step: int, value: float) -> bool:
+            return bool(self.on_report is not None and self.on_report(key, kind, step, value))
+
         try:
-            value = self.fn(payload)
+            with reporting_to(receive):
+                value = self.fn(payload)
             return [Outcome(key, "ok", value=value, submitted_at=t0, finished_at=time.time(), started_at=started)]
+        except TrialStopped:
+            return [Outcome(key, "pruned", error="stopped early by the driver after a report", submitted_at=t0,
+                            finished_at=time.time(), started_at=started)]
         except Exception as err:  # a trial function's failure is data, not a driver crash
             msg = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}"
             return [Outcome(key, "failed", error=msg, submitted_at=t0, finished_at=time.time(),
@@ -138,24 +156,44 @@ class _Running:
     payload: Any
     submitted_at: float
     attempts: int = 1
+    token: str = ""
     started_at: float | None = None
-    cancelled_for: str | None = None
+    cancelled_for: str | None = None  # "timeout", or "pruned" (the driver stopped it after a report)
     cancel_sent_at: float = 0.0
     forced: bool = False
     deaths: list[str] = field(default_factory=list)
-    early_error: BaseException | None = None  # read in place of the start marker
 
 
-_STARTED = "started"  # the first item a job yields: its work begins now
+_STARTED = "started"  # the first report a job sends: its own work begins now
 
 
-def _streaming(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """The Ray task around `fn`: yields a start marker, then fn's value (a streaming generator),
-    so the driver knows when the job's own work began, apart from worker start-up."""
+class _Channel:
+    """The mailbox of a study's reports (a Ray actor on the driver's node): workers post, the
+    driver drains. Plain object returns carry the results; only reports travel here."""
 
-    def job(payload: Any) -> Any:
-        yield _STARTED
-        yield fn(payload)
+    def __init__(self) -> None:
+        self._events: list[tuple[str, str, int, float]] = []
+
+    def post(self, token: str, kind: str, step: int, value: float) -> None:
+        self._events.append((token, kind, step, value))
+
+    def drain(self) -> list[tuple[str, str, int, float]]:
+        events, self._events = self._events, []
+        return events
+
+
+def _reporting_job(fn: Callable[[Any], Any]) -> Callable[..., Any]:
+    """The Ray task around `fn`: posts a start marker, then runs fn with its `report` calls
+    forwarded to the driver's channel (fire and forget: a report never waits for the driver)."""
+
+    def job(token: str, payload: Any, channel: Any) -> Any:
+        def send(kind: str, step: int, value: float) -> bool:
+            channel.post.remote(token, kind, step, value)
+            return False  # the driver stops a job by cancelling its task
+
+        send(_STARTED, 0, 0.0)
+        with reporting_to(send):
+            return fn(payload)
 
     job.__name__ = job.__qualname__ = getattr(fn, "__name__", "job")
     return job
@@ -207,10 +245,6 @@ def _init_within(ray: Any, kwargs: dict[str, Any], timeout_s: float, address: st
         raise ValueError(f"cannot start or join {where}: {type(err).__name__}: {err}") from None
 
 
-class _ItemsLost(Exception):
-    """An ended Ray job whose streamed items never arrived: handled like a dead worker."""
-
-
 class RayExecutor(Executor):
     """Run jobs as Ray tasks with per-job resources, retries and time limits.
 
@@ -226,6 +260,10 @@ class RayExecutor(Executor):
         address: join an existing cluster ("auto" or "HOST:PORT") within `connect_timeout_s`;
             None starts a local Ray sized for `workers` jobs, without the dashboard.
         resources: extra custom resources per job, e.g. {"node2": 0.1}.
+
+    A job's `automix.trial.reporting.report` calls reach `on_report(key, kind, step, value)` in
+    the driver (through a small actor on the driver's node, read at every poll); when it answers
+    True the job's task is cancelled the way a timeout is and the job ends "pruned".
     """
 
     def __init__(
@@ -242,16 +280,15 @@ class RayExecutor(Executor):
         ray_init_kwargs: dict[str, Any] | None = None,
         connect_timeout_s: float = 30.0,
         cancel_grace_s: float = 10.0,
-        item_wait_s: float = 30.0,
     ) -> None:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.fn = resolve_function(fn)
         self.workers = int(workers)
         self.timeout_s = timeout_s
         self.max_retries = int(max_retries)
         self.cancel_grace_s = float(cancel_grace_s)
-        self.item_wait_s = float(item_wait_s)
         self._owns_ray = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True,
@@ -284,11 +321,18 @@ class RayExecutor(Executor):
                              f"{have:g}: set resources.gpus: 0, or run where GPUs are")
         _ship_by_value(self.fn)
         # The job function itself is the Ray task (exported once per session, not per job).
-        self._remote = ray.remote(_streaming(self.fn)).options(
+        self._remote = ray.remote(_reporting_job(self.fn)).options(
             num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False,
-            resources=resources or None, num_returns="streaming",
+            resources=resources or None,
         )
-        self._running: dict[Any, _Running] = {}  # ObjectRefGenerator (a streaming task) -> job
+        # The channel lives on the driver's node (it dies with the driver, not with a worker's
+        # node) and is up before the first job is submitted (its start-up is not a job's).
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self._channel = ray.remote(_Channel).options(num_cpus=0, scheduling_strategy=here).remote()
+        ray.get(self._channel.drain.remote(), timeout=connect_timeout_s + 120)
+        self._running: dict[Any, _Running] = {}  # the task's ObjectRef -> job
+        self._by_token: dict[str, Any] = {}      # an attempt's token -> its ObjectRef
+        self._serial = 0
 
     def in_flight(self) -> int:
         return len(self._running)
@@ -297,40 +341,47 @@ class RayExecutor(Executor):
         self._start(_Running(key, payload, time.time()))
 
     def _start(self, job: _Running) -> None:
-        job.started_at, job.early_error = None, None
-        self._running[self._remote.remote(job.payload)] = job
+        self._serial += 1
+        job.token, job.started_at = f"{self._serial}", None
+        ref = self._remote.remote(job.token, job.payload, self._channel)
+        self._running[ref] = job
+        self._by_token[job.token] = ref
 
     def poll(self, timeout: float = 1.0) -> list[Outcome]:
         """Outcomes of jobs that finished within `timeout` seconds (and of expired ones)."""
         if not self._running:
             time.sleep(min(timeout, 0.05))
             return []
-        self._mark_started()
+        self._read_reports()
         self._expire()
         wait = timeout
         deadlines = [self._deadline(j) for j in self._running.values()]
         deadlines = [d for d in deadlines if d is not None]
         if deadlines:
             wait = max(0.0, min(timeout, min(deadlines) - time.time()))
-        # A job's `completed()` ref is ready when its task ends, and raises when its worker or
-        # node died: waiting on it never blocks on a stream whose producer is gone.
-        done = {gen.completed(): gen for gen in self._running}
-        ready, _ = self._ray.wait(list(done), num_returns=len(done), timeout=wait, fetch_local=False)
+        # A task's ref is ready when it ends, and raises when its worker or node died.
+        ready, _ = self._ray.wait(list(self._running), num_returns=len(self._running), timeout=wait,
+                                  fetch_local=False)
+        self._read_reports()  # what the ended jobs posted before they ended
         out: list[Outcome] = []
         for ref in ready:
-            out.extend(self._step(done[ref], ref))
-        self._mark_started()
+            out.extend(self._step(ref))
         return out
 
-    def _mark_started(self) -> None:
-        """Note the start of jobs whose start marker has arrived (never blocks)."""
-        for gen, job in self._running.items():
-            if job.started_at is None and job.early_error is None and gen.next_ready():
-                try:
-                    self._ray.get(next(gen))
-                    job.started_at = time.time()
-                except (self._ray.exceptions.RayError, StopIteration) as err:  # died before starting
-                    job.early_error = err  # classified with the job's end, in _step
+    def _read_reports(self) -> None:
+        """Note start markers and hand reports to `on_report` (cancelling jobs it stops)."""
+        now = time.time()
+        for token, kind, step, value in self._ray.get(self._channel.drain.remote(), timeout=60):
+            ref = self._by_token.get(token)
+            job = self._running.get(ref) if ref is not None else None
+            if job is None:  # an earlier attempt's, or an ended job's, last words
+                continue
+            if kind == _STARTED:
+                job.started_at = job.started_at or now
+            elif job.cancelled_for is None and self.on_report is not None and \
+                    self.on_report(job.key, kind, step, value):
+                job.cancelled_for, job.cancel_sent_at = "pruned", now
+                self._cancel(ref, force=False)
 
     def _deadline(self, job: _Running) -> float | None:
         if job.cancelled_for is not None:
@@ -341,96 +392,86 @@ class RayExecutor(Executor):
 
     def _expire(self) -> None:
         now = time.time()
-        for gen, job in self._running.items():
+        for ref, job in self._running.items():
             if job.cancelled_for is None:
                 if self.timeout_s and job.started_at is not None and now - job.started_at > self.timeout_s:
                     job.cancelled_for, job.cancel_sent_at = "timeout", now
-                    self._cancel(gen, force=False)  # KeyboardInterrupt in the job: its worker lives on
+                    self._cancel(ref, force=False)  # KeyboardInterrupt in the job: its worker lives on
             elif not job.forced and now - job.cancel_sent_at > self.cancel_grace_s:
                 job.forced = True
-                self._cancel(gen, force=True)  # it did not stop: kill its worker
+                self._cancel(ref, force=True)  # it did not stop: kill its worker
 
-    def _cancel(self, gen: Any, force: bool) -> None:
+    def _cancel(self, ref: Any, force: bool) -> None:
         try:
-            self._ray.cancel(gen, force=force)
+            self._ray.cancel(ref, force=force)
         except Exception:  # noqa: BLE001 - already finished, or its node is gone
             pass
 
-    def _step(self, gen: Any, completed: Any) -> list[Outcome]:
-        """The outcome of a job whose task has ended (its `completed()` ref is ready)."""
+    def _step(self, ref: Any) -> list[Outcome]:
+        """The outcome of a job whose task has ended (its ref is ready)."""
         ray = self._ray
-        job = self._running[gen]
+        job = self._running[ref]
         try:
-            if job.early_error is not None:
-                raise job.early_error
-            ray.get(completed)  # raises when the worker or node died
-            # The task has ended: its items exist (a result, or the error it raised) unless they
-            # were lost with its node, so reading them waits a bounded time, never forever.
-            if job.started_at is None:
-                self._next_item(gen)  # the start marker
-                job.started_at = time.time()
-            return self._done(gen, "ok", value=self._next_item(gen))
-        except StopIteration:
-            return self._done(gen, "crashed", error="the job ended without a result")
+            value = ray.get(ref)  # raises when the job raised, or its worker or node died
+            if job.started_at is None:  # its start marker was not read: it ran from its submission
+                job.started_at = job.submitted_at
+            return self._done(ref, "ok", value=value)
         except ray.exceptions.TaskCancelledError:
-            return self._cancelled(gen)
+            return self._cancelled(ref)
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                ray.exceptions.LocalRayletDiedError, ray.exceptions.ObjectLostError, _ItemsLost) as err:
+                ray.exceptions.LocalRayletDiedError, ray.exceptions.ObjectLostError) as err:
             if job.cancelled_for is not None:
-                return self._cancelled(gen)
+                return self._cancelled(ref)
             job.deaths.append(f"{type(err).__name__}")
             if len(job.deaths) <= self.max_retries:  # run it again (elsewhere, if its node died)
-                del self._running[gen]
+                self._forget(ref)
                 job.attempts += 1
                 self._start(job)
                 return []
-            return self._done(gen, "crashed", error=(
+            return self._done(ref, "crashed", error=(
                 f"its worker died on all {job.attempts} attempt(s) (max_retries: {self.max_retries} "
                 f"re-run(s)): {_first_line(err)}"))
         except ray.exceptions.RayTaskError as err:
             if job.cancelled_for is not None:
-                return self._cancelled(gen)
+                return self._cancelled(ref)
             cause = err.cause if getattr(err, "cause", None) is not None else err
-            return self._done(gen, "failed", error=f"{type(cause).__name__}: {cause}\n{err}")
+            return self._done(ref, "failed", error=f"{type(cause).__name__}: {cause}\n{err}")
         except ray.exceptions.RayError as err:
             if job.cancelled_for is not None:
-                return self._cancelled(gen)
-            return self._done(gen, "crashed", error=f"{type(err).__name__}: {_first_line(err)}")
+                return self._cancelled(ref)
+            return self._done(ref, "crashed", error=f"{type(err).__name__}: {_first_line(err)}")
 
-    def _next_item(self, gen: Any) -> Any:
-        """The next item of an ended job's stream; `_ItemsLost` when it does not arrive within
-        `item_wait_s` (a node that died right as the task ended takes its items with it)."""
-        deadline = time.time() + self.item_wait_s
-        while not gen.next_ready():
-            if time.time() > deadline:
-                raise _ItemsLost(f"its results did not arrive within {self.item_wait_s:.0f} s of its end "
-                                 "(lost with its node)")
-            time.sleep(0.05)
-        return self._ray.get(next(gen))
+    def _forget(self, ref: Any) -> _Running:
+        job = self._running.pop(ref)
+        self._by_token.pop(job.token, None)
+        return job
 
-    def _done(self, gen: Any, status: str, value: Any = None, error: str | None = None) -> list[Outcome]:
-        job = self._running.pop(gen)
+    def _done(self, ref: Any, status: str, value: Any = None, error: str | None = None) -> list[Outcome]:
+        job = self._forget(ref)
         return [Outcome(job.key, status, value, error, job.attempts, job.submitted_at, time.time(),
                         job.started_at)]
 
-    def _cancelled(self, gen: Any) -> list[Outcome]:
-        job = self._running[gen]
+    def _cancelled(self, ref: Any) -> list[Outcome]:
+        job = self._running[ref]
         if job.cancelled_for == "timeout":
             ran = job.cancel_sent_at - (job.started_at or job.submitted_at)
             how = "its worker was killed" if job.forced else "its worker lives on"
-            return self._done(gen, "timeout", error=f"stopped after {ran:.0f} s of work: over the "
+            return self._done(ref, "timeout", error=f"stopped after {ran:.0f} s of work: over the "
                               f"{self.timeout_s:.0f} s time limit per trial ({how})")
-        return self._done(gen, "cancelled", error="cancelled by the driver")
+        if job.cancelled_for == "pruned":
+            return self._done(ref, "pruned", error="stopped early by the driver after a report")
+        return self._done(ref, "cancelled", error="cancelled by the driver")
 
     def cancel_all(self) -> list[Outcome]:
         """Force-stop every job in flight (Ctrl-C); returns their "cancelled" outcomes."""
         now = time.time()
         out = []
-        for gen, job in list(self._running.items()):
-            self._cancel(gen, force=True)
+        for ref, job in list(self._running.items()):
+            self._cancel(ref, force=True)
             out.append(Outcome(job.key, "cancelled", error="cancelled by the driver", attempts=job.attempts,
                                submitted_at=job.submitted_at, finished_at=now, started_at=job.started_at))
         self._running.clear()
+        self._by_token.clear()
         return out
 
     def shutdown(self) -> None:
