@@ -512,7 +512,10 @@ def _block(i: int, cols: int) -> np.ndarray:
 def synthetic_trial(payload: Mapping[str, Any]) -> dict:
     """A real, cheap trial: quantize blocks at the given bits and score the reconstruction.
 
-    payload: {"bits": [b0, b1, ...], "method": str, "cols": int, "sleep": float, "fail": bool}
+    payload: {"bits": [b0, b1, ...], "method": str, "cols": int, "sleep": float, "fail": bool,
+    "curve_steps": int, "step_sleep": float}. With ``curve_steps`` it reports a learning curve
+    first (`automix.trial.report`): "eval" at steps 0, 10, 20, ... rising towards the final
+    accuracy, one "loss" per step, sleeping ``step_sleep`` per reported evaluation.
     Returns a dict with the keys of `TrialResult.to_dict()` the driver reads.
     """
     t0 = time.perf_counter()
@@ -532,7 +535,19 @@ def synthetic_trial(payload: Mapping[str, Any]) -> dict:
         nbytes += w.size * int(b) // 8 + 4 * _ROWS * 2
     bonus = {"lora": 0.0, "qlora": 0.01, "loftq": 0.02}.get(payload.get("method", ""), 0.005)
     accuracy = float(np.clip(1.0 / (1.0 + 3.0 * err) + bonus, 0.0, 1.0))
+    n = int(payload.get("curve_steps", 0))
+    curve = []
+    if n:
+        from automix.trial.reporting import report  # lazy: the automix.trial package imports torch; plain trials stay torch-free
+    for k in range(n):
+        value = accuracy - 0.2 * (n - k) / n  # rank-preserving: the final order shows from step 0
+        curve.append([10 * k, value])
+        for s in range(10):
+            report("loss", 10 * k + s + 1, 1.0 - value)
+        report("eval", 10 * k, value)
+        time.sleep(float(payload.get("step_sleep", 0.0)))
     return {
+        "eval_curve": curve, "losses": [1.0 - v for _, v in curve],
         "status": "ok", "accuracy": accuracy, "perplexity": float(np.exp(3.0 * (1.0 - accuracy))),
         "peak_memory_bytes": nbytes + 1024, "predicted_memory_bytes": nbytes,
         "trainable_params": 0, "avg_bits": float(np.mean(payload["bits"])),
@@ -546,9 +561,9 @@ class SyntheticBackend:
     function = staticmethod(synthetic_trial)
 
     def __init__(self, methods: list[str], n_blocks: int = 4, cols: int = 64, sleep: float = 0.0,
-                 fail_bits: int | None = None) -> None:
+                 fail_bits: int | None = None, curve_steps: int = 0, step_sleep: float = 0.0) -> None:
         self.methods, self.n_blocks, self.cols, self.sleep = list(methods), n_blocks, cols, sleep
-        self.fail_bits = fail_bits
+        self.fail_bits, self.curve_steps, self.step_sleep = fail_bits, curve_steps, step_sleep
         self.distributions = {"method": CategoricalDistribution(self.methods)}
         for i in range(n_blocks):
             self.distributions[f"bits_{i}"] = CategoricalDistribution(list(BITS))
@@ -565,7 +580,8 @@ class SyntheticBackend:
     def payload(self, params: Mapping[str, Any]) -> dict:
         bits = self._bits(params)
         return {"bits": bits, "method": params["method"], "cols": self.cols, "sleep": self.sleep,
-                "fail": self.fail_bits is not None and bits[0] == self.fail_bits}
+                "fail": self.fail_bits is not None and bits[0] == self.fail_bits,
+                "curve_steps": self.curve_steps, "step_sleep": self.step_sleep}
 
     def describe(self, params: Mapping[str, Any]) -> tuple[str, dict, dict]:
         bits = self._bits(params)

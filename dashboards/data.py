@@ -122,9 +122,7 @@ def load_study_data(name: str, storage: str | None = None) -> StudyData:
         "accuracy" if directions[0] == "maximize" else "perplexity")
     budget = config.get("memory_budget")
     budget = float(budget) if isinstance(budget, (int, float)) else None
-    trials = [t for t in study.get_trials(deepcopy=False)
-              if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("stale")]
-    trials.sort(key=_finish_key)
+    trials = sorted(results.finished_trials(study), key=_finish_key)
     data = StudyData(
         name=name, storage=url, quality=quality, directions=directions, budget=budget,
         sampler=str(config.get("sampler") or type(study.sampler).__name__),

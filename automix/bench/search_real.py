@@ -77,7 +77,7 @@ class TrialCache:
             r = run_trial(TrialSpec.model_validate(spec)).to_dict()
             self.trials[k] = {f: r.get(f) for f in ("status", "perplexity", "accuracy",
                                                      "train_seconds", "eval_seconds",
-                                                     "failure_reason")}
+                                                     "failure_reason", "eval_curve")}
             self.new_trials += 1
             self.save()
         return self.trials[k]

@@ -1,4 +1,4 @@
-"""`automix bench kernels|search|methods|trial|memory|orchestration|sensitivity`: run a benchmark, print its table."""
+"""`automix bench kernels|search|fidelity|methods|trial|memory|orchestration|sensitivity|quant`: run a benchmark, print its table."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import importlib
 BENCHMARKS = {
     "kernels": "automix.kernels.bench",
     "search": "automix.bench.search",
+    "fidelity": "automix.bench.fidelity",
     "methods": "automix.bench.methods",
     "trial": "automix.bench.trial",
     "memory": "automix.bench.memory",
     "orchestration": "automix.bench.orchestration",
     "sensitivity": "automix.bench.sensitivity",
     "reliability": "automix.bench.reliability",
+    "quant": "automix.bench.quant",
 }
 
 

@@ -40,8 +40,8 @@ def print_status(cfg: Any, console: Any = None, show_all: bool = False) -> None:
     rows = trials_table(study, cfg, unfinished=True, driver_alive=alive)
     q = cfg.objectives.quality
     n = Counter(r["state"] for r in rows)
-    finished = n["COMPLETE"] + n["FAIL"]
-    parts = [f"{finished} finished ({n['FAIL']} failed)"]
+    finished = n["COMPLETE"] + n["FAIL"] + n["PRUNED"]
+    parts = [f"{finished} finished ({n['FAIL']} failed" + (f", {n['PRUNED']} pruned)" if n["PRUNED"] else ")")]
     parts += [f"{n[k]} {label}" for k, label in (
         ("INTERRUPTED", "interrupted"), ("STALE", "stale"), ("WAITING", "waiting"),
         ("RUNNING", "running"), ("ORPHANED", "left running by a stopped driver")) if n[k]]

@@ -174,6 +174,42 @@ class TrialSettings(_Strict):
         return {**self.memory_options(), **({"quantizer": self.quantizer} if self.quantizer else {})}
 
 
+PRUNERS = ("none", "pareto", "median", "percentile", "successive-halving", "hyperband")
+
+
+class PrunerSettings(_Strict):
+    """Multi-fidelity: stop trials that their intermediate results show to be hopeless.
+
+    With a pruner, every trial evaluates a held-out subset (``eval_batches`` batches) right
+    after initialisation (step 0) and every ``eval_every`` training steps (default: a quarter
+    of the study's steps); the driver hands those values to the pruner, which may stop the trial.
+    ``pareto`` (automix's own, `automix.search.pruners.ParetoPruner`) stops a trial whose value
+    at a step is dominated — worse quality and no less memory — by trials already seen at that
+    step, so it keeps the low-memory end of a memory/quality front alive; the others are
+    Optuna's own pruners on the quality alone (``median``, ``percentile``,
+    ``successive-halving``, ``hyperband``), with ``options`` as their keyword arguments.
+    ``pruner: median`` is short for ``pruner: {name: median}``.
+    """
+
+    name: Literal[PRUNERS] = "none"  # type: ignore[valid-type]
+    eval_every: int | None = Field(None, ge=1)
+    eval_batches: int = Field(1, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
+
+    def report_every(self, steps: int) -> int:
+        """Training steps between the intermediate evaluations of a trial of ``steps`` steps."""
+        return self.eval_every or max(1, steps // 4)
+
+
 class Resources(_Strict):
     """Resources one trial asks Ray for; fractional GPUs let several trials share a device."""
 
@@ -210,6 +246,7 @@ class StudyConfig(_Strict):
     # "on" stops the study); "off" never.
     sensitivity: Literal["auto", "on", "off"] = "auto"
     trial: TrialSettings = Field(default_factory=TrialSettings)
+    pruner: PrunerSettings = Field(default_factory=PrunerSettings)
     resources: Resources = Field(default_factory=Resources)
     workers: int = Field(1, ge=1)
     timeout_per_trial: float = Field(1800.0, gt=0)

@@ -44,6 +44,7 @@ from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
 from automix.search._exploit import boundary_fills, exploit_proposal, profile_path
+from automix.search._fidelity import curve_of, impute_final
 from automix.search.batch import evaluate_batch
 from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
 from automix.search.predictors import PerformancePredictor
@@ -154,11 +155,11 @@ class AutoMixSampler(BaseSampler):
         with self._lock:
             codec = self._get_codec(search_space)
             trials = study._get_trials(deepcopy=False, use_cache=True)
-            complete, taken, pending = self._collect(study, trials, codec, trial)
+            complete, taken, pending, pruned = self._collect(study, trials, codec, trial)
             if len(complete) < self._n_startup:
                 genome = self._next_design_point(codec, taken)
             else:
-                genome, predicted = self._propose(study, codec, complete, pending, taken)
+                genome, predicted = self._propose(study, codec, complete, pending, taken, pruned)
                 # What the predictors expect of this proposal, in the study's own units:
                 # the driver logs it and the reports compare it with the measured values.
                 storage_of(study).set_trial_system_attr(
@@ -219,6 +220,7 @@ class AutoMixSampler(BaseSampler):
         complete: list[tuple[FrozenTrial, np.ndarray]] = []
         taken: set[tuple] = set()
         pending: list[np.ndarray] = []
+        pruned: list[tuple[FrozenTrial, np.ndarray]] = []
         names = set(codec.names)
         live = {n for (sid, n) in self._pending if sid == study_id(study)}
         for t in trials:
@@ -228,13 +230,15 @@ class AutoMixSampler(BaseSampler):
             taken.add(codec.key(genome))
             if t.state == TrialState.COMPLETE and t.values is not None:
                 complete.append((t, genome))
+            elif t.state == TrialState.PRUNED:
+                pruned.append((t, genome))
             elif t.state in _UNFINISHED and t.number not in live:
                 pending.append(genome)  # proposed by another process
         for (sid, number), key in self._pending.items():
             if sid == study_id(study) and number != current.number:
                 taken.add(key)
                 pending.append(np.array(key, dtype=float))
-        return complete, taken, pending
+        return complete, taken, pending, pruned
 
     def _uniform_count(self, max_levels: int) -> int:
         if self._n_uniform is not None:
@@ -398,7 +402,22 @@ class AutoMixSampler(BaseSampler):
         return base, known, np.all(cons <= 0.0, axis=1), cons
 
     # ----------------------------------------------------------------- guided proposals
-    def _propose(self, study, codec, complete, pending, taken) -> tuple[np.ndarray, np.ndarray]:
+    def _low_fidelity(self, codec: Codec, complete: list, pruned: list, sign: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Features and first-objective losses of the pruned trials, at the final values their
+        curves predict (`automix.search._fidelity`)."""
+        finals = [(curve_of(t), float(t.values[0])) for t, _ in complete]
+        rows, ys = [], []
+        for t, g in pruned:
+            y = impute_final(finals, curve_of(t))
+            if y is not None and np.isfinite(y):
+                rows.append(g)
+                ys.append(y * sign)
+        if not rows:
+            return np.zeros((0, 0)), np.zeros(0)
+        return self._evaluate(codec, np.array(rows))[0], np.array(ys)
+
+    def _propose(self, study, codec, complete, pending, taken, pruned=()) -> tuple[np.ndarray, np.ndarray]:
         signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
         n_obj = len(signs)
         bad = [i for i in self._known if not 0 <= i < n_obj]
@@ -412,11 +431,16 @@ class AutoMixSampler(BaseSampler):
         X = self._evaluate(codec, genomes)[0]
         prior_X, prior_L = self._prior_data(codec, signs)
 
+        low_X, low_y = self._low_fidelity(codec, complete, list(pruned), signs[0]) if 0 in unknown \
+            else (np.zeros((0, 0)), np.zeros(0))
         models = {}
         for i in unknown:
             pred = self._predictors.setdefault(("obj", i), self._new_predictor(i))
             py = prior_L[:, i] if prior_L is not None else None
-            models[i] = pred.fit(X, losses[:, i], prior_X, py)
+            if i == 0 and len(low_y):  # pruned trials inform the quality model only
+                models[i] = pred.fit(np.vstack([X, low_X]), np.concatenate([losses[:, i], low_y]), prior_X, py)
+            else:
+                models[i] = pred.fit(X, losses[:, i], prior_X, py)
 
         # Two predicted objectives, one learned almost exactly (e.g. memory measured by the
         # trials): it can serve as the cost of the marginal-gain path, as a known one would.

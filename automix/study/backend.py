@@ -33,7 +33,7 @@ from automix.study.tracking import TrackingError, check_tracking_uri
 from automix.study.executors import LocalExecutor, RayExecutor
 from automix.trial import (DEFAULT_METRIC, ModelLoadError, SensitivityProfile, TrialSpec, available_methods, estimate,
                            get_method, get_task, is_named_data, is_named_model, is_padded, load_tokenizer, profile_path,
-                           resolve_model_dir)
+                           resolve_model_dir, validate_data)
 
 __all__ = ["make_sampler", "AutomixBackend", "preflight"]
 
@@ -176,24 +176,41 @@ class AutomixBackend:
     def predicted_memory(self, params: Mapping[str, Any]) -> float:
         key = tuple(sorted((k, str(v)) for k, v in params.items()))
         if key not in self._mem:
-            t = self.cfg.trial
-            self._mem[key] = float(estimate(self.arch, self._layers(params), params["method"],
-                                            batch_size=t.batch_size, seq_len=t.seq_len,
-                                            dtype=t.dtype, config=self.hf_config,
-                                            device="cuda" if self.cfg.resources.gpus else "cpu",
-                                            padded=self.batches_padded(), **t.memory_options()).total)
+            self._mem[key] = float(self._estimate(params).total)
         return self._mem[key]
+
+    def _estimate(self, params: Mapping[str, Any]) -> Any:
+        """The analytic model's `MemoryBreakdown` of a configuration, as the trial will predict it."""
+        t = self.cfg.trial
+        return estimate(self.arch, self._layers(params), params["method"], batch_size=t.batch_size,
+                        seq_len=t.seq_len, dtype=t.dtype, config=self.hf_config,
+                        device="cuda" if self.cfg.resources.gpus else "cpu",
+                        padded=self.batches_padded(), **t.memory_options())
 
     def memory_function(self) -> DecomposedFunction:
         """`predicted_memory` with a vectorised form for the sampler (``batch``): per-parameter
         and per-pair tables of the analytic model (pairs of parameters that set layers of the
         same block: a layer's packed size depends on its block's pruning), checked against the
-        model on random configurations; per-candidate calls if the check fails. Built once."""
+        model on random configurations; per-candidate calls if the check fails. Built once.
+
+        With gradient checkpointing the model is ``A + max_b m_b`` (the largest block
+        recomputation; ``m_b``: the estimate's ``recompute``): the tables are of ``A`` and of each
+        ``m_b`` (`decompose`'s ``max_terms``), so ``batch`` takes the maximum itself, exactly."""
         if self._memory_fn is None:
             blocks = {name: {block_index(layer) for layer in layers}
                       for name, layers in self.space.param_layers().items()}
-            self._memory_fn = decompose(self.predicted_memory, self.distributions,
-                                        may_interact=lambda a, b: bool(blocks[a] & blocks[b]))
+            last: dict[str, Any] = {}  # decompose asks for the total, then the terms, of one configuration
+
+            def breakdown(params: Mapping[str, Any]) -> Any:
+                key = tuple(sorted((k, str(v)) for k, v in params.items()))
+                if last.get("key") != key:
+                    last.update(key=key, est=self._estimate(params))
+                    self._mem.setdefault(key, float(last["est"].total))
+                return last["est"]
+
+            self._memory_fn = decompose(lambda p: float(breakdown(p).total), self.distributions,
+                                        may_interact=lambda a, b: bool(blocks[a] & blocks[b]),
+                                        max_terms=lambda p: breakdown(p).recompute)
         return self._memory_fn
 
     def batches_padded(self) -> bool:
@@ -249,6 +266,9 @@ class AutomixBackend:
         }
         if t.eval_batches is not None:
             spec["eval_batches"] = t.eval_batches
+        if cfg.pruner.enabled:  # intermediate evaluations for the pruner to judge
+            spec["report_every"] = cfg.pruner.report_every(t.steps)
+            spec["report_eval_batches"] = cfg.pruner.eval_batches
         return spec
 
     def describe(self, params: Mapping[str, Any]) -> tuple[str, dict, dict]:
@@ -322,10 +342,11 @@ def preflight(cfg: StudyConfig, backend: Any, *, cluster: bool = False) -> None:
     """Everything that can be checked before a trial runs or anything is written (raises
     StudyConfigError / ValueError).
 
-    The model, methods and search space were checked building `backend`; here: the memory budget
-    against the smallest configuration, the trial spec, the task's data (every record, as a
-    trial reads it), the resources (GPUs asked for on a machine without CUDA, when no cluster is
-    given), the Optuna storage (and its database driver) and the MLflow tracking URI.
+    The model, methods and search space were checked building `backend`; here: the task's data
+    and eval data (every record, as a trial reads it, streamed: first, so that bad data is
+    refused before anything reads it whole), the memory budget against the smallest
+    configuration, the trial spec, the resources (GPUs asked for on a machine without CUDA, when
+    no cluster is given), the Optuna storage (and its database driver) and the MLflow tracking URI.
     """
     where = cfg.source or "<study>"
     if cfg.resources.gpus and not cluster:
@@ -336,6 +357,8 @@ def preflight(cfg: StudyConfig, backend: Any, *, cluster: bool = False) -> None:
                 f"{cfg.file_lines('resources').where(('gpus',))}: each trial asks for "
                 f"{cfg.resources.gpus:g} GPU, but this machine has no CUDA device: set resources.gpus: 0, "
                 "or run on a Ray cluster with GPUs (--ray-address)")
+    if isinstance(backend, AutomixBackend):
+        _check_data(cfg, {**backend._spec_fields(), **cfg.trial.extra})
     params: dict[str, Any] = {}
     smallest = getattr(backend, "smallest_memory", None)
     if smallest is not None:
@@ -353,12 +376,6 @@ def preflight(cfg: StudyConfig, backend: Any, *, cluster: bool = False) -> None:
         except ValidationError as err:
             why = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
             raise StudyConfigError(f"{where}: trial: the trial spec is not valid ({why})") from None
-        data = backend.payload(params or {"method": cfg.methods[0]}).get("data")
-        if data:
-            try:  # every record, with the checks a trial makes (a bad line names FILE:LINE)
-                get_task(cfg.task, data)
-            except ValueError as err:
-                raise StudyConfigError(f"{cfg.file_lines().where(('data',))}: {err}") from None
     try:
         check_tracking_uri(cfg.tracking)
     except TrackingError as err:
@@ -381,3 +398,25 @@ def preflight(cfg: StudyConfig, backend: Any, *, cluster: bool = False) -> None:
             engine.dispose()
         except Exception as err:
             raise StudyConfigError(f"{where}: storage: Optuna storage {url!r} cannot be reached: {err}") from None
+
+
+def _check_data(cfg: StudyConfig, spec: Mapping[str, Any]) -> None:
+    """The data and eval data every trial gets (`spec`), streamed through once with the task's
+    record rule (`automix.trial.validate_data`): a bad line, a missing or wrongly typed field,
+    an empty file or a missing path is a StudyConfigError naming the study file's line and the
+    data's FILE:LINE. Named data sets are built (on first use) and checked like files."""
+    data, eval_data = spec.get("data"), spec.get("eval_data")
+    lines = cfg.file_lines()
+    if not isinstance(eval_data, (str, type(None))):
+        return  # not a path: the trial spec check names it
+    if eval_data and not data:
+        raise StudyConfigError(f"{lines.where(('trial', 'extra', 'eval_data'))}: evaluation data is set without "
+                               "`data`; the task's built-in data has its own held-out split and a trial would "
+                               "ignore it: set data as well, or remove eval_data")
+    if not data:
+        return
+    try:
+        validate_data(str(spec.get("task", cfg.task)), data, eval_data or None)
+    except ValueError as err:
+        key = ("trial", "extra", "eval_data") if getattr(err, "role", "data") == "eval data" else ("data",)
+        raise StudyConfigError(f"{lines.where(key)}: {err}") from None

@@ -34,6 +34,7 @@ from automix.search._optuna_compat import storage_of, trial_id_of_number
 from automix.study.artifacts import write_study_artifacts
 from automix.study.backend import make_sampler
 from automix.study.executors import RayExecutor
+from automix.study.fidelity import FidelityLedger, make_pruner
 from automix.study.progress import StudyProgress
 from automix.study.results import finished_trials, is_feasible, normalized_hypervolume, objective_values, pareto_numbers
 from automix.study.storage import DRIVER_ATTR, StudyBusyError, StudyLease, open_study, requeue_stale
@@ -62,6 +63,7 @@ class StudyRun:
     target: int
     done: int = 0
     failed: int = 0
+    pruned: int = 0
     running: int = 0
     requeued: list[int] = field(default_factory=list)  # trials a previous driver left, marked stale
     reran: list[int] = field(default_factory=list)     # ... whose configuration finished in this run
@@ -169,6 +171,9 @@ def _drive(cfg: Any, backend: TrialBackend, executor: Any, sampler: Any, lease: 
     run.requeued = requeue_stale(study, keep_driver=lease.token)
     tracker = Tracker(cfg.tracking, cfg.name)
     pending: dict[int, dict] = {}
+    pruner = make_pruner(cfg)
+    ledger = FidelityLedger(cfg, study, pruner) if pruner is not None else None
+    executor.on_report = lambda key, kind, step, value: _on_report(pending, ledger, key, kind, step, value)
     t_start = time.time()
     try:
         tracker.log_study_config(cfg.model_dump(mode="json"), cfg.source)
@@ -178,6 +183,9 @@ def _drive(cfg: Any, backend: TrialBackend, executor: Any, sampler: Any, lease: 
             finished = finished_trials(study)
             run.done = len(finished)
             run.failed = sum(t.state == TrialState.FAIL for t in finished)
+            run.pruned = sum(t.state == TrialState.PRUNED for t in finished)
+            if finished:  # a resumed study shows its front from the start
+                _front_summary(finished, cfg, run)
             while True:  # run.done / run.failed are refreshed by _finish as results arrive
                 while executor.free_slots() > 0 and run.done + len(pending) < run.target:
                     lease.verify()
@@ -194,7 +202,9 @@ def _drive(cfg: Any, backend: TrialBackend, executor: Any, sampler: Any, lease: 
                     trial.set_user_attr("layers", layers)  # compact: the default and the exceptions
                     payload = backend.payload(params)
                     trial.set_user_attr("spec", payload)
-                    pending[trial.number] = dict(params=params, mem=mem, t0=time.time())
+                    if ledger is not None:
+                        trial.set_user_attr("fidelity_trial", ledger.open(trial.number, mem))
+                    pending[trial.number] = dict(params=params, mem=mem, t0=time.time(), curve=[], losses=[])
                     executor.submit(trial.number, payload)
                     run.ask_seconds.append(time.perf_counter() - t_ask)
                 run.running = len(pending)
@@ -203,7 +213,7 @@ def _drive(cfg: Any, backend: TrialBackend, executor: Any, sampler: Any, lease: 
                     break
                 for outcome in executor.poll(0.5):
                     t0 = time.perf_counter()
-                    _finish(study, tracker, cfg, outcome, pending.pop(outcome.key), run, lease)
+                    _finish(study, tracker, cfg, outcome, pending.pop(outcome.key), run, lease, ledger)
                     run.overhead_seconds.append(time.perf_counter() - t0)
                     run.trial_seconds.append(outcome.seconds)
                     if outcome.startup_seconds is not None:
@@ -216,6 +226,8 @@ def _drive(cfg: Any, backend: TrialBackend, executor: Any, sampler: Any, lease: 
     except BaseException as err:
         run.interrupted = isinstance(err, KeyboardInterrupt)
         _stop_in_flight(study, executor, pending, lease, interrupted=run.interrupted)
+        if ledger is not None:
+            ledger.close_all()
         tracker.finish("KILLED" if run.interrupted else "FAILED")
         raise
     finally:
@@ -238,8 +250,20 @@ def _stop_in_flight(study: Any, executor: Any, pending: dict, lease: StudyLease,
     requeue_stale(study)
 
 
+def _on_report(pending: dict, ledger: FidelityLedger | None, key: Any, kind: str, step: int, value: float) -> bool:
+    """A running trial's intermediate report: kept for its curves, judged by the pruner."""
+    info = pending.get(key)
+    if info is None:
+        return False
+    if kind == "loss":
+        info["losses"].append(value)
+        return False
+    info["curve"].append([step, value])
+    return ledger is not None and ledger.report(key, step, value)
+
+
 def _finish(study: Any, tracker: Any, cfg: Any, outcome: Any, info: dict, run: StudyRun,
-            lease: StudyLease | None = None) -> None:
+            lease: StudyLease | None = None, ledger: FidelityLedger | None = None) -> None:
     """Tell one outcome to Optuna, log it to MLflow, refresh the Pareto tags and hypervolume."""
     if lease is not None:
         lease.verify()  # a driver that was taken over records nothing more
@@ -247,6 +271,12 @@ def _finish(study: Any, tracker: Any, cfg: Any, outcome: Any, info: dict, run: S
     result = outcome.value if isinstance(outcome.value, dict) else (
         outcome.value.to_dict() if hasattr(outcome.value, "to_dict") else {})
     result = {k: v for k, v in result.items() if _jsonable(v)}
+    if outcome.status == "pruned":  # what the driver saw of it before it stopped it
+        curve = info.get("curve", [])
+        result = {"status": "pruned", "losses": info.get("losses", []), "eval_curve": curve,
+                  "pruned_at_step": curve[-1][0] if curve else 0}
+    if result.get("eval_curve"):
+        storage.set_trial_user_attr(tid, "eval_curve", _readable(result["eval_curve"]))
     storage.set_trial_user_attr(tid, "result", _readable_result(result))
     storage.set_trial_user_attr(tid, "attempts", outcome.attempts)
     storage.set_trial_user_attr(tid, "seconds", outcome.seconds)
@@ -257,9 +287,21 @@ def _finish(study: Any, tracker: Any, cfg: Any, outcome: Any, info: dict, run: S
         reason = f"{outcome.status}: {outcome.error}"
     elif result.get("status", "ok") != "ok":
         reason = f"trial failed: {result.get('failure_reason')}"
+    if outcome.status == "pruned":
+        step = result["pruned_at_step"]
+        storage.set_trial_user_attr(tid, "failure_reason", f"pruned at step {step} by the {cfg.pruner.name} pruner")
+        study.tell(outcome.key, state=TrialState.PRUNED)
+        if ledger is not None:
+            ledger.close(outcome.key, TrialState.PRUNED)
+        _log(tracker, cfg, storage.get_trial(tid))
+        _refresh_front(study, tracker, cfg, run)
+        return
     values = None if reason else objective_values(cfg, result, info["mem"])
     if isinstance(values, str):
         reason, values = values, None
+    if ledger is not None:
+        ledger.close(outcome.key, TrialState.FAIL if reason else TrialState.COMPLETE,
+                     None if reason else values[0])
     try:
         if reason:
             storage.set_trial_user_attr(tid, "failure_reason", reason[:2000])
@@ -323,11 +365,14 @@ def _log(tracker: Any, cfg: Any, t: Any) -> None:
     if isinstance(predicted, (list, tuple)) and predicted and isinstance(predicted[0], (int, float)):
         extra[f"predicted_{cfg.objectives.quality}"] = predicted[0]
     tags = {}
-    if t.state == TrialState.FAIL:
+    if t.state in (TrialState.FAIL, TrialState.PRUNED):
         tags["failure_reason"] = str(t.user_attrs.get("failure_reason", ""))[:4000]
     params = {**info.get("summary", {}), **{f"p.{k}": v for k, v in t.params.items()}}
+    status = {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned"}.get(t.state, "failed")
+    histories = {"train_loss": list(enumerate(result.get("losses") or [], start=1)),
+                 f"eval_{cfg.objectives.quality}": [(int(s), v) for s, v in result.get("eval_curve") or []]}
     tracker.log_trial(
-        t.number, method=info.get("method"), status="ok" if t.state == TrialState.COMPLETE else "failed",
+        t.number, method=info.get("method"), status=status, histories=histories,
         params=params, metrics=_summary_metrics(result, mem, extra), layers=info.get("layers"),
         tags=tags, started=t.datetime_start.timestamp() if t.datetime_start else None,
         finished=t.datetime_complete.timestamp() if t.datetime_complete else None,
@@ -341,12 +386,18 @@ def _refresh_front(study: Any, tracker: Any, cfg: Any, run: StudyRun) -> None:
     run.front = sorted(overall)
     run.done = len(trials)
     run.failed = sum(t.state == TrialState.FAIL for t in trials)
+    run.pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    _front_summary(trials, cfg, run)
+    tracker.log_hypervolume(run.done, run.hypervolume)
+
+
+def _front_summary(trials: list, cfg: Any, run: StudyRun) -> None:
+    """The best quality within the budget and the hypervolume, for the progress display."""
     ok = [t for t in trials if t.state == TrialState.COMPLETE and is_feasible(t, cfg.memory_budget)]
     if ok:
         pick = max if cfg.directions[0] == "maximize" else min
         run.best_quality = pick(t.values[0] for t in ok)
     run.hypervolume = normalized_hypervolume(trials, cfg)
-    tracker.log_hypervolume(run.done, run.hypervolume)
 
 
 def _sync_tracking(study: Any, tracker: Any, cfg: Any) -> None:

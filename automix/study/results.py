@@ -55,8 +55,8 @@ def objective_values(cfg: Any, result: Mapping[str, Any], predicted_memory: floa
 
 
 def finished_trials(study: Any) -> list[Any]:
-    return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.FAIL)
-            and not t.user_attrs.get("stale")]
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) and not t.user_attrs.get("stale")]
 
 
 # -- the rules, on plain columns ----------------------------------------------------------------

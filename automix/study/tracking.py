@@ -240,8 +240,13 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
         started: float | None = None,
         finished: float | None = None,
+        histories: Mapping[str, Iterable[tuple[int, float]]] | None = None,
     ) -> str:
-        """Log (or re-log, idempotently) one finished trial as a nested run; returns its id."""
+        """Log (or re-log, idempotently) one finished trial as a nested run; returns its id.
+
+        ``status`` is "ok", "failed" or "pruned" (the run ends FINISHED, FAILED or KILLED, and
+        its ``status`` tag says which); ``histories`` are metric histories (name -> (step,
+        value) pairs: the training loss per step, the intermediate evaluations)."""
         from mlflow.entities import Metric, Param
 
         if number in self._runs:
@@ -261,6 +266,8 @@ class Tracker:
         ms = [Metric(k, float(v), ts, 0) for k, v in _with_mib(metrics).items()
               if v is not None and v == v and abs(float(v)) != float("inf")]
         logged = {m.key for m in ms}  # a value given both ways is logged once, as a metric
+        ms += [Metric(k, float(v), ts, int(step)) for k, pairs in (histories or {}).items() for step, v in pairs
+               if v is not None and v == v and abs(float(v)) != float("inf")]
         ps = [Param(k, _fmt(v)) for k, v in params.items() if v is not None and k not in logged]
         if len(ps) > 300:  # per-layer raw params of a big model: the JSON artifact holds them
             ps = [p for p in ps if not p.key.startswith("p.") or p.key == "p.method"]
@@ -269,7 +276,8 @@ class Tracker:
         if layers is not None:  # layers.yaml: what `automix trial --layers` re-runs
             self.client.log_text(run_id, _layers_yaml(layers), "layers.yaml")
             self.client.log_text(run_id, json.dumps(layers, indent=1, sort_keys=True), "layers.json")
-        self.client.set_terminated(run_id, "FINISHED" if status == "ok" else "FAILED", end_time=ts)
+        ended = {"ok": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED")
+        self.client.set_terminated(run_id, ended, end_time=ts)
         self._runs[number] = run_id
         self._tags[run_id] = ("false", "false")
         return run_id

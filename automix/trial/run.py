@@ -33,6 +33,7 @@ from automix.trial.data import calibration_batches, get_task, is_padded
 from automix.arch import arch_info, target_layer_names
 from automix.trial.models import load_model
 from automix.trial.prune import prune_model
+from automix.trial.reporting import report
 from automix.trial.spec import TrialFailure, TrialResult, TrialSpec
 
 __all__ = ["run_trial", "prepare_model", "PreparedTrial", "grad_scaler", "make_optimizer", "train_step",
@@ -224,6 +225,40 @@ def training_options(spec: TrialSpec) -> dict[str, Any]:
             "grad_accum_steps": spec.grad_accum_steps}
 
 
+def _evaluate(model: Any, tokenizer: Any, task: Any, spec: TrialSpec, device: str,
+              batches: int | None) -> dict[str, float]:
+    """The task's held-out metrics on ``batches`` x ``eval_batch_size`` rows (None: the task's
+    default size), in eval mode; the model's train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    kw: dict[str, Any] = {"batch_size": spec.eval_batch_size}
+    if batches is not None:
+        kw["n_rows" if spec.task == "lm" else "n"] = batches * spec.eval_batch_size
+    mixed = memory.mixed_precision(spec.dtype)  # evaluate the way it trained (fp32 adapters, fp16 compute)
+    with torch.no_grad(), torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.float16,
+                                         enabled=mixed):
+        metrics = task.evaluate(model, tokenizer, **kw)
+    model.train(was_training)
+    return metrics
+
+
+def _report_eval(model: Any, tokenizer: Any, task: Any, spec: TrialSpec, device: str, step: int,
+                 result: TrialResult) -> float:
+    """The intermediate evaluation at ``step`` (when the spec asks for them): recorded in
+    ``result.eval_curve`` and reported; returns the seconds it took."""
+    if not spec.report_every:
+        return 0.0
+    t0 = time.perf_counter()
+    metrics = _evaluate(model, tokenizer, task, spec, device, spec.report_eval_batches)
+    value = metrics.get("accuracy", metrics.get("perplexity"))
+    if value is None or not math.isfinite(value):
+        raise TrialFailure("nan", f"the evaluation at step {step} gave a non-finite metric: {metrics}")
+    result.eval_curve.append([step, float(value)])
+    seconds = time.perf_counter() - t0
+    report("eval", step, float(value))  # may stop the trial here (a pruner's decision)
+    return seconds
+
+
 def _run(spec: TrialSpec, result: TrialResult) -> None:
     device = _device(spec.device)
     result.device = device
@@ -253,6 +288,7 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
         model.train()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(device)
+        checkpoint_seconds = _report_eval(model, tokenizer, task, spec, device, 0, result)
         _seed(spec.seed)
         for step in range(spec.steps):
             batch = {k: v.to(device) for k, v in next(batches).items()}
@@ -265,10 +301,13 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
                 raise TrialFailure("nan", f"loss is {value} at step {step} (diverged; lower the lr "
                                    "or use more bits / a better initialisation)")
             result.losses.append(value)
+            report("loss", step + 1, value)
             if step == 0:  # the largest micro-batch (padding differs between them)
                 measured = memory.measured_breakdown(model, params, opt, max(m.total for m in meters or []))
             opt.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            if spec.report_every and (step + 1) % spec.report_every == 0 and step + 1 < spec.steps:
+                checkpoint_seconds += _report_eval(model, tokenizer, task, spec, device, step + 1, result)
         result.first_loss, result.last_loss = result.losses[0], result.losses[-1]
         predicted = memory.estimate(info, memory_ls, profile, batch_size=shape[0], seq_len=shape[1],
                                     dtype=spec.dtype, device=device, config=model.config, padded=padded,
@@ -285,20 +324,13 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
         result.memory_predicted = predicted.to_dict()
         result.peak_memory_bytes = sum(static.values())
         result.predicted_memory_bytes = predicted.weights + predicted.quant_metadata + predicted.adapters
-    result.train_seconds = time.perf_counter() - t1
+    result.train_seconds = time.perf_counter() - t1 - (checkpoint_seconds if spec.steps > 0 else 0.0)
     result.train_cpu_seconds = time.process_time() - c1
     if tokens and result.train_seconds > 0:
         result.tokens_per_second = tokens / result.train_seconds
 
     t2 = time.perf_counter()
-    model.eval()
-    kw: dict[str, Any] = {"batch_size": spec.eval_batch_size}
-    if spec.eval_batches is not None:
-        kw["n_rows" if spec.task == "lm" else "n"] = spec.eval_batches * spec.eval_batch_size
-    mixed = memory.mixed_precision(spec.dtype)  # evaluate the way it trained (fp32 adapters, fp16 compute)
-    with torch.no_grad(), torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.float16,
-                                         enabled=mixed):
-        metrics = task.evaluate(model, tokenizer, **kw)
+    metrics = _evaluate(model, tokenizer, task, spec, device, spec.eval_batches)
     result.eval_seconds = time.perf_counter() - t2
     result.metrics = {k: float(v) for k, v in metrics.items()}
     result.accuracy = result.metrics.get("accuracy")

@@ -46,6 +46,11 @@ class TrialSpec(BaseModel):
       ``batch_size / grad_accum_steps`` rows (must divide).
     * ``quantizer``: how base weights are quantized (rtn, minmax, hqq; default
       ``automix.quant.DEFAULT_METHOD``); the same as ``method_settings.quant_method``.
+
+    Intermediate reports (`automix.trial.reporting`): the training loss after every step, and
+    with ``report_every`` > 0 a held-out evaluation of ``report_eval_batches`` x
+    ``eval_batch_size`` rows right after initialisation (step 0) and every ``report_every``
+    steps before the last; a study's pruner judges the trial on them.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -75,6 +80,8 @@ class TrialSpec(BaseModel):
     quantizer: Quantizer | None = None
     device: str = "auto"
     save_state: str | None = None
+    report_every: int = Field(0, ge=0)
+    report_eval_batches: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _micro_batch(self) -> "TrialSpec":
@@ -134,6 +141,7 @@ class TrialResult:
     first_loss: float | None = None
     last_loss: float | None = None
     losses: list[float] = field(default_factory=list)
+    eval_curve: list[list[float]] = field(default_factory=list)  # [step, quality] of the intermediate evaluations
     prepare_seconds: float = 0.0
     train_seconds: float = 0.0
     train_cpu_seconds: float = 0.0  # process CPU time of training (robust to a contended machine)

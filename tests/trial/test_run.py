@@ -176,3 +176,37 @@ def test_cli_training_flags(model_dir, capsys):
     assert rc == 2 and "grad_accum_steps (3) must divide batch_size (2)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(base + ["--optimizer", "adam"])
+
+
+def test_intermediate_evaluations_are_reported_and_can_stop_the_trial(model_dir):
+    from automix.trial import TrialStopped, reporting_to
+
+    seen = []
+    with reporting_to(lambda kind, step, value: seen.append((kind, step, value)) or False):
+        r = run_trial(spec(model_dir, steps=5, report_every=2))
+    assert r.status == "ok", r.failure_reason
+    assert [s for s, _ in r.eval_curve] == [0, 2, 4]  # after initialisation, then every 2 steps before the end
+    assert [(s, v) for k, s, v in seen if k == "eval"] == [tuple(p) for p in r.eval_curve]
+    assert [v for k, _, v in seen if k == "loss"] == r.losses
+    plain = run_trial(spec(model_dir, steps=5))  # evaluating in between changes no training step
+    assert plain.losses == r.losses and plain.perplexity == r.perplexity and not plain.eval_curve
+
+    with reporting_to(lambda kind, step, value: kind == "eval" and step == 2), pytest.raises(TrialStopped):
+        run_trial(spec(model_dir, steps=5, report_every=2))
+
+
+def test_trials_leave_no_tensors_behind(model_dir):
+    """A worker runs trial after trial: nothing of one may outlive it (gradient checkpointing's
+    recomputed activations once did, through a reference cycle autograd hides from gc)."""
+    import gc
+
+    def alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    run_trial(spec(model_dir, steps=2, gradient_checkpointing=True))
+    before = alive()
+    for _ in range(2):
+        r = run_trial(spec(model_dir, steps=2, gradient_checkpointing=True))
+        assert r.status == "ok", r.failure_reason
+    assert alive() <= before

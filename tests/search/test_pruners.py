@@ -1,0 +1,67 @@
+"""ParetoPruner and the sampler's use of pruned trials (low-fidelity observations)."""
+
+import optuna
+import pytest
+
+from automix.search._fidelity import impute_final
+from automix.search.pruners import ParetoPruner
+
+
+def _trial(study, memory, value, step=0):
+    t = study.ask()
+    t.set_user_attr("memory", memory)
+    t.report(value, step)
+    return t
+
+
+def test_pareto_pruner_stops_only_dominated_trials():
+    study = optuna.create_study(direction="minimize", pruner=ParetoPruner(n_startup_trials=2))
+    for mem, ppl in [(1.0, 30.0), (2.0, 20.0), (3.0, 10.0)]:
+        study.tell(_trial(study, mem, ppl), ppl)
+    assert not _trial(study, 0.5, 99.0).should_prune()   # the cheapest: worse, but nothing cheaper beats it
+    assert _trial(study, 2.5, 25.0).should_prune()       # dominated by (2.0, 20.0)
+    assert not _trial(study, 2.5, 15.0).should_prune()   # between the front's points: kept
+    assert not _trial(study, 4.0, 9.0).should_prune()    # the best quality: kept
+    # a median pruner would have stopped the low-memory trial
+    assert optuna.pruners.MedianPruner(n_startup_trials=2).prune(study, study.trials[3])
+
+
+def test_pareto_pruner_waits_for_enough_peers_and_respects_warmup_and_margin():
+    study = optuna.create_study(direction="maximize", pruner=ParetoPruner(n_startup_trials=3, n_warmup_steps=1))
+    study.tell(_trial(study, 1.0, 0.9, step=0), 0.9)
+    assert not _trial(study, 2.0, 0.5, step=0).should_prune()  # before the warm-up step, and 1 peer < 3
+    margin = optuna.create_study(direction="maximize", pruner=ParetoPruner(n_startup_trials=1, margin=0.1))
+    margin.tell(_trial(margin, 1.0, 0.80), 0.80)
+    assert not _trial(margin, 2.0, 0.78).should_prune()  # within 10 %
+    assert _trial(margin, 2.0, 0.50).should_prune()
+    with pytest.raises(ValueError, match="n_dominators"):
+        ParetoPruner(n_dominators=0)
+
+
+def test_impute_final_maps_the_last_intermediate_value_to_a_final_one():
+    complete = [({0: 10.0, 5: 8.0}, 7.0), ({0: 20.0, 5: 14.0}, 13.0), ({0: 30.0, 5: 20.0}, 19.0)]
+    assert impute_final(complete, {0: 25.0, 5: 17.0}) == pytest.approx(16.0)   # the line through step 5
+    assert impute_final(complete[:1], {0: 12.0}) == pytest.approx(9.0)          # a shift with one pair
+    assert impute_final(complete, {7: 1.0}) is None and impute_final(complete, {}) is None
+
+
+def test_sampler_learns_from_pruned_trials():
+    from automix.search import AutoMixSampler
+
+    dists = {"x": optuna.distributions.IntDistribution(0, 9), "y": optuna.distributions.IntDistribution(0, 9)}
+    sampler = AutoMixSampler(search_space=dists, n_startup_trials=4, seed=0)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    for _ in range(6):
+        t = study.ask(dists)
+        t.set_user_attr("eval_curve", [[0, float(t.params["x"] + t.params["y"] + 5)]])
+        study.tell(t, [float(t.params["x"] + t.params["y"]), float(10 - t.params["x"])])
+    for _ in range(3):  # pruned trials with a curve: they enter the quality model's data
+        t = study.ask(dists)
+        t.set_user_attr("eval_curve", [[0, 40.0]])
+        study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    low_X, low_y = sampler._low_fidelity(sampler._codec, [(t, sampler._codec.encode(t.params)) for t in
+                                                          study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))],
+                                         [(t, sampler._codec.encode(t.params)) for t in
+                                          study.get_trials(states=(optuna.trial.TrialState.PRUNED,))], 1.0)
+    assert len(low_y) == 3 and low_y == pytest.approx([35.0] * 3)  # 40 at step 0 -> 35 at the end
+    assert study.ask(dists).params  # and guided proposals go on with them
