@@ -34,7 +34,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from automix.bench.search_real import _SPACE, TrialCache, hv_bounds, make_config, normalized_hv
+from automix.bench.search_real import _SPACE, TrialCache, hv_bounds, make_config, normalized_hv, with_threads
 from automix.config.study import PrunerSettings, format_size
 from automix.study.backend import AutomixBackend, make_sampler
 from automix.study.fidelity import make_pruner
@@ -142,16 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.space is None:
         args.space = _SPACE
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        return _run(args, argv)
-    finally:
-        torch.set_num_threads(threads)
+    return with_threads(args.threads, _run, args, argv)
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:

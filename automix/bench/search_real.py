@@ -222,18 +222,23 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+def with_threads(threads: int, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with in-process trials on ``threads`` torch threads (restored after)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        return _run(args, argv)
+        return fn(*args)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    return with_threads(args.threads, _run, args, argv)
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
