@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 from optuna.distributions import CategoricalDistribution
 
+from automix.reporting import report
 from automix.search.pareto import (crowding_distance, nondominated_mask, nondominated_rank,
                                    normalized_hypervolume)
 
@@ -537,8 +538,6 @@ def synthetic_trial(payload: Mapping[str, Any]) -> dict:
     accuracy = float(np.clip(1.0 / (1.0 + 3.0 * err) + bonus, 0.0, 1.0))
     n = int(payload.get("curve_steps", 0))
     curve = []
-    if n:
-        from automix.trial.reporting import report  # lazy: the automix.trial package imports torch; plain trials stay torch-free
     for k in range(n):
         value = accuracy - 0.2 * (n - k) / n  # rank-preserving: the final order shows from step 0
         curve.append([10 * k, value])

@@ -28,20 +28,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"automix": "automix", "automix.kernels": "kernels", "automix.dashboards": "dashboards"}
 
-LAYERS = ["config", "arch", "quant", "kernels", "methods", "trial", "search", "study", "builtin",
+LAYERS = ["config", "reporting", "arch", "quant", "kernels", "methods", "trial", "search", "study", "builtin",
           "export", "commands", "cli", "dashboards", "bench", "testing", "automix"]
 ALL = set(LAYERS)
 # layer -> layers it may import (its own layer is always allowed).
 ALLOWED = {
     "config": set(),
+    "reporting": set(),  # a running trial's reports to its driver: a leaf, torch-free (Ray workers import it)
     "search": {"config"},
     "arch": {"config"},
     "quant": {"config", "arch", "kernels"},
     "kernels": {"config", "arch", "quant"},
     "methods": {"config", "arch", "quant", "kernels"},
     "builtin": {"config", "arch", "trial"},
-    "trial": {"config", "arch", "quant", "kernels", "methods", "builtin"},
-    "study": {"config", "arch", "search", "builtin", "trial"},
+    "trial": {"config", "reporting", "arch", "quant", "kernels", "methods", "builtin"},
+    "study": {"config", "reporting", "arch", "search", "builtin", "trial"},
     "export": ALL - {"bench", "testing"},
     "dashboards": ALL - {"bench", "testing"},
     "commands": ALL - {"testing"},

@@ -14,7 +14,7 @@ evaluations: training is deterministic per configuration, so a trial stopped at 
 exactly the first s steps of that run, and the benchmark charges it s fine-tuning steps.
 
 Arms: AutoMix at full fidelity for ``--trials`` trials (the target: its hypervolume), AutoMix
-with the Pareto pruner and with Optuna's median pruner, and Optuna's TPE with its
+with the Pareto pruner (from step 0, or from step 5 on: ``-warmup``) and with Optuna's median pruner, and Optuna's TPE with its
 HyperbandPruner (the anchor), the pruned arms within half the full arm's steps (``--share``).
 """
 
@@ -40,13 +40,14 @@ from automix.study.backend import AutomixBackend, make_sampler
 from automix.study.fidelity import make_pruner
 from automix.trial.models import model_fingerprint
 
-# arm -> (study sampler, pruner)
+# arm -> (study sampler, pruner, pruner options)
 ARMS = {
-    "automix": ("automix", "none"),
-    "automix+pareto": ("automix", "pareto"),
-    "automix+median": ("automix", "median"),
-    "tpe+hyperband": ("tpe", "hyperband"),
-    "tpe": ("tpe", "none"),
+    "automix": ("automix", "none", {}),
+    "automix+pareto": ("automix", "pareto", {}),
+    "automix+pareto-warmup": ("automix", "pareto", {"n_warmup_steps": 5}),
+    "automix+median": ("automix", "median", {}),
+    "tpe+hyperband": ("tpe", "hyperband", {}),
+    "tpe": ("tpe", "none", {}),
 }
 
 
@@ -74,17 +75,17 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _config(args: argparse.Namespace, sampler: str, pruner: str, seed: int) -> Any:
+def _config(args: argparse.Namespace, sampler: str, pruner: str, seed: int, options: dict | None = None) -> Any:
     cfg = make_config(args, sampler, seed)
     return cfg.model_copy(update={"sampler": sampler, "pruner": PrunerSettings(
-        name=pruner, eval_every=args.report_every)})
+        name=pruner, eval_every=args.report_every, options=options or {})})
 
 
 def run_arm(arm: str, seed: int, args: argparse.Namespace, backend: Any, cache: TrialCache) -> list[dict]:
     """One study of the arm; returns its trials in order: params, perplexity (None unless it
     completed), memory, the fine-tuning steps it was charged, and its state."""
-    sampler_name, pruner_name = ARMS[arm]
-    cfg = _config(args, sampler_name, pruner_name, seed)
+    sampler_name, pruner_name, options = ARMS[arm]
+    cfg = _config(args, sampler_name, pruner_name, seed, options)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(cfg, backend))
     pruner = make_pruner(cfg)
     ledger = optuna.create_study(direction="minimize", pruner=pruner) if pruner else None

@@ -9,7 +9,7 @@ in the driver's process (debugging, and machines without Ray).
 
 Executors are generic over the function: the same machinery runs `automix.trial.run_trial` and
 the trivial functions of the orchestration benchmark. A job's intermediate reports
-(`automix.trial.reporting.report`: its training loss, its evaluations at checkpoints) reach the
+(`automix.reporting.report`: its training loss, its evaluations at checkpoints) reach the
 driver's `on_report` while it runs, and the driver may stop it there (a pruner's decision).
 """
 
@@ -23,7 +23,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from automix.trial import TrialStopped, reporting_to
+from automix.reporting import TrialStopped, reporting_to
 
 __all__ = ["Outcome", "Executor", "RayExecutor", "LocalExecutor", "resolve_function"]
 
@@ -75,7 +75,7 @@ class Executor:
     """Interface the driver uses: submit, poll, cancel, shutdown.
 
     `on_report(key, kind, step, value) -> bool`, when set, receives the job's intermediate
-    reports (`automix.trial.reporting.report`) during `poll`; True stops that job ("pruned").
+    reports (`automix.reporting.report`) during `poll`; True stops that job ("pruned").
     """
 
     workers: int = 1
@@ -261,7 +261,7 @@ class RayExecutor(Executor):
             None starts a local Ray sized for `workers` jobs, without the dashboard.
         resources: extra custom resources per job, e.g. {"node2": 0.1}.
 
-    A job's `automix.trial.reporting.report` calls reach `on_report(key, kind, step, value)` in
+    A job's `automix.reporting.report` calls reach `on_report(key, kind, step, value)` in
     the driver (through a small actor on the driver's node, read at every poll); when it answers
     True the job's task is cancelled the way a timeout is and the job ends "pruned".
     """

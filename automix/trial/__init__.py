@@ -16,15 +16,14 @@ from automix.methods import available_methods, get_method
 from automix.trial.data import get_task, is_named_data, is_padded, validate_data
 from automix.trial.memory import MemoryBreakdown, estimate
 from automix.trial.models import ModelLoadError, is_named_model, load_tokenizer, model_fingerprint, resolve_model_dir
-from automix.trial.reporting import TrialStopped, report, reporting_to
 from automix.trial.run import PreparedTrial, prepare_model, run_trial
 from automix.trial.sensitivity import DEFAULT_METRIC, SensitivityProfile, load_or_profile, profile_job, profile_path
 from automix.trial.spec import TrialFailure, TrialResult, TrialSpec
 
 __all__ = [
     "DEFAULT_METRIC", "MemoryBreakdown", "ModelLoadError", "PreparedTrial", "SensitivityProfile", "TrialFailure",
-    "TrialResult", "TrialSpec", "TrialStopped", "available_methods", "estimate", "get_method", "get_task", "is_named_data",
+    "TrialResult", "TrialSpec", "available_methods", "estimate", "get_method", "get_task", "is_named_data",
     "is_named_model", "is_padded", "load_or_profile",
-    "load_tokenizer", "model_fingerprint", "prepare_model", "profile_job", "profile_path", "report", "reporting_to",
+    "load_tokenizer", "model_fingerprint", "prepare_model", "profile_job", "profile_path",
     "resolve_model_dir", "run_trial", "validate_data",
 ]

@@ -28,12 +28,12 @@ import torch
 from automix.arch import layer_shapes
 from automix.config.layers import LayerConfig, average_bits, resolved_from_dict
 from automix.methods import MethodSettings, get_method
+from automix.reporting import report
 from automix.trial import checkpoint, memory
 from automix.trial.data import calibration_batches, get_task, is_padded
 from automix.arch import arch_info, target_layer_names
 from automix.trial.models import load_model
 from automix.trial.prune import prune_model
-from automix.trial.reporting import report
 from automix.trial.spec import TrialFailure, TrialResult, TrialSpec
 
 __all__ = ["run_trial", "prepare_model", "PreparedTrial", "grad_scaler", "make_optimizer", "train_step",

@@ -47,7 +47,7 @@ class TrialSpec(BaseModel):
     * ``quantizer``: how base weights are quantized (rtn, minmax, hqq; default
       ``automix.quant.DEFAULT_METHOD``); the same as ``method_settings.quant_method``.
 
-    Intermediate reports (`automix.trial.reporting`): the training loss after every step, and
+    Intermediate reports (`automix.reporting`): the training loss after every step, and
     with ``report_every`` > 0 a held-out evaluation of ``report_eval_batches`` x
     ``eval_batch_size`` rows right after initialisation (step 0) and every ``report_every``
     steps before the last; a study's pruner judges the trial on them.

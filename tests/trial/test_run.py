@@ -179,7 +179,7 @@ def test_cli_training_flags(model_dir, capsys):
 
 
 def test_intermediate_evaluations_are_reported_and_can_stop_the_trial(model_dir):
-    from automix.trial import TrialStopped, reporting_to
+    from automix.reporting import TrialStopped, reporting_to
 
     seen = []
     with reporting_to(lambda kind, step, value: seen.append((kind, step, value)) or False):
