@@ -6,7 +6,17 @@ it, fine-tune ``--steps`` AdamW steps on the LM task (measuring the first step's
 ``run_trial`` does: parameters, gradients, optimizer state, saved activations), then perplexity
 and BoolQ accuracy again. A full-precision row gives the reference perplexity, and PEFT's own
 LoftQ initialisation is tried as an outside reference (it needs bitsandbytes and CUDA; when it
-cannot run, the table says why). Prints a markdown table; ``--out`` also writes it to a file.
+cannot run, the table says why). Prints a markdown table; ``--out`` also writes it to a file
+(rewritten after every row, so a stopped run keeps its finished rows).
+
+On a real model and real text::
+
+    automix bench methods --model smollm2-135m --data builtin:python-docs --quantizer rtn \
+        --methods lora qlora loftq quailora apiq apiq-lw qst qeft --boolq-n 0 --no-peft
+
+``--data`` replaces the LM task's built-in text (training, calibration and the held-out rows);
+``--quantizer`` is the base-weight quantizer of every method. A method that never quantizes its
+base (``lora``) is run once, at the first ``--bits``, and shown as 16-bit.
 """
 
 from __future__ import annotations
@@ -31,6 +41,9 @@ DEFAULT_METHODS = ["qlora", "loftq", "quailora", "apiq", "apiq-lw", "qst", "qeft
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="automix bench methods", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="builtin:tiny", help="model spec or directory (default builtin:tiny)")
+    p.add_argument("--data", default=None,
+                   help="LM task data (JSONL, saved dataset or builtin:python-docs; default: built-in synthetic)")
+    p.add_argument("--quantizer", default=None, help="base-weight quantizer (rtn, minmax, hqq; default automix's)")
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4], help="bit widths to compare")
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help="methods to run")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank of every layer")
@@ -93,27 +106,35 @@ def run_one(method_name: str, bits: int, args: argparse.Namespace, opts: dict[st
     model, tokenizer = load_model(args.model)
     info = arch_info(model)
     layers = {n: LayerSettings(bits, args.group_size, 0.0, args.rank) for n in target_layer_names(model)}
-    lm, boolq = get_task("lm"), get_task("boolq")
+    lm, boolq = get_task("lm", args.data), get_task("boolq")
     row: dict[str, Any] = {"method": method_name, "bits": bits}
     if method_name == "fp16":  # the unquantized model, no adapter: the reference
+        t0 = time.perf_counter()
         row["ppl_init"], row["acc_init"] = _evaluate(model, tokenizer, lm, boolq, args)
+        row["eval_s"] = time.perf_counter() - t0
         return row
     method = get_method(method_name)
+    quant = {"quant_method": args.quantizer} if args.quantizer else {}
     settings = method.check_settings(MethodSettings(calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
-                                                    options=opts.get(method_name, {})))
+                                                    options=opts.get(method_name, {}), **quant))
+    if not getattr(method, "quantize_base", True):
+        row["bits"] = 16
+    t0 = time.perf_counter()
     calib = None
     if method.needs_calibration:
-        calib = calibration_batches(tokenizer, args.calib_samples, args.calib_seq_len, args.seed)
+        calib = calibration_batches(tokenizer, args.calib_samples, args.calib_seq_len, args.seed, lm)
     _seed(args.seed)
-    t0 = time.perf_counter()
     model = method.prepare(model, layers, settings, calib)
     row["init_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     row["ppl_init"], row["acc_init"] = _evaluate(model, tokenizer, lm, boolq, args)
+    row["eval_s"] = time.perf_counter() - t0
     params = [p for _, p in method.trainable_parameters(model)]
     row["trainable"] = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=args.lr)
     batches = lm.train_batches(tokenizer, args.batch_size, args.seq_len, args.seed)
     model.train()
+    t_train = time.perf_counter()
     times, cpu_times = [], []
     for step in range(steps):
         batch = next(batches)
@@ -143,7 +164,9 @@ def run_one(method_name: str, bits: int, args: argparse.Namespace, opts: dict[st
         row["step_s"] = sum(steady) / len(steady)
         steady_cpu = cpu_times[1:] or cpu_times
         row["step_cpu_s"] = sum(steady_cpu) / len(steady_cpu)
-    row["ppl_ft"], row["acc_ft"] = _evaluate(model, tokenizer, lm, boolq, args)
+    row["train_s"] = time.perf_counter() - t_train
+    if steps:
+        row["ppl_ft"], row["acc_ft"] = _evaluate(model, tokenizer, lm, boolq, args)
     return row
 
 
@@ -183,23 +206,29 @@ def _fmt(v: Any, kind: str = "") -> str:
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace, argv: list[str], targets: list[str]) -> str:
     cols = [("bits", "bits", ""), ("method", "method", ""), ("ppl_init", "ppl init", ""),
-            ("ppl_ft", f"ppl after {args.steps} steps", ""), ("acc_init", "BoolQ acc init", ""),
-            ("acc_ft", "BoolQ acc after", ""), ("trainable", "trainable params", ""),
+            ("ppl_ft", f"ppl after {args.steps} steps", "")]
+    if args.boolq_n:
+        cols += [("acc_init", "BoolQ acc init", ""), ("acc_ft", "BoolQ acc after", "")]
+    cols += [("first_loss", "loss step 1", ""), ("last_loss", "loss last step", ""),
+             ("trainable", "trainable params", ""),
             ("mem_total", "peak mem KiB (meas.)", "kb"), ("mem_pred", "predicted KiB", "kb"),
-            ("opt_act", "optim+act KiB", "kb"), ("step_s", "step s", "s"), ("step_cpu_s", "step CPU s", "s"), ("init_s", "init s", "s"),
-            ("note", "note", "")]
+            ("opt_act", "optim+act KiB", "kb"), ("step_s", "step s", "s"), ("step_cpu_s", "step CPU s", "s"), ("init_s", "prepare s", "s"),
+            ("train_s", "train s", "s"), ("eval_s", "eval s", "s"), ("note", "note", "")]
     lines = [
         "# Methods benchmark", "",
         f"Command: `automix bench methods {' '.join(argv)}`  ",
         f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Machine: {platform.machine()} CPU, {_cores()} cores available to torch, shared with other jobs "
         f"(timings are noisy); python {platform.python_version()}", "",
-        f"Model `{args.model}`, every target layer at the row's bits, group size {args.group_size}, LoRA rank "
+        f"Model `{args.model}`, data `{args.data or 'built-in'}`, quantizer `{args.quantizer or 'default'}`, "
+        f"every target layer at the row's bits, group size {args.group_size}, LoRA rank "
         f"{args.rank} (alpha 16); calibration {args.calib_samples} x {args.calib_seq_len} tokens; fine-tuning "
         f"{args.steps} AdamW steps (lr {args.lr}) on the LM task, batch {args.batch_size} x {args.seq_len}; "
         f"perplexity on {args.eval_rows} held-out LM rows, accuracy on {args.boolq_n} BoolQ examples. Memory is "
         "the exact CPU accounting of the first step (weights + metadata + trainable + grads + AdamW + "
-        "saved activations), next to the analytic prediction.", "",
+        "saved activations), next to the analytic prediction. prepare s = calibration sampling + the "
+        "method's prepare (quantization, initialisation); train s = all steps, including the first step's "
+        "memory accounting; eval s = one perplexity evaluation.", "",
         "| " + " | ".join(c[1] for c in cols) + " |",
         "|" + "|".join("---" for _ in cols) + "|",
     ]
@@ -281,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for bits in args.bits:
         for name in args.methods:
+            if not getattr(get_method(name), "quantize_base", True) and bits != args.bits[0]:
+                continue  # full-precision base: the same run at every bits
             row = run_one(name, bits, args, opts)
             rows.append(row)
             print(f"{bits}-bit {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items()

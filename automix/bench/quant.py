@@ -6,6 +6,18 @@
 ``--quantizers`` compares automix's own quantizers (rtn, minmax, hqq) by relative Frobenius error
 ``||W - W_hat||_F / ||W||_F`` and time: the table that chose ``automix.quant.DEFAULT_METHOD``.
 
+``--model SPEC [--data DATA]`` measures a real model instead: every target linear quantized at
+each (quantizer, bits, group) and the held-out LM perplexity a trial reports (the task's own
+evaluation rows, ``--eval-rows`` of them, 16 per batch), one row per setting, written to
+``--out`` as each row comes in::
+
+    automix bench quant --model smollm2-135m --data builtin:python-docs --bits 16 8 4 3 2 \
+        --groups 64 128 --methods rtn minmax hqq --eval-rows 32 --out FILE.md
+
+The weights are replaced by their dequantized values (the same ``quantize(...).dequantize()``
+that a ``QuantLinear`` computes in its forward), so the perplexity is that of a ``--steps 0``
+qlora trial without the adapter's (zero) contribution, at plain-matmul speed.
+
 Weights are synthetic (no model downloads): Student-t with 3 degrees of freedom (heavy tails,
 like LLM weight outliers), Laplace and Gaussian. Errors are on the dequantized weight:
 relative squared error ``||W - W_hat||^2 / ||W||^2`` (what the layer output sees on white
@@ -111,8 +123,71 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def model_perplexity(argv: list[str], args: argparse.Namespace) -> int:
+    """Held-out perplexity of a real model quantized uniformly per (quantizer, bits, group)."""
+    from pathlib import Path
+
+    # lazy: only the --model mode needs a real model (transformers); the synthetic tables do not
+    from automix.arch import target_layers  # lazy: see above
+    from automix.trial.data import get_task  # lazy: see above
+    from automix.trial.models import load_model  # lazy: see above
+
+    torch.set_num_threads(max(1, min(args.threads, torch.get_num_threads())))
+    model, tokenizer = load_model(args.model)
+    task = get_task("lm", args.data)
+    layers = target_layers(model)
+    orig = {n: m.weight.detach().clone() for n, m in layers.items()}
+    n_params = sum(w.numel() for w in orig.values())
+    cmd = "automix bench quant " + " ".join(argv)
+    lines = ["| quantizer | bits | group | perplexity | x fp | quantize s | eval s |", "|---|---|---|---|---|---|---|"]
+
+    def evaluate() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = task.evaluate(model, tokenizer, n_rows=args.eval_rows, batch_size=16)
+        return float(out["perplexity"]), time.perf_counter() - t0
+
+    def write(final: bool) -> None:
+        text = "\n".join(lines)
+        print(lines[-1], flush=True)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(
+                f"Command: `{cmd}`  \nDate: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
+                f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch "
+                f"{torch.__version__}  \nModel `{args.model}`: all {len(orig)} target linears "
+                f"({n_params / 1e6:.1f} M weights) quantized; perplexity on {args.eval_rows} held-out rows of "
+                f"`{args.data}`.\n\n{text}\n" + ("" if final else "\n(partial: the run is still going)\n"))
+
+    fp, fp_s = evaluate()
+    lines.append(f"| - | 16 | - | {fp:.3f} | 1.000 | - | {fp_s:.1f} |")
+    write(False)
+    for method in args.methods:
+        for bits in args.bits:
+            if bits >= 16:
+                continue
+            for gs in args.groups:
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    for n, m in layers.items():
+                        w_hat = quantize(orig[n].float(), bits, gs, method=method).dequantize()
+                        m.weight.copy_(w_hat.to(m.weight.dtype))
+                q_s = time.perf_counter() - t0
+                ppl, e_s = evaluate()
+                lines.append(f"| {method} | {bits} | {gs} | {ppl:.3f} | {ppl / fp:.3f} | {q_s:.1f} | {e_s:.1f} |")
+                write(False)
+    with torch.no_grad():
+        for n, m in layers.items():
+            m.weight.copy_(orig[n])
+    write(True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m automix.bench.quant", description=__doc__.splitlines()[0])
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="automix bench quant", description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--cols", type=int, default=4096)
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8])
@@ -121,7 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the markdown report here")
     p.add_argument("--quantizers", action="store_true",
                    help=f"compare automix's quantizers ({', '.join(METHODS)}; default {DEFAULT_METHOD}) only")
+    p.add_argument("--model", default=None,
+                   help="a real model (spec or directory): held-out perplexity per quantizer, bits and group")
+    p.add_argument("--data", default=None, help="with --model: the LM task's data (e.g. builtin:python-docs)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                   help="with --model: quantizers to compare")
+    p.add_argument("--eval-rows", type=int, default=32, help="with --model: held-out rows scored")
+    p.add_argument("--threads", type=int, default=2, help="with --model: torch threads (at most)")
     args = p.parse_args(argv)
+    if args.model:
+        return model_perplexity(argv, args)
     if args.quantizers:
         print(quantizer_table(args.rows, args.cols, args.bits, args.groups, args.weights))
         return 0

@@ -10,6 +10,15 @@ that. Reports Kendall tau of each cheap metric against the exact KL over all sam
 (layer, bits) pairs and within each bit width (the harder ranking: across bit widths the
 order is mostly given by the bits), and the extrapolated time of the exact profile.
 Both use the same calibration rows, drawn from the task's training text.
+
+``--spread`` instead reports how the sensitivity spreads over all target layers, from the
+profile a study uses (cached by ``automix profile``; computed when missing): min / median / max
+of ``fisher_kl`` at each bit width, the medians per layer kind and the most sensitive layers.
+``--exact-ppl K`` adds, at the lowest bit width, the exact held-out perplexity with only one
+layer quantized for the K most sensitive layers and for the median and least sensitive one
+(one evaluation of ``--eval-rows`` rows each)::
+
+    automix bench sensitivity --spread --model smollm2-135m --data builtin:python-docs --exact-ppl 3
 """
 
 from __future__ import annotations
@@ -27,10 +36,10 @@ import torch
 from scipy.stats import kendalltau
 
 from automix.arch import target_layers
-from automix.quant import DEFAULT_METHOD
+from automix.quant import DEFAULT_METHOD, quantize
 from automix.trial.data import calibration_batches, get_task
 from automix.trial.models import load_model
-from automix.trial.sensitivity import SensitivityProfile, profile_model
+from automix.trial.sensitivity import SensitivityProfile, load_or_profile, profile_model
 
 
 def tau(a: list[float], b: list[float]) -> float:
@@ -55,8 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exact-json", default=None, help="keep the exact KL of the sample here and reuse it "
                    "(runs with other --draws need not measure it again)")
     p.add_argument("--out", default=None, help="append the result (markdown) to this file")
+    p.add_argument("--spread", action="store_true",
+                   help="the spread of the (cached) profile over all layers, not the tau comparison")
+    p.add_argument("--top", type=int, default=5, help="with --spread: most sensitive layers listed")
+    p.add_argument("--exact-ppl", type=int, default=0, metavar="K",
+                   help="with --spread: exact single-layer perplexity of the K most sensitive layers (+ median, min)")
+    p.add_argument("--eval-rows", type=int, default=32, help="with --exact-ppl: held-out rows scored")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.spread:
+        return spread_report(args, argv if argv is not None else sys.argv[1:])
 
     model, tokenizer = load_model(args.model)
     calib = calibration_batches(tokenizer, args.samples, args.seq_len, seed=0,
@@ -133,6 +150,82 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, "a") as f:
             f.write(text + "\n")
     return 0
+
+
+def _kind(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def spread_report(args: argparse.Namespace, argv: list[str]) -> int:
+    """Min / median / max of fisher_kl over every layer, per kind, the top layers; optionally
+    the exact single-layer perplexity of a few of them."""
+    import statistics
+
+    bits = sorted(b for b in args.bits if b < 16)
+    prof, path, computed = load_or_profile(args.model, bits=bits, group_size=args.group_size, method=args.method,
+                                           n_samples=args.samples, seq_len=args.seq_len, n_draws=args.draws,
+                                           task=args.task, data=args.data, progress=True)
+    scores = prof.scores("fisher_kl")
+    names = list(scores)
+    low = bits[0]
+    lines = [f"`automix bench sensitivity {' '.join(argv)}`", "",
+             f"Profile {'computed' if computed else 'cached'} ({path.name}; {prof.seconds:.0f} s when computed): "
+             f"fisher_kl of {len(names)} linears, {args.method} group {args.group_size}, calibration "
+             f"{prof.n_samples} x {prof.seq_len} tokens of `{args.data or 'built-in'}`.", "",
+             "| bits | min | median | max | max / median | max / min |", "|---|---|---|---|---|---|"]
+    for b in bits:
+        v = sorted(scores[n][b] for n in names)
+        med = statistics.median(v)
+        lines.append(f"| {b} | {v[0]:.3g} | {med:.3g} | {v[-1]:.3g} | {v[-1] / med:.0f} | {v[-1] / max(v[0], 1e-30):.0f} |")
+    kinds = sorted({_kind(n) for n in names}, key=[_kind(n) for n in names].index)
+    lines += ["", f"Median fisher_kl at {low}-bit per layer kind (and its most sensitive layer):", "",
+              "| kind | layers | median | max | argmax |", "|---|---|---|---|---|"]
+    for k in kinds:
+        mine = [n for n in names if _kind(n) == k]
+        top = max(mine, key=lambda n: scores[n][low])
+        lines.append(f"| {k} | {len(mine)} | {statistics.median(scores[n][low] for n in mine):.3g} | "
+                     f"{scores[top][low]:.3g} | {top} |")
+    ranked = sorted(names, key=lambda n: -scores[n][low])
+    lines += ["", f"Top {args.top} layers by fisher_kl at {low}-bit:", "",
+              "| rank | layer | " + " | ".join(f"{b}-bit" for b in bits) + " |", "|---|---|" + "---|" * len(bits)]
+    for i, n in enumerate(ranked[: args.top]):
+        lines.append(f"| {i + 1} | {n} | " + " | ".join(f"{scores[n][b]:.3g}" for b in bits) + " |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    if args.exact_ppl:
+        text += "\n" + _exact_ppl(args, ranked, scores, low)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text + "\n")
+    return 0
+
+
+def _exact_ppl(args: argparse.Namespace, ranked: list[str], scores: dict, low: int) -> str:
+    model, tokenizer = load_model(args.model)
+    task = get_task(args.task, args.data)
+    layers = target_layers(model)
+
+    def ppl() -> float:
+        with torch.no_grad():
+            return float(task.evaluate(model, tokenizer, n_rows=args.eval_rows, batch_size=16)["perplexity"])
+
+    base = ppl()
+    picks = [(f"top {i + 1}", n) for i, n in enumerate(ranked[: args.exact_ppl])]
+    picks += [("median", ranked[len(ranked) // 2]), ("min", ranked[-1])]
+    lines = ["", f"Exact held-out perplexity ({args.eval_rows} rows) with only one layer at {low}-bit "
+             f"({args.method}, group {args.group_size}); full precision {base:.3f}:", "",
+             "| which | layer | fisher_kl | perplexity | delta |", "|---|---|---|---|---|"]
+    for label, n in picks:
+        m = layers[n]
+        w = m.weight.detach().clone()
+        with torch.no_grad():
+            m.weight.copy_(quantize(w.float(), low, args.group_size, method=args.method).dequantize().to(w.dtype))
+        p = ppl()
+        with torch.no_grad():
+            m.weight.copy_(w)
+        lines.append(f"| {label} | {n} | {scores[n][low]:.3g} | {p:.3f} | {p - base:+.3f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
