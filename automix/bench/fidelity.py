@@ -27,17 +27,17 @@ import platform
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from automix.bench.search_real import _SPACE, TrialCache, hv_bounds, make_config, normalized_hv, with_threads
+from automix.bench.search_real import (TrialCache, add_trial_arguments, hv_bounds, make_config, normalized_hv,
+                                       with_threads)
 from automix.config.study import PrunerSettings, format_size
 from automix.study.backend import AutomixBackend, make_sampler
-from automix.study.fidelity import make_pruner
+from automix.study.fidelity import FidelityLedger, make_pruner
 from automix.trial.models import model_fingerprint
 
 # arm -> (study sampler, pruner, pruner options)
@@ -59,19 +59,8 @@ def parser() -> argparse.ArgumentParser:
                     help="fine-tuning steps of the pruned arms, as a share of the full arm's")
     ap.add_argument("--max-trials", type=int, default=90, help="most trials a pruned arm may start")
     ap.add_argument("--arms", default=",".join(ARMS))
-    ap.add_argument("--methods", default="qlora,loftq")
-    ap.add_argument("--space", default=None, help="search space file (default: the quickstart's)")
-    ap.add_argument("--budget", default="11MiB")
-    ap.add_argument("--steps", type=int, default=20, help="fine-tuning steps per full trial")
     ap.add_argument("--report-every", type=int, default=5, help="steps between intermediate evaluations")
-    ap.add_argument("--eval-batches", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--trial-seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for the trials")
-    ap.add_argument("--cache", default=None, help="JSON trial cache to resume from")
-    ap.add_argument("--out", default=None, help="write the tables as markdown here")
+    add_trial_arguments(ap)
     return ap
 
 
@@ -88,7 +77,7 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, backend: Any, cache: 
     cfg = _config(args, sampler_name, pruner_name, seed, options)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(cfg, backend))
     pruner = make_pruner(cfg)
-    ledger = optuna.create_study(direction="minimize", pruner=pruner) if pruner else None
+    ledger = FidelityLedger(cfg, study, pruner) if pruner is not None else None  # as the driver keeps it
     full = args.trials * args.steps
     limit = full if pruner is None else args.share * full
     out: list[dict] = []
@@ -104,14 +93,12 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, backend: Any, cache: 
         row = {"params": params, "memory": mem, "perplexity": None, "steps": args.steps, "state": "COMPLETE"}
         stopped_at = None
         if ledger is not None and ppl is not None:
-            shadow = ledger.ask()
-            shadow.set_user_attr("memory", mem)
+            ledger.open(trial.number, mem)
             for k, (step, value) in enumerate(curve):
-                shadow.report(value, int(step))
-                if shadow.should_prune():
+                if ledger.report(trial.number, int(step), value):
                     stopped_at, curve = int(step), curve[:k + 1]
                     break
-            ledger.tell(shadow, state=TrialState.PRUNED) if stopped_at is not None else ledger.tell(shadow, ppl)
+            ledger.close(trial.number, TrialState.COMPLETE if stopped_at is None else TrialState.PRUNED, ppl)
         trial.set_user_attr("eval_curve", curve)
         if ppl is None or not np.isfinite(ppl):
             study.tell(trial, state=TrialState.FAIL)
@@ -141,8 +128,6 @@ def hv_at_steps(run: list[dict], steps: int, budget: float, bounds: Any) -> floa
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    if args.space is None:
-        args.space = _SPACE
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return with_threads(args.threads, _run, args, argv)
 
@@ -155,7 +140,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     backend = AutomixBackend(_config(args, "automix", "pareto", 0))  # specs with intermediate evaluations
     budget = float(backend.cfg.memory_budget)
     fp = model_fingerprint("builtin:tiny")
-    cache = TrialCache(Path(args.cache) if args.cache else None, fp)
+    cache = TrialCache(args.cache, fp)
     runs: dict[tuple[str, int], list[dict]] = {}
     t0 = time.perf_counter()
     for arm in arms:
@@ -220,5 +205,5 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        args.out.write_text(text)
     return 0

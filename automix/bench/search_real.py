@@ -207,6 +207,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--samplers", default="automix,random,tpe,nsgaii,gp")
     ap.add_argument("--short", default="gp:20",
                     help="SAMPLER:TRIALS for a slow sampler given fewer trials ('' = none)")
+    add_trial_arguments(ap)
+    return ap
+
+
+def add_trial_arguments(ap: argparse.ArgumentParser) -> None:
+    """The trial settings `make_config` reads, the trial cache and the output: shared by the
+    benchmarks that run real built-in trials in this process."""
     ap.add_argument("--methods", default="qlora,loftq")
     ap.add_argument("--space", type=Path, default=_SPACE)
     ap.add_argument("--budget", default="11MiB", help="memory budget (as in a study file)")
@@ -219,7 +226,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the trials")
     ap.add_argument("--cache", type=Path, default=None, help="JSON trial cache to resume from")
     ap.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
-    return ap
 
 
 def with_threads(threads: int, fn: Any, *args: Any) -> Any:

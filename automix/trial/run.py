@@ -282,13 +282,14 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
                            "layer settings (every rank is 0?); use --steps 0 to only evaluate")
     t1, c1 = time.perf_counter(), time.process_time()
     tokens = 0
+    checkpoint_seconds = 0.0  # intermediate evaluations: evaluation time, not training time
     if spec.steps > 0:
         opt = make_optimizer(spec.optimizer, params, spec.lr, spec.weight_decay)
         scaler = grad_scaler(spec, device)
         model.train()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        checkpoint_seconds = _report_eval(model, tokenizer, task, spec, device, 0, result)
+        checkpoint_seconds += _report_eval(model, tokenizer, task, spec, device, 0, result)
         _seed(spec.seed)
         for step in range(spec.steps):
             batch = {k: v.to(device) for k, v in next(batches).items()}
@@ -324,7 +325,7 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
         result.memory_predicted = predicted.to_dict()
         result.peak_memory_bytes = sum(static.values())
         result.predicted_memory_bytes = predicted.weights + predicted.quant_metadata + predicted.adapters
-    result.train_seconds = time.perf_counter() - t1 - (checkpoint_seconds if spec.steps > 0 else 0.0)
+    result.train_seconds = time.perf_counter() - t1 - checkpoint_seconds
     result.train_cpu_seconds = time.process_time() - c1
     if tokens and result.train_seconds > 0:
         result.tokens_per_second = tokens / result.train_seconds

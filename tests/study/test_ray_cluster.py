@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -54,19 +55,30 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop_group(pid: int, ended: Callable[[float], bool]) -> None:
     """Stop one node: its `ray start --block` process group (never `ray stop`, which would end
-    every Ray process on the machine, other users' included)."""
+    every Ray process on the machine, other users' included): SIGTERM, then SIGKILL;
+    `ended(seconds)` waits up to that long and says whether the node is gone."""
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pid, sig)
         except ProcessLookupError:
             return
+        if ended(wait):
+            return
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a node this process started (and reap it)."""
+
+    def ended(wait: float) -> bool:
         try:
             proc.wait(timeout=wait)
-            return
+            return True
         except subprocess.TimeoutExpired:
-            continue
+            return False
+
+    stop_group(proc.pid, ended)
 
 
 @pytest.fixture()
@@ -135,7 +147,7 @@ def _drive_two_nodes(address: str, node2_pid: int, tmp_path: Path) -> None:
     on_node2 = list(tmp_path.glob(f"start-*-{node2_id}"))
     assert on_node2, "one of the two trials should have started on node 2"
     victim = on_node2[0].name.split("-")[1]
-    _stop_group(node2_pid)
+    stop_group(node2_pid, lambda wait: _group_ended(node2_pid, wait))
     got = drain(ex, 2, limit=150)
     assert set(got) == {"a", "b"}, got
     assert all(o.status == "ok" for o in got.values()), {k: o.error for k, o in got.items()}
@@ -143,19 +155,16 @@ def _drive_two_nodes(address: str, node2_pid: int, tmp_path: Path) -> None:
     ex.shutdown()
 
 
-def _stop_group(pid: int) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+def _group_ended(pid: int, wait: float) -> bool:
+    """Whether process group `pid` (started by another process: we cannot reap it) is gone."""
+    deadline = time.time() + wait
+    while time.time() < deadline:
         try:
-            os.killpg(pid, sig)
+            os.killpg(pid, 0)
         except ProcessLookupError:
-            return
-        deadline = time.time() + wait
-        while time.time() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def test_trials_on_both_nodes_and_node_death(cluster, tmp_path, monkeypatch):
