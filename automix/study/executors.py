@@ -16,7 +16,10 @@ driver's `on_report` while it runs, and the driver may stop it there (a pruner's
 from __future__ import annotations
 
 import importlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -24,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from automix.reporting import TrialStopped, reporting_to
+from automix.study import _session_reaper
+from automix.study._ray_compat import loopback_node
 
 __all__ = ["Outcome", "Executor", "RayExecutor", "LocalExecutor", "resolve_function"]
 
@@ -258,7 +263,9 @@ class RayExecutor(Executor):
         max_retries: a job whose worker process or node died is run again, at most this many
             times (max_retries=1: one re-run); then it is reported as "crashed".
         address: join an existing cluster ("auto" or "HOST:PORT") within `connect_timeout_s`;
-            None starts a local Ray sized for `workers` jobs, without the dashboard.
+            None starts a local Ray sized for `workers` jobs, without the dashboard, listening
+            on loopback only, and watched by a small process that stops its leftovers when the
+            driver dies (even by kill -9; see `_start_reaper`).
         resources: extra custom resources per job, e.g. {"node2": 0.1}.
 
     A job's `automix.reporting.report` calls reach `on_report(key, kind, step, value)` in
@@ -290,6 +297,8 @@ class RayExecutor(Executor):
         self.max_retries = int(max_retries)
         self.cancel_grace_s = float(cancel_grace_s)
         self._owns_ray = False
+        self._reaper: subprocess.Popen | None = None
+        self.session_dir: str | None = None  # the local Ray's session directory (None: a cluster)
         if not ray.is_initialized():
             kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True,
                                           configure_logging=False)
@@ -307,9 +316,13 @@ class RayExecutor(Executor):
                 _init_within(ray, kwargs, connect_timeout_s, address)
             else:  # in this thread: Ray's local processes die with the thread that started them
                 try:
-                    ray.init(**kwargs)
+                    # Nobody asked for a cluster: its servers listen on loopback only.
+                    with loopback_node(kwargs):
+                        context = ray.init(**kwargs)
                 except (ConnectionError, RuntimeError) as err:
                     raise ValueError(f"cannot start a local Ray: {err}") from None
+                self.session_dir = context.address_info.get("session_dir")
+                self._reaper = _start_reaper(self.session_dir)
             self._owns_ray = True
         self._ray = ray
         have = ray.cluster_resources().get("GPU", 0.0)
@@ -480,6 +493,41 @@ class RayExecutor(Executor):
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
             self._owns_ray = False
+        _stop_reaper(self._reaper)
+        self._reaper = None
+
+
+def _start_reaper(session_dir: str | None) -> subprocess.Popen | None:
+    """A small process that stops the local Ray session's processes when the driver dies.
+
+    Ray kills its GCS and raylet with the driver (the kernel's parent-death signal), and the
+    workers follow within seconds, but its dashboard and runtime-env agents (~200 MB) first
+    try to report the raylet's death to the dead GCS and give up only after a fixed 60 s. Ray
+    has no setting for that, so this watchdog (stdlib only, ~10 MB) notes the session's
+    processes while the driver lives and, once the driver is gone (its end of our stdin closes:
+    kill -9 included), sends them SIGTERM, then SIGKILL. Linux only (it reads /proc).
+    """
+    if not session_dir or not sys.platform.startswith("linux"):
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", _session_reaper.__file__, str(os.getpid()), session_dir],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,  # no Ctrl-C of the terminal's group
+        )
+    except OSError:  # no watchdog: only the agents' 60 s linger comes back
+        return None
+
+
+def _stop_reaper(reaper: subprocess.Popen | None) -> None:
+    """After a normal shutdown: let the watchdog stop what is left (nothing, usually) and exit."""
+    if reaper is None:
+        return
+    try:
+        reaper.stdin.close()  # type: ignore[union-attr]
+        reaper.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def _first_line(err: BaseException) -> str:
