@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         raise ValueError(f"--arms: unknown {bad}; choose from {list(ARMS)}")
     backend = AutomixBackend(_config(args, "automix", "pareto", 0))  # specs with intermediate evaluations
     budget = float(backend.cfg.memory_budget)
-    fp = model_fingerprint("builtin:tiny")
+    fp = model_fingerprint(args.model)
     cache = TrialCache(args.cache, fp)
     runs: dict[tuple[str, int], list[dict]] = {}
     t0 = time.perf_counter()

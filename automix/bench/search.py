@@ -1,6 +1,7 @@
 """`automix bench search`: AutoMixSampler against Optuna's samplers over a suite of problems.
 
-(``--problem builtin`` runs the real-trial benchmark instead: ``automix.bench.search_real``.)
+(``--problem builtin`` or ``smollm2`` runs the real-trial benchmark instead:
+``automix.bench.search_real``.)
 
 Every case of ``automix.testing.SUITE`` (structurally different generated problems: sensitivity
 spreads, interactions, noise, 42-224 linears, pruning and rank, memory known or learned, profile
@@ -207,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="cache key suffix (a sampler version)")
     ap.add_argument("--cache", type=Path, default=None, help="JSON file to resume from")
     ap.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
-    ap.add_argument("--problem", choices=["synthetic", "builtin"], default="synthetic",
-                    help="generated problems (automix.testing) or real trials on the built-in "
-                         "model (automix.bench.search_real; see its --help)")
+    ap.add_argument("--problem", choices=["synthetic", "builtin", "smollm2"], default="synthetic",
+                    help="generated problems (automix.testing), or real trials on the built-in "
+                         "model or SmolLM2-135M (automix.bench.search_real; see its --help)")
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--problem", default="synthetic")
-    if pre.parse_known_args(argv)[0].problem == "builtin":
+    if pre.parse_known_args(argv)[0].problem in ("builtin", "smollm2"):
         return real_main(argv)
     args = ap.parse_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -1,6 +1,8 @@
-"""`automix bench search --problem builtin`: the samplers on real trials of the built-in model.
+"""`automix bench search --problem builtin|smollm2`: the samplers on real trials of a real model.
 
-Every trial is a real `automix.trial.run_trial` on ``builtin:tiny`` (task ``lm``), built the
+Every trial is a real `automix.trial.run_trial` on ``builtin:tiny`` (``--problem builtin``) or
+SmolLM2-135M on the CPython documentation (``--problem smollm2``, the settings of
+`studies/smollm2-135m.yaml`), task ``lm``, built the
 way a study builds it: :class:`automix.study.backend.AutomixBackend` resolves the search space
 on the model's layers, computes the known memory objective with ``automix.trial.memory`` and writes
 the `TrialSpec`; the samplers are the ones `make_sampler` gives a study (AutoMixSampler with the
@@ -38,15 +40,28 @@ from automix.study.backend import AutomixBackend, make_sampler
 from automix.trial import TrialSpec, run_trial
 from automix.trial.models import model_fingerprint
 
-SAMPLERS = ("automix", "random", "tpe", "nsgaii", "gp")
-_STUDY_SAMPLER = {"automix": "automix", "random": "random", "tpe": "tpe", "nsgaii": "nsga2"}
-_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml"
+SAMPLERS = ("automix", "knapsack", "random", "tpe", "nsgaii", "gp")
+_STUDY_SAMPLER = {"automix": "automix", "knapsack": "knapsack", "random": "random", "tpe": "tpe",
+                  "nsgaii": "nsga2"}
+_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+_SPACE = _SPACES / "quickstart.yaml"
+# The real-trial problems: the model, its data, the space and the trial settings of a study on it
+# (builtin: the quickstart's model; smollm2: studies/smollm2-135m.yaml's, on the CPython docs).
+PROBLEMS: dict[str, dict[str, Any]] = {
+    "builtin": {"model": "builtin:tiny", "data": None, "space": _SPACE, "methods": "qlora,loftq",
+                "budget": "11MiB", "steps": 20, "eval_batches": 4, "batch_size": 4, "seq_len": 64,
+                "lr": 1e-3},
+    "smollm2": {"model": "smollm2-135m", "data": "builtin:python-docs",
+                "space": _SPACES / "smollm2-135m.yaml", "methods": "qlora,loftq", "budget": "345MiB",
+                "steps": 12, "eval_batches": 2, "batch_size": 4, "seq_len": 128, "lr": 5e-4},
+}
 
 
 def make_config(args: argparse.Namespace, sampler: str = "automix", seed: int = 0) -> Any:
     """The study configuration these trials would have in `studies/*.yaml`."""
     return StudyConfig.model_validate({
-        "name": "bench-search-builtin", "model": "builtin:tiny", "task": "lm",
+        "name": "bench-search-real", "model": args.model, "task": "lm",
+        **({"data": args.data} if args.data else {}),
         "methods": args.methods.split(","), "search_space": {"path": str(args.space)},
         "objectives": {"quality": "perplexity", "memory": "predicted"},
         "memory_budget": parse_size(args.budget), "n_trials": args.trials,
@@ -199,9 +214,10 @@ def predictor_quality(run: list[dict], others: list[dict], backend: Any, seed: i
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="automix bench search --problem builtin",
+    ap = argparse.ArgumentParser(prog="automix bench search --problem builtin|smollm2",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--problem", choices=["builtin"], default="builtin")
+    ap.add_argument("--problem", choices=sorted(PROBLEMS), default="builtin",
+                    help="the model, data, space and trial settings (each can be overridden)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--samplers", default="automix,random,tpe,nsgaii,gp")
@@ -214,6 +230,8 @@ def parser() -> argparse.ArgumentParser:
 def add_trial_arguments(ap: argparse.ArgumentParser) -> None:
     """The trial settings `make_config` reads, the trial cache and the output: shared by the
     benchmarks that run real built-in trials in this process."""
+    ap.add_argument("--model", default="builtin:tiny")
+    ap.add_argument("--data", default=None, help="task data (default: the task's built-in corpus)")
     ap.add_argument("--methods", default="qlora,loftq")
     ap.add_argument("--space", type=Path, default=_SPACE)
     ap.add_argument("--budget", default="11MiB", help="memory budget (as in a study file)")
@@ -243,8 +261,17 @@ def with_threads(threads: int, fn: Any, *args: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     return with_threads(args.threads, _run, args, argv)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The arguments, with the defaults of the chosen ``--problem`` (`PROBLEMS`) under them."""
+    ap = parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--problem", choices=sorted(PROBLEMS), default="builtin")
+    ap.set_defaults(**PROBLEMS[pre.parse_known_args(argv)[0].problem])
+    return ap.parse_args(argv)
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -259,7 +286,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             n_for[name] = min(int(n), args.trials)
     backend = AutomixBackend(make_config(args))
     budget = float(backend.cfg.memory_budget)
-    fp = model_fingerprint("builtin:tiny")
+    fp = model_fingerprint(args.model)
     cache = TrialCache(args.cache, fp)
     t_start = time.perf_counter()
     runs: dict[tuple[str, int], list[dict]] = {}
@@ -293,12 +320,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     n_unique = len(distinct)
     lines = [
-        "# Search benchmark: real trials on the built-in model", "",
+        f"# Search benchmark: real trials on `{args.model}`", "",
         f"Command: `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 automix bench search {cmd}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()} "
         f"{os.cpu_count()} cores (shared with other jobs), Python {platform.python_version()}; "
-        f"built-in model fingerprint `{fp}`.", "",
-        f"Every trial is a real `run_trial` on `builtin:tiny`, task `lm`: methods "
+        f"model fingerprint `{fp}`.", "",
+        f"Every trial is a real `run_trial` on `{args.model}`, task `lm` on "
+        f"`{args.data or 'the built-in corpus'}`: methods "
         f"{args.methods.replace(',', ', ')}, search space `{Path(args.space).name}` resolved on the "
         f"model's layers by `AutomixBackend` ({len(backend.distributions)} parameters), "
         f"{args.steps} fine-tuning steps (batch {args.batch_size} x {args.seq_len} tokens, lr "
@@ -310,8 +338,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         f"{n_unique} distinct configurations were evaluated (each once, from the cache after "
         f"that): "
         f"{trial_minutes:.1f} min of fine-tuning and evaluation in all.", "",
-        "The built-in model may be retrained during development: results are cached by the "
-        "model's fingerprint, so rerunning the command above after a change re-runs every trial.",
+        "Results are cached by the model's fingerprint: a changed (e.g. retrained built-in) model "
+        "re-runs every trial.",
         "", "## Hypervolume vs real trials (median over seeds)", "",
         "Hypervolume of the feasible trials' (log perplexity, memory), normalised by the "
         "hypervolume of the non-dominated set of every configuration evaluated by any sampler "

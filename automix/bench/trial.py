@@ -8,6 +8,12 @@ Two tables:
    measured (CPU: exact accounting; CUDA: ``max_memory_allocated``) against
    ``automix.trial.memory.estimate``, with the parameter and optimizer bytes checked for equality.
 
+``--compare 16,4,3`` adds a side-by-side speed table: full-precision LoRA against quantized
+trials (``--compare-methods``, QLoRA by default) on the same model and data, run interleaved
+``--repeats`` times (fp32, 4, 3, fp32, 4, 3, ...) so that a shared machine's load falls on all of
+them alike; medians of prepare / train / eval wall seconds and of the trial's process CPU seconds,
+with each row's ratio to full precision.
+
 ``--out FILE.md`` also writes the tables as markdown with the command, date and machine.
 """
 
@@ -18,6 +24,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -92,6 +99,53 @@ def _families(emit) -> None:
                        f"{100 * (est.total - got.total) / got.total:+.2f}%", "yes" if exact else "NO"]))
 
 
+def _compare(base: dict, args: argparse.Namespace, emit) -> list[dict]:
+    """Full precision vs quantized trials, interleaved; a row per (bits, method) with medians."""
+    bits_list = [int(b) for b in args.compare.split(",")]
+    rows = [(16, "lora")] if 16 in bits_list else []
+    rows += [(b, m) for b in bits_list if b != 16 for m in args.compare_methods.split(",")]
+    runs: dict[tuple[int, str], list[dict]] = {row: [] for row in rows}
+    for _ in range(args.repeats):
+        for bits, method in rows:
+            c0 = time.process_time()
+            r = run_trial({**base, "method": method, "steps": args.steps,
+                           "layers": {"default": {"bits": bits, "group_size": 64, "rank": args.rank}}})
+            d = r.to_dict()
+            d["trial_cpu_seconds"] = time.process_time() - c0
+            runs[(bits, method)].append(d)
+    emit(f"## Side by side: full precision vs quantized trials ({args.steps} steps, batch {args.batch_size} x "
+         f"{args.seq_len}, rank {args.rank}, group 64; medians of {args.repeats} interleaved runs)")
+    emit()
+    emit(_row(["bits", "method", "perplexity", "prepare s", "train s", "train CPU s", "eval s",
+               "total s", "trial CPU s", "total / fp32", "trial CPU / fp32"]))
+    emit(_row(["---"] * 11))
+    out = []
+    ref: dict | None = None
+    for (bits, method), ds in runs.items():
+        ok = [d for d in ds if d["status"] == "ok"]
+        if not ok:
+            emit(_row([str(bits), method, "failed"] + ["-"] * 7 + [str(ds[-1]["failure_reason"])[:60]]))
+            continue
+        med = {k: statistics.median(d[k] for d in ok) for k in
+               ("perplexity", "prepare_seconds", "train_seconds", "train_cpu_seconds", "eval_seconds",
+                "trial_cpu_seconds")}
+        med["total_seconds"] = med["prepare_seconds"] + med["train_seconds"] + med["eval_seconds"]
+        if bits == 16:
+            ref = med
+        ratio = (lambda k: f"{med[k] / ref[k]:.2f}" if ref else "-")
+        emit(_row([str(bits), method, f"{med['perplexity']:.3f}", f"{med['prepare_seconds']:.2f}",
+                   f"{med['train_seconds']:.2f}", f"{med['train_cpu_seconds']:.2f}",
+                   f"{med['eval_seconds']:.2f}", f"{med['total_seconds']:.2f}",
+                   f"{med['trial_cpu_seconds']:.2f}", ratio("total_seconds"), ratio("trial_cpu_seconds")]))
+        out.append({"bits": bits, "method": method, **med, "runs": ds})
+    emit()
+    emit("total s = prepare + train + eval wall seconds (prepare includes loading the model from its "
+         "converted copy, quantizing, pruning and initialising adapters); trial CPU s is this process's "
+         "CPU time over the whole `run_trial` call.")
+    emit()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="automix bench trial", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="builtin:tiny")
@@ -107,12 +161,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure one step of every registered method against its memory profile")
     p.add_argument("--families", action="store_true",
                    help="also check the memory model on small random Llama/Mistral/Qwen2/OPT/GPT-2 models")
+    p.add_argument("--compare", metavar="BITS",
+                   help="side-by-side speed of full precision and quantized trials, e.g. 16,4,3")
+    p.add_argument("--compare-methods", default="qlora", metavar="M1,M2",
+                   help="methods of the quantized rows of --compare (default qlora; 16 bits is always lora)")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each --compare row")
+    p.add_argument("--data", default=None, help="task data (a JSONL file or builtin:python-docs)")
     p.add_argument("--out", help="write the tables to this markdown file")
     p.add_argument("--json", help="write raw results to this JSON file")
     args = p.parse_args(argv)
 
     base = {"model": args.model, "task": "lm", "batch_size": args.batch_size, "seq_len": args.seq_len,
             "device": args.device, "dtype": args.dtype, "eval_batches": 2, "eval_batch_size": 16}
+    if args.data:
+        base["data"] = args.data
     lines: list[str] = []
     raw: dict = {}
 
@@ -143,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         if r.status != "ok":
             emit(f"failure: {r.failure_reason}")
         emit()
+
+    if args.compare:
+        raw["compare"] = _compare(base, args, emit)
 
     configs = [] if args.skip_memory else [("2-bit", 2, 0.0), ("3-bit", 3, 0.0), ("4-bit", 4, 0.0), ("8-bit", 8, 0.0),
                ("16-bit", 16, 0.0), ("2-bit + 30% pruned", 2, 0.3), ("4-bit + 30% pruned", 4, 0.3)]

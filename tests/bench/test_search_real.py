@@ -58,3 +58,13 @@ def test_hypervolume_normalisation_uses_every_run() -> None:
 def test_unknown_sampler_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown sampler"):
         bench.main(["--problem", "builtin", "--samplers", "cmaes", "--seeds", "1"])
+
+
+def test_problem_presets_set_the_study_and_flags_override_them() -> None:
+    args = bench_real.parse_args(["--problem", "smollm2", "--steps", "3"])
+    cfg = bench_real.make_config(args, "knapsack", seed=1)
+    assert (cfg.model, cfg.data, cfg.sampler) == ("smollm2-135m", "builtin:python-docs", "knapsack")
+    assert cfg.search_space.path.endswith("smollm2-135m.yaml")
+    assert cfg.trial.steps == 3 and cfg.trial.seq_len == 128  # the flag over the preset's 12
+    builtin = bench_real.make_config(bench_real.parse_args([]))
+    assert builtin.model == "builtin:tiny" and builtin.search_space.path.endswith("quickstart.yaml")
