@@ -5,12 +5,17 @@ functions run on CPU tensors through the interpreter. The kernel dispatcher stil
 torch path on CPU unless a test asks for the Triton backend explicitly.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
-# Sensitivity profiles computed by studies under test go to a fresh cache, not the user's.
-os.environ.setdefault("AUTOMIX_CACHE_DIR", tempfile.mkdtemp(prefix="automix-test-cache-"))
+# Sensitivity profiles computed by studies under test go to a fresh cache, not the user's,
+# removed when the test session ends.
+if "AUTOMIX_CACHE_DIR" not in os.environ:
+    os.environ["AUTOMIX_CACHE_DIR"] = tempfile.mkdtemp(prefix="automix-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["AUTOMIX_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
