@@ -122,14 +122,32 @@ def test_next_commands_name_real_commands(tmp_path, monkeypatch):
     lines = [line.split("  #")[0].strip() for line in
              next_commands(cfg, ref, rerun=trial_command(spec, "exported/q/layers.yaml"))]
     assert lines == ["automix status 'my studies/q.yaml'", "automix report 'my studies/q.yaml'",
-                     "automix trial --model builtin:tiny --task lm --data d.jsonl --method qlora "
-                     "--layers exported/q/layers.yaml --steps 40",
+                     "automix trial --model builtin:tiny --task lm --method qlora "
+                     "--layers exported/q/layers.yaml --data d.jsonl --steps 40",
                      "automix ui --tracking-uri sqlite:////elsewhere/m.db"]
     # each is a command line the CLI parses
     parser = build_parser()
     for line in lines:
         args = parser.parse_args(shlex.split(line)[1:])
         assert args.command in ("status", "report", "trial", "ui")
+
+
+def test_rerun_command_trains_and_scores_as_the_study_did():
+    from automix.commands.trial import spec_from_args
+
+    recorded = {"model": "smollm2-135m", "task": "lm", "data": "builtin:python-docs", "steps": 12, "seed": 0,
+                "lr": 0.0005, "batch_size": 4, "seq_len": 128, "dtype": "float32", "gradient_checkpointing": True,
+                "optimizer": "adamw", "grad_accum_steps": 1, "device": "cpu", "eval_batches": 2,
+                "method": "loftq", "quantizer": "hqq",
+                "method_settings": {"options": {"loftq_iters": 2}, "lora_alpha": 32.0}}
+    line = trial_command(recorded, "exported/s/layers.yaml")
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    rerun = spec_from_args(args)
+    for key in ("model", "task", "data", "steps", "seed", "lr", "batch_size", "seq_len", "dtype",
+                "gradient_checkpointing", "optimizer", "grad_accum_steps", "eval_batches", "method", "quantizer"):
+        assert rerun[key] == recorded[key], key
+    assert rerun["method_settings"] == {"options": {"loftq_iters": "2"}, "lora_alpha": 32.0}
+    assert rerun["layers"] == "exported/s/layers.yaml"
 
 
 def test_export_rebuild_steps(tmp_path, capsys):

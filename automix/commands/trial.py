@@ -82,7 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _spec(args: argparse.Namespace) -> dict:
+def spec_from_args(args: argparse.Namespace) -> dict:
+    """The trial spec (a `TrialSpec` dict) the parsed `automix trial` arguments describe."""
     if args.layers:
         layers: dict | str = args.layers
     else:
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from automix.trial import run_trial  # lazy: CLI start-up (a command loads only what it runs)
 
     try:
-        spec = _spec(args)
+        spec = spec_from_args(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
