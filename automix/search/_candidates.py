@@ -42,6 +42,13 @@ class Prediction(NamedTuple):
 Predict = Callable[[np.ndarray], Prediction]
 
 
+def costs_of(predict: Predict) -> Predict:
+    """``predict`` for a caller that reads only ``ok``, ``pof`` and ``cost``: its ``costs``
+    attribute when it has one (the same without the predicted objectives, e.g. the sampler's,
+    which skips those models), else ``predict`` itself."""
+    return getattr(predict, "costs", predict)
+
+
 def greedy_path(
     codec: Codec,
     predict: Predict,
@@ -112,7 +119,7 @@ def _cheapest(codec: Codec, predict: Predict, cur: np.ndarray, walk: np.ndarray)
             g[j] = level
             rows.append(g)
             where.append((j, level))
-    cost = predict(np.array(rows)).cost
+    cost = costs_of(predict)(np.array(rows)).cost
     out = cur.copy()
     best: dict[int, float] = {}
     for (j, level), c in zip(where, cost):
@@ -192,7 +199,7 @@ def nsga2_candidates(
         parents = front[rng.integers(0, len(front), pop_size)]
         start.append(codec.mutate(parents, rng, rate))
     pop = fresh(np.vstack(start))
-    archive = {codec.key(g): g for g in pop}
+    archive = dict(zip(codec.keys(pop), pop))
     if not len(pop):
         return pop
     pop = _select(pop, predict(pop), pop_size)
@@ -200,8 +207,8 @@ def nsga2_candidates(
         a = pop[rng.integers(0, len(pop), pop_size)]
         b = pop[rng.integers(0, len(pop), pop_size)]
         children = fresh(codec.mutate(codec.crossover(a, b, rng), rng, rate))
-        for g in children:
-            archive.setdefault(codec.key(g), g)
+        for k, g in zip(codec.keys(children), children):
+            archive.setdefault(k, g)
         merged = np.vstack([pop, children]) if len(children) else pop
         pop = _select(merged, predict(merged), pop_size)
     return np.array(list(archive.values()))

@@ -9,6 +9,7 @@ Continuous parameters are stored in [0, 1] after the distribution's (log) transf
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,40 @@ from optuna.distributions import (
 )
 
 _MAX_LEVELS = 64
+
+
+class Columns(Mapping):
+    """``Codec.columns``' result: parameter name -> values of many configurations, each
+    column computed when first read (vectorised functions that look their tables up by level
+    read few or none). It also says where the values come from: ``levels``, the genomes'
+    level indices ``(n, genes)``, and ``level_info``, name -> (gene index, the gene's levels in
+    order; one object per codec), so such a function can look up by level instead of by value
+    (``automix.search.batch.choice_indices``). Immutable: a snapshot of the genomes."""
+
+    def __init__(self, codec: "Codec", genomes: np.ndarray) -> None:
+        self.levels = np.rint(genomes).astype(int)
+        self.level_info = codec._level_info
+        self._codec = codec
+        self._decoded = {j: genomes[:, j].copy() for j in codec._decoded}  # continuous genes
+        self._values: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        out = self._values.get(name)
+        if out is None:
+            j = self._codec._gene_index[name]
+            g = self._codec.genes[j]
+            if g.plain:
+                out = g.values[self.levels[:, j]]
+            else:
+                out = np.array([g.decode(x) for x in self._decoded[j]])
+            self._values[name] = out
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._codec.names)
+
+    def __len__(self) -> int:
+        return self._codec.dim
 
 
 def _is_number(x: Any) -> bool:
@@ -52,6 +87,11 @@ class _Gene:
         else:  # pragma: no cover - optuna has no other distribution types
             raise ValueError(f"parameter {name!r}: unsupported distribution {dist!r}")
 
+        # ordinal levels by value (fast path of encode: an exact level is the nearest)
+        self._index: dict[float, int] = {}
+        if self.levels is not None and self.ordinal:
+            for k, v in enumerate(self.levels):
+                self._index.setdefault(float(v), k)
         # levels that decode to themselves (fast path of Codec.decode)
         self.plain = self.levels is not None and not isinstance(dist, IntDistribution)
         if isinstance(dist, IntDistribution) and self.levels is not None:
@@ -77,6 +117,9 @@ class _Gene:
         if self.levels is not None:
             if not self.ordinal:
                 return float(self.levels.index(value))
+            exact = self._index.get(float(value))
+            if exact is not None:
+                return float(exact)
             diffs = [abs(float(v) - float(value)) for v in self.levels]
             return float(int(np.argmin(diffs)))
         lo, hi = self._bounds()
@@ -124,6 +167,38 @@ class Codec:
         # indices of the discrete genes: ordered levels (walked up/down) and unordered categories
         self.ordinal_genes = [j for j, g in enumerate(self.genes) if g.levels is not None and g.ordinal]
         self.categorical_genes = [j for j, g in enumerate(self.genes) if g.levels is not None and not g.ordinal]
+        self._layout()
+
+    def _layout(self) -> None:
+        """Precomputed index arrays of the vectorised ``features`` and ``columns``."""
+        # features: scaled genes (source gene, destination column, divisor) and one-hot blocks
+        src, dst, scale, hot = [], [], [], []
+        col = 0
+        for j, g in enumerate(self.genes):
+            if g.levels is not None and not g.ordinal:
+                hot.append((j, col, g.n_levels))
+                col += g.n_levels
+            else:
+                src.append(j)
+                dst.append(col)
+                scale.append(1.0 if g.levels is None else float(max(1, g.n_levels - 1)))
+                col += 1
+        self._n_features = col
+        # the scaled genes as runs of consecutive genes to consecutive columns (slices)
+        runs: list[list[int]] = []  # [first gene, first column, length]
+        for j, c in zip(src, dst):
+            if runs and runs[-1][0] + runs[-1][2] == j and runs[-1][1] + runs[-1][2] == c:
+                runs[-1][2] += 1
+            else:
+                runs.append([j, c, 1])
+        divisor = dict(zip(src, scale))
+        self._runs = [(slice(j, j + k), slice(c, c + k), np.array([divisor[i] for i in range(j, j + k)]))
+                      for j, c, k in runs]
+        self._hot = hot
+        # columns: each gene's position; the genes whose values are not their levels (decoded)
+        self._gene_index = {g.name: j for j, g in enumerate(self.genes)}
+        self._decoded = [j for j, g in enumerate(self.genes) if not g.plain]
+        self._level_info = {g.name: (j, list(g.levels)) for j, g in enumerate(self.genes) if g.plain}
 
     def encode(self, params: dict[str, Any]) -> np.ndarray:
         return np.array([g.encode(params[g.name]) for g in self.genes], dtype=float)
@@ -135,33 +210,33 @@ class Codec:
             for g, x, i in zip(self.genes, genome.tolist(), ints)
         }
 
-    def columns(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
+    def columns(self, genomes: np.ndarray) -> Columns:
         """Params of many genomes at once: parameter name -> array of values (the input of
-        vectorised known functions, ``automix.search.batch``)."""
-        out = {}
-        idx = np.rint(genomes).astype(int)
-        for j, g in enumerate(self.genes):
-            if g.plain:
-                out[g.name] = g.values[idx[:, j]]
-            else:
-                out[g.name] = np.array([g.decode(x) for x in genomes[:, j]])
-        return out
+        vectorised known functions, ``automix.search.batch``), with their level indices
+        (:class:`Columns`)."""
+        return Columns(self, genomes)
 
     def key(self, genome: np.ndarray) -> tuple:
         return tuple(np.round(genome, 9).tolist())
 
+    def keys(self, genomes: np.ndarray) -> list[tuple]:
+        """``key`` of every row of ``genomes``."""
+        return [tuple(row) for row in np.round(genomes, 9).tolist()]
+
     def features(self, genomes: np.ndarray) -> np.ndarray:
         """Ordinal genes scaled to [0, 1]; non-ordinal categoricals one-hot."""
-        cols = []
-        for j, g in enumerate(self.genes):
-            x = genomes[:, j]
-            if g.levels is None:
-                cols.append(x[:, None])
-            elif g.ordinal:
-                cols.append((x / max(1, g.n_levels - 1))[:, None])
-            else:
-                cols.append(np.eye(g.n_levels)[x.astype(int)])
-        return np.concatenate(cols, axis=1) if cols else np.zeros((len(genomes), 0))
+        genomes = np.asarray(genomes, dtype=float)
+        out = np.zeros((len(genomes), self._n_features))
+        for genes, columns, scale in self._runs:
+            np.divide(genomes[:, genes], scale, out=out[:, columns])
+        rows = np.arange(len(genomes))
+        for j, start, n_levels in self._hot:
+            level = genomes[:, j].astype(int)
+            level = np.where(level < 0, level + n_levels, level)  # -1: the last level, as indexing
+            if len(level) and (level.min() < 0 or level.max() >= n_levels):
+                raise IndexError(f"gene {self.genes[j].name!r}: level out of range 0..{n_levels - 1}")
+            out[rows, start + level] = 1.0
+        return out
 
     def from_unit(self, u: np.ndarray) -> np.ndarray:
         return np.stack([g.from_unit(u[:, j]) for j, g in enumerate(self.genes)], axis=1)

@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-__all__ = ["evaluate_batch", "decompose", "DecomposedFunction", "Shifted"]
+__all__ = ["evaluate_batch", "decompose", "DecomposedFunction", "Shifted", "choice_indices"]
 
 
 def _call_rows(fn: Callable, columns: Mapping[str, Sequence], n: int) -> np.ndarray:
@@ -62,6 +62,52 @@ def evaluate_batch(fn: Callable, columns: Mapping[str, Sequence], n: int) -> np.
     if batch is not None:
         return np.asarray(batch(columns), dtype=float).reshape(n, -1)
     return _call_rows(fn, columns, n)
+
+
+def choice_indices(columns: Mapping[str, Sequence], names: Sequence[str], choices: Sequence[Sequence],
+                   memo: dict, values: Sequence[Sequence[float]] | None = None) -> np.ndarray | None:
+    """The position of each configuration's value of each of ``names`` in that parameter's
+    ``choices``, ``(n, len(names))`` -- or, given ``values`` (one per choice of each name),
+    the value at that position -- read off the level indices that a sampler's columns carry
+    (``automix.search._codec.Columns``: no value is compared); None when the columns carry
+    none, or their levels are not all among ``choices`` (then look the values up). ``memo``
+    (the caller's, one per set of arguments) keeps the translation from levels for the
+    columns' codec."""
+    levels, info = getattr(columns, "levels", None), getattr(columns, "level_info", None)
+    if levels is None or info is None:
+        return None
+    hit = memo.get("levels")
+    if hit is None or hit[0] is not info:
+        hit = (info, _level_translation(info, names, choices, values))
+        memo["levels"] = hit
+    if hit[1] is None:
+        return None
+    genes, offset, table = hit[1]
+    return table[offset + levels[:, genes]]
+
+
+def _level_translation(info: Mapping[str, tuple[int, list]], names: Sequence[str], choices: Sequence[Sequence],
+                       values: Sequence[Sequence[float]] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(gene of each name, its offset in ``table``, ``table``: level -> position in choices,
+    or the value there)."""
+    genes, offset, table = [], [], []
+    for k, (name, ch) in enumerate(zip(names, choices)):
+        if name not in info:
+            return None
+        j, levels = info[name]
+        pos = []
+        for v in levels:
+            # the same value: a numeric level equals the numeric choice it was sorted from
+            at = [i for i, c in enumerate(ch) if type(c) is type(v) and c == v] \
+                or [i for i, c in enumerate(ch) if _numeric([c, v]) and float(c) == float(v)]
+            if not at:
+                return None
+            pos.append(at[0] if values is None else values[k][at[0]])
+        genes.append(j)
+        offset.append(len(table))
+        table.extend(pos)
+    return (np.array(genes, dtype=np.int64), np.array(offset, dtype=np.int64),
+            np.array(table, dtype=np.int64 if values is None else float))
 
 
 class Shifted:
@@ -137,6 +183,7 @@ class DecomposedFunction:
             self._numeric_groups.append((np.asarray(values)[order], order, js))
         self._other = [j for j, ch in enumerate(choices) if not _numeric(ch)]
         self._last: tuple[Mapping[str, Sequence], list, np.ndarray] | None = None
+        self._level_memo: dict = {}  # choice_indices' translation for a sampler's columns
 
     def _key(self, params: Mapping[str, Any]) -> tuple:
         return tuple(params[n] for n in self.names) + tuple(params[c] for c in self.conditions)
@@ -162,6 +209,9 @@ class DecomposedFunction:
 
     def _levels(self, columns: Mapping[str, Sequence], n: int) -> np.ndarray:
         """Level indices ``(n, parameters)`` of the columns' values (numeric: the nearest choice)."""
+        X = choice_indices(columns, self.names, self.choices, self._level_memo)
+        if X is not None:
+            return X
         X = np.empty((n, len(self.names)), dtype=np.int64)
         for values, order, js in self._numeric_groups:
             v = np.array([columns[self.names[j]] for j in js], dtype=float).reshape(len(js), n)
@@ -194,7 +244,10 @@ class DecomposedFunction:
         n = len(next(iter(columns.values()))) if columns else 1
         if not self.use_tables:
             return _call_rows(self, columns, n)[:, 0]
-        arrays = list(columns.values())
+        # an immutable mapping (a sampler's Columns) is the same columns when it is the same
+        # object; a dict, when it also holds the same arrays
+        frozen = not isinstance(columns, MutableMapping)
+        arrays = [] if frozen else list(columns.values())
         last = self._last
         if last is not None and last[0] is columns and len(last[1]) == len(arrays) \
                 and all(a is b for a, b in zip(last[1], arrays)):
@@ -222,9 +275,17 @@ class _Plan:
     change it: for the first component (the sum part) one gather of all its tables, for the
     terms of the maximum one gather of a (terms, tables per term) index array padded with the
     zero row -- a block's term only reads its own block's tables.
+
+    When every table holds whole numbers whose sums stay exact in floating point (memory in
+    bytes), the order of the additions cannot change a result, and each first-order table is
+    folded into a pairwise table of its parameter (:func:`_fold`) and the tables are read table
+    by table (contiguous rows of configurations): fewer and cheaper reads, the same values.
     """
 
     def __init__(self, v0: np.ndarray, first: list[np.ndarray], second: dict[tuple[int, int], np.ndarray]) -> None:
+        self.any_order = _exact_in_any_order(v0, first, second)
+        if self.any_order:
+            first, second = _fold(first, second)
         tables = [(j, j, 0, t.reshape(-1, t.shape[-1])) for j, t in enumerate(first)]
         tables += [(i, j, t.shape[1], t.reshape(-1, t.shape[-1])) for (i, j), t in second.items()]
         tables = [tb for tb in tables if np.any(tb[3] != 0)]
@@ -249,17 +310,87 @@ class _Plan:
         for c, t in enumerate(by_term):
             self.term_tables[c, :len(t)] = t
         self.Gt = np.ascontiguousarray(self.G[:, 1:])
+        # components' shortcuts: the first-order tables come first (stride 0: no product);
+        # when every table changes the sum, the sum reads `rows` as it is
+        first = self.stride == 0
+        self.n_first = len(first) if first.all() else int(np.argmin(first))  # the leading ones
+        self.first_in_order = np.array_equal(self.a[:self.n_first], np.arange(self.n_first))
+        self.all_sum = np.array_equal(self.sum_tables, np.arange(len(tables)))
 
     def components(self, X: np.ndarray) -> np.ndarray:
+        if self.any_order:
+            return self._components_by_table(X)
         n, P = len(X), len(self.v0)
-        rows = self.offset + X[:, self.a] * self.stride + X[:, self.b]  # (n, tables)
+        T, F = len(self.a), self.n_first
+        # rows (n, tables + 1): each table's row, then the zero row (the padding of term_tables)
+        rows = np.empty((n, T + 1), dtype=np.int64)
+        np.add(self.offset[:F], X if self.first_in_order and F == X.shape[1] else X[:, self.a[:F]],
+               out=rows[:, :F])
+        if F < T:
+            a, b, stride = self.a[F:], self.b[F:], self.stride[F:]
+            rows[:, F:T] = self.offset[F:] + X[:, a] * stride + X[:, b]
+        rows[:, T] = self.zero
         out = np.empty((n, P))
-        out[:, 0] = self.v0[0] + self.G0[rows[:, self.sum_tables]].sum(axis=1)
+        table_rows = rows[:, :T] if self.all_sum else rows[:, self.sum_tables]
+        out[:, 0] = self.v0[0] + self.G0[table_rows].sum(axis=1)
         if P > 1:
-            rows = np.concatenate([rows, np.full((n, 1), self.zero, dtype=np.int64)], axis=1)
             term_rows = rows[:, self.term_tables]  # (n, terms, width)
             out[:, 1:] = self.v0[1:] + self.Gt[term_rows, np.arange(P - 1)[:, None]].sum(axis=2)
         return out
+
+    def _components_by_table(self, X: np.ndarray) -> np.ndarray:
+        """``components`` laid out table by table (rows: tables, columns: configurations):
+        contiguous reads, the sums in another order -- for tables where the order cannot
+        change a result (``any_order``)."""
+        n, P = len(X), len(self.v0)
+        T, F = len(self.a), self.n_first
+        XT = X.T  # (parameters, n): a view when X is column-major, as choice_indices gives it
+        rows = np.empty((T + 1, n), dtype=np.int64)
+        np.add(self.offset[:F, None], XT if self.first_in_order and F == len(XT) else XT[self.a[:F]],
+               out=rows[:F])
+        if F < T:
+            pair = rows[F:T]
+            np.multiply(XT[self.a[F:]], self.stride[F:, None], out=pair)
+            pair += XT[self.b[F:]]
+            pair += self.offset[F:, None]
+        rows[T] = self.zero
+        out = np.empty((n, P))
+        table_rows = rows[:T] if self.all_sum else rows[self.sum_tables]
+        out[:, 0] = self.v0[0] + self.G0.take(table_rows).sum(axis=0)
+        if P > 1:
+            term_rows = rows[self.term_tables]  # (terms, width, n)
+            terms = self.Gt[term_rows, np.arange(P - 1)[:, None, None]].sum(axis=1)  # (terms, n)
+            out[:, 1:] = (self.v0[1:, None] + terms).T
+        return out
+
+
+def _exact_in_any_order(v0: np.ndarray, first: list[np.ndarray], second: dict[tuple[int, int], np.ndarray]) -> bool:
+    """Whether every sum of ``v0`` and table entries (one per table, in any order) is exact in
+    floating point: all whole numbers, and per component the base plus the largest magnitude
+    of each table below 2**53 (every partial sum is then a representable whole number)."""
+    parts = [np.asarray(v0, dtype=float)[None]] + [t.reshape(-1, t.shape[-1]) for t in first] \
+        + [t.reshape(-1, t.shape[-1]) for t in second.values()]
+    if not all(np.all(np.isfinite(t)) and np.all(t == np.round(t)) for t in parts):
+        return False
+    bound = sum(np.abs(t).max(axis=0) for t in parts if len(t))
+    return bool(np.all(bound < 2.0**53))
+
+
+def _fold(first: list[np.ndarray], second: dict[tuple[int, int], np.ndarray]
+          ) -> tuple[list[np.ndarray], dict[tuple[int, int], np.ndarray]]:
+    """Each first-order table added into the first pairwise table of its parameter (then
+    zero: left out); ``d_i(x_i) + d_j(x_j) + d_ij(x_i, x_j)`` read as one table. Exact only
+    under :func:`_exact_in_any_order`."""
+    first = [t.copy() for t in first]
+    out = {}
+    for (i, j), t in second.items():
+        t = t.copy()
+        for k, axis in ((i, 0), (j, 1)):
+            if np.any(first[k] != 0):
+                t += first[k][:, None, :] if axis == 0 else first[k][None, :, :]
+                first[k] = np.zeros_like(first[k])
+        out[(i, j)] = t
+    return first, out
 
 
 def decompose(

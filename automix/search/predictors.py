@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.stats import kendalltau
 
+from automix.search._trees import boosting_predictor, forest_mean, forest_predictor
+
 __all__ = ["PerformancePredictor", "available_models", "make_model", "kendall_tau"]
 
 _CONTROLLER = None  # threadpoolctl.ThreadpoolController, created on first use
@@ -34,6 +36,8 @@ def kendall_tau(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 class _Model:
     """A regressor with a predictive spread: fit(X, y); predict(X) -> (mean, std)."""
+
+    blas_free = False  # True: predict uses no BLAS, so PerformancePredictor sets no thread limit
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "_Model":  # pragma: no cover - interface
         raise NotImplementedError
@@ -85,6 +89,8 @@ class _GP(_Model):
 class _Trees(_Model):
     """Extra trees / random forest; std = spread of the individual trees."""
 
+    blas_free = True
+
     def __init__(self, seed: int, extra: bool) -> None:
         self.seed, self.extra = seed, extra
 
@@ -95,9 +101,15 @@ class _Trees(_Model):
         self._m = cls(
             n_estimators=64, min_samples_leaf=1, max_features=0.6, random_state=self.seed, n_jobs=1
         ).fit(X, y)
+        self._fast = forest_predictor(self._m)  # the same values, without per-tree overhead
         return self
 
     def predict(self, X, return_std=True):
+        per_tree = self._fast(X) if self._fast is not None else None
+        if per_tree is not None:
+            if not return_std:
+                return forest_mean(per_tree), np.zeros(len(X))
+            return per_tree.mean(axis=0), per_tree.std(axis=0)
         if not return_std:
             return self._m.predict(X), np.zeros(len(X))
         per_tree = np.stack([t.predict(X) for t in self._m.estimators_])
@@ -142,11 +154,17 @@ class _Bagged(_Model):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._members.append(self.factory(self.seed + k).fit(Xt[idx], yt[idx]))
+        # boosted trees: all members' trees at once, the same values (see automix.search._trees)
+        self._fast = boosting_predictor(self._members)
+        self.blas_free = self._fast is not None
         return self
 
     def predict(self, X, return_std=True):
         Xt = self._tf.transform(X) if self._tf else X
-        preds = np.stack([m.predict(Xt) for m in self._members]) * self._y_sd + self._y_mu
+        raw = self._fast(Xt) if self._fast is not None else None
+        if raw is None:
+            raw = np.stack([m.predict(Xt) for m in self._members])
+        preds = raw * self._y_sd + self._y_mu
         return preds[0] * 0.5 + preds.mean(axis=0) * 0.5, preds.std(axis=0)
 
 
@@ -289,10 +307,10 @@ class PerformancePredictor:
                 self._fitted_at = n
         return self
 
-    def _threads(self):
+    def _threads(self, blas_free: bool = False):
         from contextlib import nullcontext
 
-        if self.blas_threads is None:
+        if self.blas_threads is None or blas_free:
             return nullcontext()
         global _CONTROLLER
         if _CONTROLLER is None:  # scanning the loaded libraries is slow: do it once
@@ -333,7 +351,7 @@ class PerformancePredictor:
         cheaper for ensembles and GPs)."""
         if self._model is None:
             raise RuntimeError("PerformancePredictor.predict called before fit")
-        with self._threads():
+        with self._threads(getattr(self._model, "blas_free", False)):
             mean, std = self._model.predict(np.asarray(X, dtype=float), return_std)
         if not return_std:
             return mean, std

@@ -37,7 +37,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from scipy.stats import norm
+from scipy.special import ndtr
 
 from automix.search._optuna_compat import process_constraints_after_trial, storage_of, study_id, trial_id
 from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
@@ -132,6 +132,8 @@ class AutoMixSampler(BaseSampler):
         self._predictors: dict[Any, PerformancePredictor] = {}
         self._codec: Codec | None = None
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # key -> (feats, known)
+        self._last: tuple[np.ndarray, np.ndarray, tuple] | None = None  # _evaluate's last genomes,
+        # a copy of them and the result
         self._design: list[np.ndarray] | None = None
 
     # ----------------------------------------------------------------- BaseSampler API
@@ -212,6 +214,7 @@ class AutoMixSampler(BaseSampler):
         ):
             self._codec = Codec(search_space)
             self._cache.clear()
+            self._last = None
             self._design = None
             self._predictors.clear()
         return self._codec
@@ -355,28 +358,40 @@ class AutoMixSampler(BaseSampler):
         violation = np.clip(self._evaluate(codec, pool)[3], 0, None).sum(axis=1)
         return pool[int(np.argmin(violation))]
 
-    def _evaluate(self, codec: Codec, genomes: np.ndarray):
+    def _evaluate(self, codec: Codec, genomes: np.ndarray, features: bool = True):
         """Features, known objective values, known-constraint feasibility and the constraint
         values themselves. Functions with a vectorised ``batch`` form (``automix.search.batch``)
         are evaluated over all genomes at once; the others once per configuration (cached:
-        known functions may be slow)."""
+        known functions may be slow). ``features=False``: the features are not needed (None
+        where vectorised). The same genomes (the same array, unchanged) evaluated again in a
+        row -- a path's candidates under the predictors, then their engineered features --
+        give the same result again; the caller must not modify it."""
         n = len(genomes)
-        base = codec.features(genomes)
         n_con = len(self._known_constraints)
-        known, cons = np.zeros((n, len(self._known))), np.zeros((n, n_con))
-        if self._features is None and not self._known and not n_con:
-            return base, known, np.ones(n, dtype=bool), cons
         fns = ([self._features] if self._features is not None else []) + list(self._known.values()) \
             + list(self._known_constraints)
-        if n and all(hasattr(fn, "batch") for fn in fns):
+        if n and fns and all(hasattr(fn, "batch") for fn in fns):
+            last = self._last
+            if last is not None and last[0] is genomes and np.array_equal(last[1], genomes):
+                return last[2]
             columns = codec.columns(genomes)
-            if self._features is not None:
-                base = np.concatenate([base, evaluate_batch(self._features, columns, n)], axis=1)
+            known, cons = np.zeros((n, len(self._known))), np.zeros((n, n_con))
             for col, fn in enumerate(self._known.values()):
                 known[:, col] = evaluate_batch(fn, columns, n)[:, 0]
             for col, fn in enumerate(self._known_constraints):
                 cons[:, col] = evaluate_batch(fn, columns, n)[:, 0]
-            return base, known, np.all(cons <= 0.0, axis=1), cons
+            if not features:
+                return None, known, np.all(cons <= 0.0, axis=1), cons
+            base = codec.features(genomes)
+            if self._features is not None:
+                base = np.concatenate([base, evaluate_batch(self._features, columns, n)], axis=1)
+            out = (base, known, np.all(cons <= 0.0, axis=1), cons)
+            self._last = (genomes, genomes.copy(), out)
+            return out
+        base = codec.features(genomes)
+        known, cons = np.zeros((n, len(self._known))), np.zeros((n, n_con))
+        if not fns:
+            return base, known, np.ones(n, dtype=bool), cons
         extra = []
         for j, g in enumerate(genomes):
             key = codec.key(g)
@@ -465,19 +480,22 @@ class AutoMixSampler(BaseSampler):
                 p = self._predictors.setdefault(("con", k), self._new_predictor(k))
                 cons_models.append(p.fit(X[rows], c))
 
-        def predict(G: np.ndarray, with_std: bool = False) -> Prediction:
+        def predict(G: np.ndarray, with_std: bool = False, objectives: bool = True) -> Prediction:
             feats, known, ok, cons = self._evaluate(codec, G)
             mean = np.zeros((len(G), n_obj))
             std = np.zeros((len(G), n_obj))
             for i in unknown:
-                mean[:, i], std[:, i] = models[i].predict(feats, with_std)
+                if objectives or i == cost_obj:
+                    mean[:, i], std[:, i] = models[i].predict(feats, with_std)
+                else:
+                    mean[:, i] = std[:, i] = np.nan
             for col, i in enumerate(known_idx):
                 mean[:, i] = known[:, col] * signs[i]
             pof = np.ones(len(G))
             learned = np.zeros(len(G))
             for cm in cons_models:
                 m, s = cm.predict(feats)
-                pof *= norm.cdf(-m / np.maximum(s, 1e-12))
+                pof *= ndtr(-m / np.maximum(s, 1e-12))  # the normal cdf (scipy.stats.norm.cdf's)
                 learned += m
             # what a configuration costs: its known objectives, else how much of the known
             # constraints it uses up, else of the learned ones (their predicted values)
@@ -485,6 +503,10 @@ class AutoMixSampler(BaseSampler):
                     else cons.sum(axis=1) if cons.shape[1]
                     else mean[:, cost_obj] if cost_obj is not None else learned)
             return Prediction(mean, std, ok, pof, cost)
+
+        # the same without the predicted objectives (NaN) that need not be the cost, for the
+        # callers that read only feasibility and cost (`automix.search._candidates.costs_of`)
+        predict.costs = lambda G: predict(G, objectives=False)  # type: ignore[attr-defined]
 
         # current front: feasible observations + pending proposals at their predicted means
         front = losses[feasible]
@@ -599,9 +621,8 @@ class AutoMixSampler(BaseSampler):
         if not len(G):
             return G
         keep, seen = [], set()
-        ok = self._evaluate(codec, G)[2]
-        for j, g in enumerate(G):
-            k = codec.key(g)
+        ok = self._evaluate(codec, G, features=False)[2]
+        for j, k in enumerate(codec.keys(G)):
             if ok[j] and k not in taken and k not in seen:
                 seen.add(k)
                 keep.append(j)

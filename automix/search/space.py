@@ -23,6 +23,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from automix.config.layers import FIELDS, LayerSettings
 from automix.config.space import (GROUPINGS, CustomGroup, Lines, SearchSpaceError, SpaceFile, parse_space,
                                   read_space_file)
+from automix.search.batch import choice_indices
 
 __all__ = ["SearchSpace", "SearchSpaceError", "load_space", "GROUPINGS"]
 
@@ -224,7 +225,8 @@ def _score(sensitivity: Mapping[str, Mapping[int, float]] | None, layer: str, bi
 
 class _GroupFeatures:
     """``SearchSpace.feature_fn``'s features: per bits group the summed layer scores of its
-    bits choice, then their total; ``batch`` evaluates many configurations by table lookup."""
+    bits choice, then their total; ``batch`` evaluates many configurations by table lookup
+    (one lookup for all the groups that offer the same choices)."""
 
     def __init__(self, space: SearchSpace, sensitivity: Mapping[str, Mapping[int, float]] | None) -> None:
         self._columns: list[tuple[str | None, dict[Any, float] | float]] = []
@@ -237,6 +239,20 @@ class _GroupFeatures:
             else:
                 bits = space._group_choices[group]["bits"][0]
                 self._columns.append((None, sum(_score(sensitivity, n, int(bits)) for n in members)))
+        # batch's lookups: the fixed columns' values, and per tuple of choices (keys) the
+        # searched columns with those choices and their tables' values, one row per column
+        self._fixed = [(k, table) for k, (name, table) in enumerate(self._columns) if name is None]
+        by_keys: dict[tuple, list[int]] = {}
+        for k, (name, table) in enumerate(self._columns):
+            if name is not None:
+                by_keys.setdefault(tuple(float(c) for c in table), []).append(k)
+        # (choices, where the columns go: a slice when consecutive, their names, their values
+        # per choice, their choices in table order, choice_indices' memo)
+        self._lookups = [(np.asarray(keys), slice(ks[0], ks[-1] + 1) if ks == list(range(ks[0], ks[-1] + 1))
+                          else np.array(ks), [self._columns[k][0] for k in ks],
+                          np.array([list(self._columns[k][1].values()) for k in ks], dtype=float),
+                          [list(self._columns[k][1]) for k in ks], {})
+                         for keys, ks in by_keys.items()]
 
     def __call__(self, params: Mapping[str, Any]) -> np.ndarray:
         f = np.array([table[params[name]] if name is not None else table
@@ -246,14 +262,16 @@ class _GroupFeatures:
     def batch(self, columns: Mapping[str, Any]) -> np.ndarray:
         n = len(next(iter(columns.values()))) if columns else 1
         f = np.empty((n, len(self._columns)))
-        for k, (name, table) in enumerate(self._columns):
-            if name is None:
-                f[:, k] = table
-            else:
-                keys = list(table)
-                values = np.array([table[c] for c in keys])
-                col = np.asarray(columns[name], dtype=float)
-                f[:, k] = values[np.argmin(np.abs(col[:, None] - np.asarray(keys, dtype=float)[None]), axis=1)]
+        for k, value in self._fixed:
+            f[:, k] = value
+        for keys, where, names, values, choices, memo in self._lookups:
+            got = choice_indices(columns, names, choices, memo, values)  # a sampler's: by level
+            if got is None:
+                col = np.array([columns[name] for name in names], dtype=float).reshape(len(names), n)
+                # the nearest choice of each value (the first of equally near ones)
+                at = np.argmin(np.abs(col[:, :, None] - keys), axis=2).T  # (n, columns)
+                got = values[np.arange(len(names)), at]
+            f[:, where] = got
         return np.concatenate([f, f.sum(axis=1, keepdims=True)], axis=1)
 
 

@@ -205,3 +205,75 @@ def test_batch_reuses_its_result_only_for_the_same_columns() -> None:
     want = [_memory_with_peak({k: cols[k][i] for k in space}) for i in range(50)]
     np.testing.assert_allclose(changed, want, rtol=1e-12)
     assert (again >= 0).all() and not np.array_equal(again, changed)
+
+
+def test_integer_tables_are_folded_with_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole-number tables (bytes) are folded and read table by table; the components are
+    those of the general layout to the bit. Tables with fractions keep the general layout."""
+    import automix.search.batch as batch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn = decompose(_memory, SPACE, may_interact=lambda a, c: True)
+    rng = np.random.default_rng(4)
+    X = np.stack([rng.integers(0, len(ch), 500) for ch in fn.choices], axis=1)
+    for tables in fn._tables.values():
+        folded = batch._Plan(*tables)
+        assert folded.any_order and len(folded.a) < sum(len(t) for t in (tables[1], tables[2]))
+        monkeypatch.setattr(batch, "_exact_in_any_order", lambda *a: False)
+        general = batch._Plan(*tables)
+        monkeypatch.undo()
+        assert not general.any_order
+        assert np.array_equal(folded.components(X), general.components(X))
+        assert np.array_equal(folded.components(np.asfortranarray(X)), general.components(X))
+    v0, first, second = next(iter(fn._tables.values()))
+    assert not batch._exact_in_any_order(v0 + 0.5, first, second)
+    assert not batch._exact_in_any_order(v0 + 2.0**53, first, second)
+
+
+def test_columns_by_level_and_by_value_agree() -> None:
+    """A sampler's columns carry level indices that the tables are read by: the same
+    values as plain value columns, as one call per configuration; the result is reused for
+    the same columns object only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn = decompose(_memory, SPACE, may_interact=lambda a, c: True)
+    codec = Codec(SPACE)
+    G = codec.from_unit(np.random.default_rng(5).random((60, codec.dim)))
+    cols = codec.columns(G)
+    by_level = fn.batch(cols)
+    assert fn.batch(cols) is not by_level and np.array_equal(fn.batch(cols), by_level)  # reused, copied
+    plain = {k: np.asarray(v) for k, v in cols.items()}
+    assert np.array_equal(fn.batch(plain), by_level)
+    assert np.array_equal(by_level, [fn(codec.decode(g)) for g in G])
+    H = G.copy()
+    H[:, codec.names.index("bits.0.a")] = 0  # another configuration: another columns object
+    assert np.array_equal(fn.batch(codec.columns(H)), [fn(codec.decode(g)) for g in H])
+    # levels that are not among the function's choices: looked up by value
+    other = Codec({**SPACE, "bits.0.a": CategoricalDistribution([2, 3, 4, 8, 16])})
+    G2 = other.from_unit(np.random.default_rng(6).random((30, other.dim)))
+    G2[:, other.names.index("bits.0.a")] = np.minimum(G2[:, other.names.index("bits.0.a")], 3)
+    assert np.array_equal(fn.batch(other.columns(G2)), [fn(other.decode(g)) for g in G2])
+
+
+def test_codec_features_keys_and_lazy_columns() -> None:
+    space = {"a": CategoricalDistribution([1, 2, 4]), "b": CategoricalDistribution(["x", "y", "z"]),
+             "c": optuna.distributions.FloatDistribution(0.1, 1.0, log=True), "d": CategoricalDistribution([0.5])}
+    codec = Codec(space)
+    G = codec.from_unit(np.random.default_rng(7).random((25, codec.dim)))
+    want = []
+    for j, g in enumerate(codec.genes):  # scaled ordinal genes, one-hot categoricals, [0, 1] continuous
+        x = G[:, j]
+        if g.levels is None:
+            want.append(x[:, None])
+        elif g.ordinal:
+            want.append((x / max(1, g.n_levels - 1))[:, None])
+        else:
+            want.append(np.eye(g.n_levels)[x.astype(int)])
+    assert np.array_equal(codec.features(G), np.concatenate(want, axis=1))
+    assert codec.keys(G) == [codec.key(g) for g in G]
+    cols = codec.columns(G)
+    G[:] = 0  # the columns are a snapshot
+    assert list(cols) == codec.names and len(cols) == codec.dim
+    assert [cols["c"][i] for i in range(25)] == [codec.decode(g)["c"] for g in codec.from_unit(
+        np.random.default_rng(7).random((25, codec.dim)))]

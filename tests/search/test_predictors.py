@@ -53,3 +53,30 @@ def test_unknown_model_and_bad_shapes() -> None:
         PerformancePredictor(models=("svm",))
     with pytest.raises(ValueError):
         PerformancePredictor().fit(np.zeros((3, 2)), np.zeros(4))
+
+
+@pytest.mark.parametrize("name", ["gbm", "extra_trees", "random_forest"])
+def test_tree_models_predict_as_scikit_learn_to_the_bit(name: str) -> None:
+    """The tree ensembles' array form (automix.search._trees) gives scikit-learn's own
+    predictions exactly: means and spreads, one row or many."""
+    X, y = _data(90, d=20)
+    Xt, _ = _data(300, seed=6, d=20)
+    model = make_model(name, seed=2).fit(X, y)
+    fast = model._fast
+    assert fast is not None
+    for rows in (Xt, Xt[:1]):
+        for with_std in (True, False):
+            got = model.predict(rows, with_std)
+            model._fast = None  # scikit-learn's predict
+            want = model.predict(rows, with_std)
+            model._fast = fast
+            assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert fast(np.full((2, 20), np.nan)) is None  # missing values: scikit-learn decides
+
+
+def test_tree_arrays_of_single_leaf_trees() -> None:
+    X, _ = _data(40)
+    model = make_model("gbm", seed=0).fit(X, np.full(40, 3.0))  # nothing to split on
+    mean, _ = model.predict(X[:5])
+    model._fast = None
+    assert np.array_equal(mean, model.predict(X[:5])[0])

@@ -244,3 +244,48 @@ def test_guided_proposals_record_their_predicted_values() -> None:
     damage = np.array([t.values[0] for t in guided])
     guess = np.array([t.system_attrs["automix:predicted_values"][0] for t in guided])
     assert np.all(np.abs(guess - damage) < 0.5 * damage.max() + 1.0)  # same scale as the truth
+
+
+def test_evaluate_reuses_a_result_only_for_the_same_unchanged_genomes() -> None:
+    """The sampler evaluates the same candidates twice in a row (predictors, then their
+    engineered features) and reuses the result -- never for a changed or another array."""
+    from automix.search.batch import Shifted
+
+    calls = []
+
+    class Features:
+        def __call__(self, p):
+            return [float(p["b0"])]
+
+        def batch(self, columns):
+            calls.append(1)
+            return np.asarray(columns["b0"], dtype=float)[:, None]
+
+    memory = Shifted(_Vector(_memory), 20.0)
+    sampler = _fast(search_space=SPACE, features=Features(), known_constraints=[memory])
+    codec = sampler._get_codec(SPACE)
+    G = codec.from_unit(np.random.default_rng(0).random((7, codec.dim)))
+    first = sampler._evaluate(codec, G)
+    again = sampler._evaluate(codec, G)
+    assert len(calls) == 1 and again is first
+    G[0, 0] = 3 - G[0, 0]  # changed in place: evaluated anew
+    changed = sampler._evaluate(codec, G)
+    assert len(calls) == 2 and changed[0][0, -1] == CHOICES[int(G[0, 0])]
+    sampler._evaluate(codec, G.copy())  # another array: evaluated anew
+    assert len(calls) == 3
+    ok = sampler._evaluate(codec, G, features=False)[2]
+    assert np.array_equal(ok, np.array([_memory(codec.decode(g)) <= 20.0 for g in G]))
+
+
+class _Vector:
+    """A known function with a (per-row) batch form."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, p):
+        return self.fn(p)
+
+    def batch(self, columns):
+        n = len(next(iter(columns.values())))
+        return np.array([self.fn({k: columns[k][i] for k in columns}) for i in range(n)])

@@ -119,3 +119,22 @@ def test_feature_fn_uses_sensitivity() -> None:
     weighted = space.feature_fn(sens)(params)
     assert plain.shape == weighted.shape == (4,)  # 3 blocks + total
     assert weighted[-1] == pytest.approx(10.0 * len(LAYERS))
+
+
+@pytest.mark.parametrize("name", ["llama-7b.yaml", "per_block.yaml"])
+def test_feature_batch_matches_per_configuration(name: str) -> None:
+    """The vectorised features: a sampler's columns (looked up by level) and plain value
+    columns give the per-configuration features, to the bit."""
+    import numpy as np
+
+    from automix.search._codec import Codec
+
+    space = load_space(ROOT / "search_spaces" / name, LAYERS)
+    sens = {n: {2: 10.0 + k, 3: 1.0 / (k + 1), 4: 0.1, 8: 0.0} for k, n in enumerate(LAYERS)}
+    features = space.feature_fn(sens)
+    codec = Codec(dict(space.distributions))
+    G = codec.from_unit(np.random.default_rng(0).random((40, codec.dim)))
+    by_level = features.batch(codec.columns(G))
+    by_value = features.batch({k: np.asarray(v) for k, v in codec.columns(G).items()})
+    each = np.array([features(codec.decode(g)) for g in G])
+    assert np.array_equal(by_level, each) and np.array_equal(by_value, each)
