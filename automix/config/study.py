@@ -215,6 +215,9 @@ class Resources(_Strict):
 
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
+    # On a joined cluster (--ray-address) with fewer GPUs than a trial asks for, how long to wait
+    # for its autoscaler to add them before giving up (0: refuse at once).
+    gpu_wait_s: float = Field(600.0, ge=0)
 
     @field_validator("gpus")
     @classmethod

@@ -267,6 +267,9 @@ class RayExecutor(Executor):
             on loopback only, and watched by a small process that stops its leftovers when the
             driver dies (even by kill -9; see `_start_reaper`).
         resources: extra custom resources per job, e.g. {"node2": 0.1}.
+        gpu_wait_s: a joined cluster with fewer GPUs than one job asks for is given this long
+            for its autoscaler to add GPU nodes (asked for with `request_resources`) before the
+            executor refuses it; 0 refuses at once. A local Ray never waits (it has what it has).
 
     A job's `automix.reporting.report` calls reach `on_report(key, kind, step, value)` in
     the driver (through a small actor on the driver's node, read at every poll); when it answers
@@ -287,6 +290,7 @@ class RayExecutor(Executor):
         ray_init_kwargs: dict[str, Any] | None = None,
         connect_timeout_s: float = 30.0,
         cancel_grace_s: float = 10.0,
+        gpu_wait_s: float = 600.0,
     ) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -326,12 +330,16 @@ class RayExecutor(Executor):
             self._owns_ray = True
         self._ray = ray
         have = ray.cluster_resources().get("GPU", 0.0)
+        if gpus and have < gpus and address and gpu_wait_s > 0:  # an autoscaler may add GPU nodes
+            have = _wait_for_gpus(ray, gpus, gpu_wait_s)
         if gpus and have < gpus:
             if self._owns_ray:
                 self.shutdown()
-            where = f"the Ray cluster at {address!r}" if address else "this machine"
-            raise ValueError(f"each trial asks for {gpus:g} GPU (resources.gpus), but {where} has "
-                             f"{have:g}: set resources.gpus: 0, or run where GPUs are")
+            where = (f"the Ray cluster at {address!r} has {have:g} after waiting {gpu_wait_s:g} s for its "
+                     f"autoscaler (resources.gpu_wait_s)" if address and gpu_wait_s > 0 else
+                     f"the Ray cluster at {address!r} has {have:g}" if address else f"this machine has {have:g}")
+            raise ValueError(f"each trial asks for {gpus:g} GPU (resources.gpus), but {where}: "
+                             f"set resources.gpus: 0, or run where GPUs are")
         _ship_by_value(self.fn)
         # The job function itself is the Ray task (exported once per session, not per job).
         self._remote = ray.remote(_reporting_job(self.fn)).options(
@@ -495,6 +503,27 @@ class RayExecutor(Executor):
             self._owns_ray = False
         _stop_reaper(self._reaper)
         self._reaper = None
+
+
+def _wait_for_gpus(ray: Any, gpus: float, wait_s: float, poll_s: float = 5.0) -> float:
+    """On a joined cluster that has fewer GPUs than one trial asks for: ask its autoscaler for a
+    GPU node (`ray.autoscaler.sdk.request_resources`, public) and wait up to `wait_s` for one to
+    join, saying so once; returns the cluster's GPU count at the end. A cluster without an
+    autoscaler simply never gets one, and the caller refuses with the reason."""
+    from ray.autoscaler.sdk import request_resources
+
+    have = ray.cluster_resources().get("GPU", 0.0)
+    print(f"the Ray cluster has {have:g} GPU and each trial asks for {gpus:g}: waiting up to "
+          f"{wait_s:g} s for its autoscaler to add GPU nodes (resources.gpu_wait_s) ...", file=sys.stderr, flush=True)
+    try:
+        request_resources(bundles=[{"GPU": gpus}])
+    except Exception:  # no autoscaler to ask (a fixed cluster): only the wait remains
+        pass
+    deadline = time.monotonic() + wait_s
+    while have < gpus and time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        have = ray.cluster_resources().get("GPU", 0.0)
+    return have
 
 
 def _start_reaper(session_dir: str | None) -> subprocess.Popen | None:

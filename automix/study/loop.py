@@ -120,7 +120,7 @@ def run_study(
         executor = RayExecutor(backend.function, workers=cfg.workers, cpus=cfg.resources.cpus,
                                gpus=cfg.resources.gpus, timeout_s=cfg.timeout_per_trial,
                                max_retries=cfg.max_retries, address=ray_address,
-                               connect_timeout_s=ray_timeout_s)
+                               connect_timeout_s=ray_timeout_s, gpu_wait_s=cfg.resources.gpu_wait_s)
     try:
         if sampler is None:
             sampler = make_sampler(cfg, backend)

@@ -119,3 +119,26 @@ def test_local_executor_and_resolve():
     assert a.value["y"] == 36 and b.status == "failed" and "RuntimeError" in b.error
     with pytest.raises(ValueError, match="module:function"):
         resolve_function("nocolon")
+
+
+def test_a_joined_cluster_is_given_time_to_autoscale_gpus(capsys):
+    """An autoscaling cluster that starts without GPUs is waited for (bounded), not refused."""
+    from automix.study.executors import _wait_for_gpus
+
+    class Cluster:  # ray's view of a cluster whose autoscaler adds a GPU node on the third look
+        looks = 0
+
+        def cluster_resources(self):
+            Cluster.looks += 1
+            return {"CPU": 4.0, **({"GPU": 1.0} if Cluster.looks >= 3 else {})}
+
+    assert _wait_for_gpus(Cluster(), gpus=1.0, wait_s=5.0, poll_s=0.01) == 1.0
+    assert "waiting up to 5 s for its autoscaler" in capsys.readouterr().err
+
+    class Fixed:  # no autoscaler: never any GPU; the wait is bounded
+        def cluster_resources(self):
+            return {"CPU": 4.0}
+
+    t0 = time.monotonic()
+    assert _wait_for_gpus(Fixed(), gpus=0.5, wait_s=0.2, poll_s=0.05) == 0.0
+    assert time.monotonic() - t0 < 5.0
