@@ -5,7 +5,9 @@ full-precision block: target = FP block output on FP inputs, prediction = the bl
 are fake-quantized (learnable per-group clipping, OmniQuant style, logits init 4.0, straight-
 through rounding) plus LoRA (A Kaiming, B zero), fed with the outputs of the blocks already
 quantized before it. It minimises the MSE with AdamW (clipping lr 5e-3, LoRA lr 5e-4), then bakes
-the clipped quantization into the weights. Because each block sees the error the previous
+the clipped quantization into the weights: the baked weight dequantizes to exactly the weight the
+fit saw (:func:`automix.quant.grid.fake_quantize` is :func:`automix.quant.quantize`'s
+straight-through twin). Because each block sees the error the previous
 quantized blocks made, the LoRA learns to undo accumulated error, which is what keeps 2-bit
 models usable.
 
@@ -13,6 +15,10 @@ models usable.
 stream's input to that layer) is fitted to the FP layer's output on the FP stream, one small
 problem per layer; within a block the layer inputs are taken with that block still in full
 precision (one capture pass per block instead of one per layer).
+
+The clipping is learned on the grid of the trial's quantizer (:func:`clipping_grid`): ``rtn``
+(the default) on the integer-zero-point grid, as OmniQuant's LWC quantizer that ApiQ uses rounds
+its zero point; ``minmax`` on the fractional-zero-point min/max grid; ``hqq`` on the ``rtn`` grid.
 """
 
 from __future__ import annotations
@@ -29,18 +35,33 @@ from automix.methods.adapters import replace_module
 from automix.methods.base import MethodError
 from automix.methods.loftq import LowRankInitMethod
 from automix.arch import block_index, linear_weight
-from automix.quant import fake_quantize, quantize
+from automix.quant import DEFAULT_METHOD, check_method, fake_quantize, quantize
 from automix.quant.grid import clip_logits_init
+
+
+def clipping_grid(quantizer: str) -> str:
+    """The grid ApiQ learns its clipping on for the trial's ``quantizer`` (an automix.quant method).
+
+    ``rtn`` and ``minmax`` keep their own grid. ``hqq`` learns on the ``rtn`` grid: HQQ's
+    refinement (Badri & Shaji, 2023) is a data-free, non-differentiable search over the same
+    range and zero point that ApiQ's clipping fits on calibration data, so it cannot be trained
+    through and the learned logits would overwrite it anyway; of the differentiable grids, the
+    integer-zero one is OmniQuant's (whose LWC ApiQ reuses) and the best at 2-3 bits on a real
+    model (benchmarks/real_model.md, section 1: hqq and minmax are 3-4x worse than rtn at 3 bits).
+    """
+    return "minmax" if check_method(quantizer) == "minmax" else "rtn"
 
 
 @dataclass
 class ApiQPlan:
-    """What ApiQ does to one layer: bits (16 = keep FP), group size, LoRA rank and scaling."""
+    """What ApiQ does to one layer: bits (16 = keep FP), group size, LoRA rank and scaling, and
+    the grid its clipping is learned and baked on (``rtn`` or ``minmax``, see :func:`clipping_grid`)."""
 
     bits: int
     group_size: int
     rank: int
     scaling: float
+    grid: str = clipping_grid(DEFAULT_METHOD)
 
 
 class ApiQLinear(nn.Module):
@@ -83,7 +104,8 @@ class ApiQLinear(nn.Module):
         if not self.quantized:
             return self.weight
 
-        return fake_quantize(self.weight, self.plan.bits, self.plan.group_size, self.clip_max, self.clip_min)
+        return fake_quantize(self.weight, self.plan.bits, self.plan.group_size, self.clip_max, self.clip_min,
+                             grid=self.plan.grid)
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.linear(x, self.effective_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -93,10 +115,11 @@ class ApiQLinear(nn.Module):
 
     @torch.no_grad()
     def bake(self) -> tuple[Any, Tensor | None, Tensor | None]:
-        """(QuantizedWeight or None for 16-bit, A, B) and switch forward to the baked weight."""
+        """(QuantizedWeight or None for 16-bit, A, B) and switch forward to the baked weight, which
+        on the ``rtn`` grid is bit for bit the fake-quantized weight the fit trained."""
         qweight = None
         if self.quantized:
-            qweight = quantize(self.weight, self.plan.bits, self.plan.group_size, method="minmax",  # fake_quantize's grid
+            qweight = quantize(self.weight, self.plan.bits, self.plan.group_size, method=self.plan.grid,
                                clip_max_logit=self.clip_max.detach(), clip_min_logit=self.clip_min.detach())
             self._frozen_weight = qweight.dequantize(torch.float32).to(self.weight.device)
         a = self.lora_A.detach().clone() if self.rank > 0 else None
@@ -319,7 +342,8 @@ class ApiQ(LowRankInitMethod):
 
     def initialise(self, model, layer_settings, settings, calib):
         opts = settings.options
-        plans = {n: ApiQPlan(s.bits, s.group_size, s.rank, settings.lora_alpha / max(s.rank, 1))
+        grid = clipping_grid(settings.quant_method)
+        plans = {n: ApiQPlan(s.bits, s.group_size, s.rank, settings.lora_alpha / max(s.rank, 1), grid)
                  for n, s in layer_settings.items() if s.bits < 16 or s.rank > 0}
         try:
             res = apiq_calibrate(model, plans, calib, layerwise=self.layerwise, epochs=int(opts["epochs"]),
@@ -337,4 +361,5 @@ class ApiQLayerwise(ApiQ):
     layerwise = True
 
 
-__all__ = ["ApiQ", "ApiQLayerwise", "ApiQPlan", "ApiQLinear", "apiq_calibrate", "group_by_block", "capture_block_inputs"]
+__all__ = ["ApiQ", "ApiQLayerwise", "ApiQPlan", "ApiQLinear", "apiq_calibrate", "clipping_grid", "group_by_block",
+           "capture_block_inputs"]

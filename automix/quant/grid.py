@@ -9,8 +9,12 @@ integer zero point, so 0 is exactly representable.
 
 OmniQuant / ApiQ learnable weight clipping shrinks the ends per group:
 ``x_max = sigmoid(gamma) * max(w)``, ``x_min = sigmoid(beta) * min(w)``; the logits start at 4.0
-(``sigmoid(4) = 0.982``). :func:`fake_quantize` is the differentiable (straight-through) version
-used to train them. The quantizers built on these are in :mod:`automix.quant.quantizer`.
+(``sigmoid(4) = 0.982``). Both grids take them (:func:`clipped_grid` picks one by name).
+:func:`fake_quantize` is the differentiable (straight-through) version used to train them; it
+runs the same grid rule, rounds the grid to the stored metadata dtype and computes the same codes
+as :func:`automix.quant.quantize`, so a weight baked with the trained logits dequantizes to
+exactly the fake-quantized one on the integer-zero (``rtn``) grid. The quantizers built on these
+are in :mod:`automix.quant.quantizer`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from automix.quant.packing import check_bits
 
 CLIP_LOGIT_INIT = 4.0
+GRIDS = ("rtn", "minmax")  # the grid rules that take clipping logits (hqq refines "minmax")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -137,15 +142,64 @@ def rtn_grid(
     return scale, zero
 
 
+def clipped_grid(
+    wg: torch.Tensor,
+    bits: int,
+    grid: str,
+    clip_max_logit: torch.Tensor | None = None,
+    clip_min_logit: torch.Tensor | None = None,
+    round_zero: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point ``(N, G)`` of grid rule ``grid`` (:data:`GRIDS`) with optional clipping.
+
+    ``"rtn"``: :func:`rtn_grid` (integer zero point); ``"minmax"``: :func:`minmax_grid`
+    (fractional zero point, ``round_zero=True`` rounds it). The one dispatch that
+    :func:`fake_quantize` and :func:`automix.quant.quantize` share.
+    """
+    if grid not in GRIDS:
+        raise ValueError(f"clipping grid must be one of {', '.join(GRIDS)}; got {grid!r}")
+    if grid == "rtn":
+        if round_zero:
+            raise ValueError("round_zero applies to method='minmax'; 'rtn' always rounds its zero point")
+        return rtn_grid(wg, bits, clip_max_logit, clip_min_logit)
+    return minmax_grid(wg, bits, clip_max_logit, clip_min_logit, round_zero)
+
+
+def check_meta_dtype(meta_dtype: torch.dtype) -> torch.dtype:
+    """Raise ValueError unless ``meta_dtype`` (the dtype scales and zeros are stored in) is floating."""
+    if meta_dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"meta_dtype must be a floating dtype, got {meta_dtype}")
+    return meta_dtype
+
+
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    """round() forward, identity backward (straight-through estimator)."""
+    """round() forward, identity backward (straight-through estimator).
+
+    The forward value is exactly ``torch.round(x)``: ``round(x) - x`` and ``x + (round(x) - x)``
+    are exact in floating point (Sterbenz), so straight-through codes equal the baked ones.
+    """
     return x + (torch.round(x) - x).detach()
 
 
-def quantize_codes(wg: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    """Codes ``clamp(round(w / scale + zero), 0, qmax)`` for grouped ``wg`` (N, G, gs)."""
+def _cast_ste(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` rounded to ``dtype`` and back in the forward, identity backward (straight-through):
+    the grid a :class:`~automix.quant.weight.QuantizedWeight` stores, kept differentiable."""
+    return x + (x.detach().to(dtype).to(x.dtype) - x.detach())
+
+
+def quantize_codes(wg: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+                   ste: bool = False) -> torch.Tensor:
+    """Codes ``clamp(round(w / scale + zero), 0, qmax)`` for grouped ``wg`` (N, G, gs); a zero
+    scale (a flat group whose step underflowed the metadata dtype) divides by 1. ``ste=True``
+    rounds straight-through (same values, gradients pass)."""
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.clamp(torch.round(wg / safe.unsqueeze(-1) + zero.unsqueeze(-1)), 0, 2**bits - 1)
+    x = wg / safe.unsqueeze(-1) + zero.unsqueeze(-1)
+    return torch.clamp(_round_ste(x) if ste else torch.round(x), 0, 2**bits - 1)
+
+
+def dequantize_codes(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """``(q - zero) * scale`` for grouped codes ``q`` (N, G, gs) and a grid (N, G)."""
+    return (q - zero.unsqueeze(-1)) * scale.unsqueeze(-1)
 
 
 def fake_quantize(
@@ -155,19 +209,29 @@ def fake_quantize(
     clip_max_logit: torch.Tensor | None = None,
     clip_min_logit: torch.Tensor | None = None,
     round_zero: bool = False,
+    *,
+    grid: str = "rtn",
+    meta_dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
     """Differentiable quantize-dequantize of ``weight`` (N, K) with the straight-through estimator.
 
-    Gradients reach ``weight`` (through the STE) and the clipping logits (through the scale and
-    zero point), which is what ApiQ/OmniQuant train. Output has ``weight``'s shape and dtype.
+    The learnable weight clipping of OmniQuant (Shao et al., 2024), trained by ApiQ (Liao et al.,
+    2024): the grid is ``grid``'s rule (``"rtn"``, the default as in :func:`automix.quant.quantize`,
+    or ``"minmax"``) on the clipped range, its scale and zero point are rounded to ``meta_dtype``
+    as a stored grid is, and the codes are those :func:`automix.quant.quantize` computes. Hence
+    ``quantize(weight, ..., method=grid, clip_*_logit=..., meta_dtype=...).dequantize()`` equals
+    this output bit for bit on the ``rtn`` grid (an integer zero point times an fp16 scale is
+    exact in fp32) and to rounding on ``minmax``'s fractional one.
+    Gradients reach ``weight`` (through the STE) and the clipping logits (through the scale, and
+    through the zero point straight-through). Output has ``weight``'s shape and dtype.
     """
     check_bits(bits)
     check_group_size(group_size)
     check_weight(weight)
+    check_meta_dtype(meta_dtype)
     n, k = weight.shape
     wg = grouped(weight, group_size)
-    scale, zero = minmax_grid(wg, bits, clip_max_logit, clip_min_logit, round_zero)
-    z = zero.unsqueeze(-1)
-    q = torch.clamp(_round_ste(wg / scale.unsqueeze(-1) + z), 0, 2**bits - 1)
-    deq = (q - z) * scale.unsqueeze(-1)
-    return deq.reshape(n, -1)[:, :k].to(weight.dtype)
+    scale, zero = clipped_grid(wg, bits, grid, clip_max_logit, clip_min_logit, round_zero)
+    scale, zero = _cast_ste(scale, meta_dtype), _cast_ste(zero, meta_dtype)
+    q = quantize_codes(wg, scale, zero, bits, ste=True)
+    return dequantize_codes(q, scale, zero).reshape(n, -1)[:, :k].to(weight.dtype)

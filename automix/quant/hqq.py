@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from automix.quant.grid import quantize_codes
+from automix.quant.grid import dequantize_codes, quantize_codes
 
 SHRINK_RATIOS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
 
@@ -32,8 +32,7 @@ def _group_mask(wg: torch.Tensor, k: int | None) -> torch.Tensor:
 
 def _sq_error(wg, scale, zero, bits, mask):
     q = quantize_codes(wg, scale, zero, bits)
-    r = (q - zero.unsqueeze(-1)) * scale.unsqueeze(-1)
-    return (((wg - r) ** 2) * mask).sum(-1), q
+    return (((wg - dequantize_codes(q, scale, zero)) ** 2) * mask).sum(-1), q
 
 
 def _shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -88,7 +87,7 @@ def refine_grid(
     b = beta
     for _ in range(iters):
         q = quantize_codes(wg, s, z, bits)
-        w_e = _shrink_lp(wg - (q - z.unsqueeze(-1)) * s.unsqueeze(-1), b, lp_norm)
+        w_e = _shrink_lp(wg - dequantize_codes(q, s, z), b, lp_norm)
         z = ((q - (wg - w_e) / s.unsqueeze(-1)) * mask).sum(-1) / count
         b *= kappa
         consider(s, z)

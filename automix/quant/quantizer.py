@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import torch
 
-from automix.quant.grid import check_group_size, check_weight, grouped, minmax_grid, quantize_codes, rtn_grid
+from automix.quant.grid import (
+    check_group_size,
+    check_meta_dtype,
+    check_weight,
+    clipped_grid,
+    grouped,
+    quantize_codes,
+)
 from automix.quant.hqq import refine_grid
 from automix.quant.packing import check_bits, pack
 from automix.quant.weight import QuantizedWeight
 
 METHODS = ("rtn", "minmax", "hqq")
 DEFAULT_METHOD = "rtn"
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_method(method: object) -> str:
@@ -71,7 +77,8 @@ def quantize(
     ``method="rtn"`` (the default) is standard asymmetric round-to-nearest with an integer zero
     point (:func:`automix.quant.grid.rtn_grid`); ``method="minmax"`` is round-to-nearest on each
     group's exact min/max grid with a fractional zero point (``round_zero=True`` rounds it);
-    both accept learned clipping logits (see :func:`fake_quantize`). ``method="hqq"`` refines the
+    both accept learned clipping logits, and :func:`automix.quant.grid.fake_quantize` with the
+    same ``grid`` and logits is this quantizer's differentiable twin. ``method="hqq"`` refines the
     min/max grid with half-quadratic / least-squares iterations (:mod:`automix.quant.hqq`, kwargs
     go there).
     ``group_size`` need not divide ``in_features``: the last group is then shorter.
@@ -81,18 +88,13 @@ def quantize(
     check_group_size(group_size)
     check_weight(weight)
     check_method(method)
-    if meta_dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"meta_dtype must be a floating dtype, got {meta_dtype}")
+    check_meta_dtype(meta_dtype)
     if method != "hqq" and method_kwargs:
         raise ValueError(f"method={method!r} takes no extra options, got {sorted(method_kwargs)}")
-    if method == "rtn" and round_zero:
-        raise ValueError("round_zero applies to method='minmax'; 'rtn' always rounds its zero point")
     with torch.no_grad():
         wg = grouped(weight.detach(), group_size)
-        if method == "rtn":
-            scale, zero = rtn_grid(wg, bits, clip_max_logit, clip_min_logit)
-        else:
-            scale, zero = minmax_grid(wg, bits, clip_max_logit, clip_min_logit, round_zero)
+        grid = "rtn" if method == "rtn" else "minmax"  # hqq refines the min/max grid
+        scale, zero = clipped_grid(wg, bits, grid, clip_max_logit, clip_min_logit, round_zero)
         if method == "hqq":
             scale, zero = refine_grid(wg, bits, scale, zero, k=weight.shape[1], **method_kwargs)
         return pack_quantized(weight, scale, zero, bits, group_size, meta_dtype)

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from automix.methods.apiq import ApiQLinear, ApiQPlan, apiq_calibrate, group_by_block
+from automix.methods.apiq import ApiQLinear, ApiQPlan, apiq_calibrate, clipping_grid, group_by_block
 from automix.arch import target_layers
+from automix.quant import quantize
+from tests.quant.test_rtn import student_t
 from tests.methods.helpers import (
     check_method_end_to_end,
     structured_layer,
@@ -40,7 +42,9 @@ def test_apiq_reduces_output_error_vs_zero_init(name):
     settings = {"options": {"epochs": 6, "batch_size": 4, "lr_clip": 5e-2, "lr_lora": 5e-3}}
     zero = logit_error("qlora")
     fitted = logit_error(name, settings=settings)
-    assert fitted < 0.85 * zero, (fitted, zero)
+    # both on the rtn grid (0.91 at zero init); apiq 0.78 (0.85x), apiq-lw 0.75 (0.83x). On the
+    # minmax grid ApiQ ends at 0.76-0.77, but from a worse start (qlora minmax 0.93)
+    assert fitted < 0.88 * zero, (fitted, zero)
 
 
 def test_apiq_linear_learns_clipping_and_bakes_what_it_trained():
@@ -61,11 +65,53 @@ def test_apiq_linear_learns_clipping_and_bakes_what_it_trained():
     assert float(loss.detach()) < 0.8 * first
     assert not torch.all(layer.clip_max == 4.0)
     with torch.no_grad():
+        trained_weight = layer.effective_weight()
         trained = layer(x)
     qweight, a, b = layer.bake()
+    # the default (rtn) grid bakes exactly what the fit trained: same codes, same fp16 grid
+    assert torch.equal(qweight.dequantize(torch.float32), trained_weight)
+    assert torch.equal(qweight.zeros, qweight.zeros.round())
+    with torch.no_grad():
+        assert torch.equal(layer(x), trained)
     baked = x @ qweight.dequantize(torch.float32).T + plan.scaling * (x @ a.T) @ b.T
-    # baking only rounds the per-group grid to fp16 metadata (flips a handful of 2-bit codes)
-    assert float((baked - trained).norm() / trained.norm()) < 3e-2
+    torch.testing.assert_close(baked, trained, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("quantizer,grid", [("rtn", "rtn"), ("hqq", "rtn"), ("minmax", "minmax")])
+def test_clipping_grid_follows_the_quantizer(quantizer, grid):
+    assert clipping_grid(quantizer) == grid
+    with pytest.raises(ValueError, match="quantizer method must be one of"):
+        clipping_grid("gptq")
+
+
+@pytest.mark.parametrize("bits,gs,margin", [(2, 64, 1.2), (3, 128, 1.04)])
+def test_apiq_init_on_heavy_tailed_weights_beats_the_minmax_grid(bits, gs, margin):
+    """At init (clipping logits 4.0), ApiQ's weight is about plain rtn's, not minmax's, which is
+    the worse grid on heavy tails at 2-3 bits (tests/quant/test_rtn.py)."""
+    w = student_t(64, 1024)
+
+    def err(q):
+        return float((q - w).norm() / w.norm())
+
+    with torch.no_grad():
+        apiq = err(ApiQLinear(w, None, ApiQPlan(bits, gs, 0, 1.0)).effective_weight())
+    assert apiq < err(quantize(w, bits, gs, method="minmax").dequantize()) / margin
+    assert apiq < err(quantize(w, bits, gs, method="rtn").dequantize())
+
+
+@pytest.mark.parametrize("quantizer,integer_zeros", [(None, True), ("minmax", False)])
+def test_apiq_bakes_on_the_trials_quantizer_grid(quantizer, integer_zeros):
+    from automix.config.layers import LayerSettings
+    from automix.methods import get_method
+    from automix.quant import QuantLinear
+
+    model = tiny_llama(0)
+    layers = {n: LayerSettings(3, 32, 0.0, 4) for n in target_layers(model)}
+    settings = {"options": {"epochs": 1}} | ({"quant_method": quantizer} if quantizer else {})
+    prepared = get_method("apiq").prepare(model, layers, settings, tokens(2, 12, 1))
+    zeros = [m.zeros for m in prepared.modules() if isinstance(m, QuantLinear)]
+    assert len(zeros) == len(layers)
+    assert all(torch.equal(z, z.round()) for z in zeros) == integer_zeros
 
 
 def test_calibration_leaves_the_model_unchanged_and_covers_all_layers():
