@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from automix.bench.report import emit_report
-from automix.config.study import StudyConfig, format_size, parse_size
+from automix.config.study import StudyConfig, format_size, load_study, parse_size
 from automix.search._codec import Codec
 from automix.search.pareto import normalized_hypervolume
 from automix.search.predictors import PerformancePredictor, kendall_tau
@@ -43,17 +43,28 @@ from automix.trial.models import model_fingerprint
 SAMPLERS = ("automix", "knapsack", "random", "tpe", "nsgaii", "gp")
 _STUDY_SAMPLER = {"automix": "automix", "knapsack": "knapsack", "random": "random", "tpe": "tpe",
                   "nsgaii": "nsga2"}
-_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
-_SPACE = _SPACES / "quickstart.yaml"
+_ROOT = Path(__file__).resolve().parents[2]
+_SPACE = _ROOT / "search_spaces" / "quickstart.yaml"
+
+
+def _study_problem(study_file: Path) -> dict[str, Any]:
+    """A problem's defaults read from its study file: the model, data, space, methods, budget and
+    trial settings the study runs with (so the benchmark follows the study when it changes)."""
+    cfg = load_study(study_file)
+    return {"model": cfg.model, "data": cfg.data, "space": cfg.resolve_path(cfg.search_space.path),
+            "methods": ",".join(cfg.methods), "budget": str(cfg.memory_budget), "steps": cfg.trial.steps,
+            "eval_batches": cfg.trial.eval_batches, "batch_size": cfg.trial.batch_size,
+            "seq_len": cfg.trial.seq_len, "lr": cfg.trial.lr}
+
+
 # The real-trial problems: the model, its data, the space and the trial settings of a study on it
-# (builtin: the quickstart's model; smollm2: studies/smollm2-135m.yaml's, on the CPython docs).
-PROBLEMS: dict[str, dict[str, Any]] = {
-    "builtin": {"model": "builtin:tiny", "data": None, "space": _SPACE, "methods": "qlora,loftq",
-                "budget": "11MiB", "steps": 20, "eval_batches": 4, "batch_size": 4, "seq_len": 64,
-                "lr": 1e-3},
-    "smollm2": {"model": "smollm2-135m", "data": "builtin:python-docs",
-                "space": _SPACES / "smollm2-135m.yaml", "methods": "qlora,loftq", "budget": "345MiB",
-                "steps": 12, "eval_batches": 2, "batch_size": 4, "seq_len": 128, "lr": 5e-4},
+# (builtin: this benchmark's own settings on the quickstart's model and space; smollm2: those of
+# studies/smollm2-135m.yaml, on the CPython docs), read when a problem is chosen.
+PROBLEMS: dict[str, Any] = {
+    "builtin": lambda: {"model": "builtin:tiny", "data": None, "space": _SPACE, "methods": "qlora,loftq",
+                        "budget": "11MiB", "steps": 20, "eval_batches": 4, "batch_size": 4, "seq_len": 64,
+                        "lr": 1e-3},
+    "smollm2": lambda: _study_problem(_ROOT / "studies" / "smollm2-135m.yaml"),
 }
 
 
@@ -270,7 +281,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = parser()
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--problem", choices=sorted(PROBLEMS), default="builtin")
-    ap.set_defaults(**PROBLEMS[pre.parse_known_args(argv)[0].problem])
+    ap.set_defaults(**PROBLEMS[pre.parse_known_args(argv)[0].problem]())
     return ap.parse_args(argv)
 
 
