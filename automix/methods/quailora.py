@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from automix.methods.base import MethodError
-from automix.methods.loftq import LowRankInitMethod, check_rank, loftq_init
+from automix.methods.loftq import LowRankInitMethod, check_rank, check_svd_option, loftq_init
 from automix.arch import linear_weight
 from automix.quant import DEFAULT_METHOD
 
@@ -168,9 +168,10 @@ def quailora_init(
     loftq_iters: int = 1,
     damp: float = 0.01,
     quant_method: str = DEFAULT_METHOD,
+    loftq_svd: str = "randomized",
 ) -> tuple[Any, Tensor, Tensor]:
     """LoftQ start then calibrated ALS refinement; returns ``(qweight, A, B)``."""
-    qweight, a, b = loftq_init(weight, bits, group_size, rank, scaling, loftq_iters, quant_method)
+    qweight, a, b = loftq_init(weight, bits, group_size, rank, scaling, loftq_iters, quant_method, loftq_svd)
     residual = weight.detach().float() - qweight.dequantize(torch.float32)
     a, b = quailora_refine(residual, a, b, hessian.to(residual.device), scaling, iters, damp)
     return qweight, a, b
@@ -180,15 +181,18 @@ class QuAILoRA(LowRankInitMethod):
     """Quantized base + LoRA initialised by QuAILoRA (needs a calibration batch).
 
     Options: ``als_iters`` alternating solves, ``damp`` weight-space regularisation of H,
-    ``loftq_iters`` for the LoftQ start, ``calib_batch_size`` sequences per statistics pass.
+    ``loftq_iters`` and ``loftq_svd`` for the LoftQ start, ``calib_batch_size`` sequences per
+    statistics pass.
     """
 
     name = "quailora"
     needs_calibration = True
-    option_defaults = {"als_iters": 10, "damp": 0.01, "loftq_iters": 1, "calib_batch_size": 8}
+    option_defaults = {"als_iters": 10, "damp": 0.01, "loftq_iters": 1, "loftq_svd": "randomized",
+                       "calib_batch_size": 8}
 
     def initialise(self, model, layer_settings, settings, calib):
         opts = settings.options
+        svd = check_svd_option(self.name, opts["loftq_svd"])
         chosen = {n: model.get_submodule(n) for n, s in layer_settings.items() if s.bits < 16 and s.rank > 0}
         if not chosen:
             return {}
@@ -199,7 +203,8 @@ class QuAILoRA(LowRankInitMethod):
             try:
                 out[name] = quailora_init(linear_weight(module), hessians[name], s.bits, s.group_size, s.rank,
                                           settings.lora_alpha / s.rank, int(opts["als_iters"]),
-                                          int(opts["loftq_iters"]), float(opts["damp"]), settings.quant_method)
+                                          int(opts["loftq_iters"]), float(opts["damp"]), settings.quant_method,
+                                          svd)
             except ValueError as err:
                 raise MethodError(f"quailora: layer {name}: {err}") from err
         return out

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from automix.methods.loftq import loftq_init, lowrank_factors, weight_space_error
+from automix.methods.loftq import loftq_init, lowrank_factors, truncated_svd, weight_space_error
 from automix.quant import quantize
 from tests.methods.helpers import check_memory_prediction, check_method_end_to_end, prepare, structured_layer, tiny_llama
 
@@ -43,6 +43,47 @@ def test_lowrank_factors_are_balanced_and_exact():
     a, b = lowrank_factors(r, 6, 2.0)
     torch.testing.assert_close(2.0 * b @ a, r, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(a.norm(dim=1), b.norm(dim=0), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(97, 161), (301, 67)])
+def test_randomized_svd_is_as_good_as_the_exact_truncation_and_reproducible(shape):
+    """The default range finder: near-optimal rank-r error on a quantization residual of an
+    odd-sized heavy-tailed weight, the same factors on every call, and the global RNG untouched
+    (a trial's seed must decide its dropout and data order alone)."""
+    w = structured_layer(*shape, seed=3)
+    residual = w - quantize(w, 2, 32).dequantize(torch.float32)
+    ue, se, vhe = truncated_svd(residual, 8, "exact")
+    exact = residual - (ue * se) @ vhe
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    u, s, vh = truncated_svd(residual, 8)
+    assert torch.equal(torch.get_rng_state(), before)
+    approx = residual - (u * s) @ vh
+    assert u.shape == (shape[0], 8) and vh.shape == (8, shape[1])
+    assert float(approx.norm()) <= 1.01 * float(exact.norm())
+    torch.testing.assert_close(u.T @ u, torch.eye(8), atol=1e-4, rtol=0)  # orthonormal columns
+    u2, s2, vh2 = truncated_svd(residual, 8)
+    assert torch.equal(u, u2) and torch.equal(s, s2) and torch.equal(vh, vh2)
+
+
+def test_randomized_svd_recovers_an_exactly_low_rank_matrix():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(203, 5, generator=g) @ torch.randn(5, 131, generator=g)
+    a, b = lowrank_factors(m, 5, 0.5)
+    torch.testing.assert_close(0.5 * b @ a, m, atol=1e-3, rtol=1e-4)
+
+
+def test_loftq_svd_option_is_validated_and_exact_matches_full_svd():
+    w = structured_layer(seed=4)
+    q, a, b = loftq_init(w, 3, 32, 8, 2.0, svd="exact")
+    residual = w - q.dequantize(torch.float32)
+    u, s, vh = torch.linalg.svd(residual, full_matrices=False)
+    torch.testing.assert_close(2.0 * b @ a, (u[:, :8] * s[:8]) @ vh[:8], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="loftq_svd.*randomized.*exact"):
+        loftq_init(w, 3, 32, 8, 2.0, svd="lanczos")
+    for method in ("loftq", "quailora"):
+        with pytest.raises(ValueError, match=f"^{method}: option loftq_svd must be one of"):
+            prepare(method, settings={"options": {"loftq_svd": "lanczos"}})
 
 
 def test_bad_arguments_raise():
