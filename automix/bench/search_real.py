@@ -174,6 +174,19 @@ def hv_bounds(runs: list[list[dict]], budget: float) -> tuple[np.ndarray, np.nda
     return ideal, ref, ref_hv
 
 
+def best_feasible(run: list[dict], budget: float) -> float:
+    """The lowest perplexity among the run's finished trials within the budget (inf if none)."""
+    return min((t["perplexity"] for t in run if t["perplexity"] is not None and t["memory"] <= budget),
+               default=float("inf"))
+
+
+def format_best(values: list[float]) -> str:
+    """Median and min..max of per-seed best feasible perplexities ("none feasible" as such)."""
+    if all(np.isinf(v) for v in values):
+        return "none feasible"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}..{max(values):.2f})"
+
+
 def normalized_hv(run: list[dict], k: int, budget: float, bounds) -> float:
     """Hypervolume of the run's first k trials in the box from the ideal to the reference point,
     as a fraction of the reference set's (`hv_bounds`)."""
@@ -357,23 +370,25 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         "and seed (1.0 = that set); reference point: the worst feasible log perplexity "
         f"evaluated (+5% of the range) at the budget ({format_size(budget)}).", "",
         "Columns: median over seeds after that many trials; min..max over seeds at the "
-        "sampler's last trial; share of feasible trials; the sampler's own CPU seconds per "
+        "sampler's last trial; share of feasible trials; the best perplexity of a trial within "
+        "the budget (median over seeds, and min..max); the sampler's own CPU seconds per "
         "study (median over seeds; the trials are not included).", "",
         "| sampler | " + " | ".join(f"{c} trials" for c in checkpoints) +
-        " | min..max at end | feasible | sampler s/study |",
-        "|---|" + "---|" * (len(checkpoints) + 3)]
+        " | min..max at end | feasible | best feasible perplexity | sampler s/study |",
+        "|---|" + "---|" * (len(checkpoints) + 4)]
     for s in samplers:
-        curves, feas = [], []
+        curves, feas, bests = [], [], []
         for seed in range(args.seeds):
             r = runs[(s, seed)]
             curves.append([normalized_hv(r, c, budget, bounds) if c <= len(r) else float("nan")
                            for c in checkpoints])
             feas.append(sum(t["memory"] <= budget for t in r) / max(1, len(r)))
+            bests.append(best_feasible(r, budget))
         med = np.median(np.array(curves), axis=0)
         last = [c[len([x for x in checkpoints if x <= n_for[s]]) - 1] for c in curves]
         lines.append(f"| {s} | " + " | ".join("-" if np.isnan(v) else f"{v:.3f}" for v in med)
                      + f" | {min(last):.3f}..{max(last):.3f} | {statistics.mean(feas):.0%} | "
-                     f"{statistics.median(secs[s]):.2f} |")
+                     f"{format_best(bests)} | {statistics.median(secs[s]):.2f} |")
     if any(n_for[s] < args.trials for s in samplers):
         lines += ["", "Samplers with fewer trials (`--short`): " + ", ".join(
             f"{s} {n_for[s]}" for s in samplers if n_for[s] < args.trials) + "."]

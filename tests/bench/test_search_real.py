@@ -53,6 +53,11 @@ def test_hypervolume_normalisation_uses_every_run() -> None:
     assert bench_real.normalized_hv(a, 1, budget, bounds) < hv_a
     with pytest.raises(ValueError, match="no feasible"):
         bench_real.hv_bounds([[a[2]]], budget)
+    # the best feasible perplexity skips over-budget and failed trials
+    assert bench_real.best_feasible(a, budget) == 3.0 and bench_real.best_feasible(b, budget) == 3.5
+    assert bench_real.best_feasible([a[2]], budget) == float("inf")
+    assert bench_real.format_best([3.0, 3.5, float("inf")]) == "3.50 (3.00..inf)"
+    assert bench_real.format_best([float("inf")] * 2) == "none feasible"
 
 
 def test_unknown_sampler_is_rejected() -> None:
