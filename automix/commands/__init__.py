@@ -10,10 +10,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 from typing import Any, Iterator, Mapping
 
 from automix.commands import trial as trial_cmd
+
+
+# columns of a command's output when it goes to a pipe or a file (rich would wrap tables at 80)
+PIPED_WIDTH = 200
+
+
+def output_console(**kwargs: Any) -> Any:
+    """The rich Console a command prints with: the terminal's width on a terminal; elsewhere (a
+    pipe, a file, a CI log) wide enough that a table keeps one line per row, unless COLUMNS says
+    otherwise."""
+    from rich.console import Console  # lazy: CLI start-up (a command loads only what it runs)
+
+    console = Console(**kwargs)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH
+    return console
 
 
 def add_study_argument(parser: argparse.ArgumentParser, what: str = "study name or study file") -> None:

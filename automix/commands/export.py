@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from automix.commands import add_study_argument, study_argument, trial_command, trial_threads
+from automix.commands import add_study_argument, output_console, study_argument, trial_command, trial_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -96,14 +96,12 @@ class RebuildProgress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from automix.study.storage import open_study  # lazy: CLI start-up (a command loads only what it runs)
     from automix.export import export_trial, select_trial
     from automix.config.study import format_size, parse_size  # lazy: CLI start-up (a command loads only what it runs)
     from automix.study.storage import study_from_ref  # lazy: CLI start-up (a command loads only what it runs)
 
-    console = Console(highlight=False)
+    console = output_console(highlight=False)
     cfg = study_from_ref(study_argument(args), args.storage)
     study = open_study(cfg, create=False)
     limit = parse_size(args.max_memory) if args.max_memory else None

@@ -8,7 +8,7 @@ import shlex
 import warnings
 from typing import Any
 
-from automix.commands import trial_command, trial_threads
+from automix.commands import output_console, trial_command, trial_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,11 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from automix.study.progress import end_step, show_step  # lazy: CLI start-up (a command loads only what it runs)
 
-    console = Console(highlight=False)
+    console = output_console(highlight=False)
     # the imports, the model's config and the checks take a while before anything else shows
     show_step(console, f"checking {args.study}: model, search space, data and stores ...")
     try:

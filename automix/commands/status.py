@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from automix.commands import add_study_argument, study_argument
+from automix.commands import add_study_argument, output_console, study_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,14 +26,13 @@ def print_status(cfg: Any, console: Any = None, show_all: bool = False) -> None:
     live driver holds the study)."""
     from collections import Counter
 
-    from rich.console import Console
     from rich.table import Table
 
     from automix.study.storage import StudyLease, open_study  # lazy: CLI start-up (a command loads only what it runs)
     from automix.study.results import front_table, trials_table
     from automix.config.study import format_size  # lazy: CLI start-up (a command loads only what it runs)
 
-    console = console or Console()
+    console = console or output_console()
     study = open_study(cfg, create=False)
     holder = StudyLease(cfg.storage_url, cfg.name).holder()
     alive = holder is not None and holder.alive()

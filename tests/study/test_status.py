@@ -105,3 +105,18 @@ def test_status_with_a_live_driver(tmp_path):
         lease.release()
     assert "2 interrupted, 1 waiting, 1 running" in out and "driven by PID" in out
     assert "RUNNING" in out and "ORPHANED" not in out and "re-runs the interrupted" not in out
+
+
+def test_piped_status_keeps_one_line_per_trial(tmp_path, capsys, monkeypatch):
+    """`automix status NAME > file` (or into `grep`): rows are not wrapped at rich's 80 columns,
+    so each trial stays on one line; COLUMNS still sets the width."""
+    cfg, _ = interrupted_study(tmp_path)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(["status", "stopped", "--storage", cfg.storage_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) > 80
+    assert sum("INTERRUPTED" in line for line in lines) == 2
+    assert sum("WAITING" in line for line in lines) == 2
+    monkeypatch.setenv("COLUMNS", "70")
+    assert main(["status", "stopped", "--storage", cfg.storage_url]) == 0
+    assert max(map(len, capsys.readouterr().out.splitlines())) <= 70
