@@ -153,10 +153,14 @@ def run_study(name: str, seed: int, n_trials: int, args: argparse.Namespace, bac
     return out
 
 
+def _feasible(run: list[dict], budget: float) -> list[dict]:
+    """The run's finished trials (a perplexity) within the memory budget."""
+    return [t for t in run if t["perplexity"] is not None and t["memory"] <= budget]
+
+
 def _points(run: list[dict], budget: float, k: int | None = None) -> np.ndarray:
     """(log perplexity, memory) of the feasible, finished trials among the first k."""
-    rows = [(np.log(t["perplexity"]), t["memory"]) for t in run[:k]
-            if t["perplexity"] is not None and t["memory"] <= budget]
+    rows = [(np.log(t["perplexity"]), t["memory"]) for t in _feasible(run[:k], budget)]
     return np.array(rows, dtype=float).reshape(-1, 2)
 
 
@@ -176,8 +180,7 @@ def hv_bounds(runs: list[list[dict]], budget: float) -> tuple[np.ndarray, np.nda
 
 def best_feasible(run: list[dict], budget: float) -> float:
     """The lowest perplexity among the run's finished trials within the budget (inf if none)."""
-    return min((t["perplexity"] for t in run if t["perplexity"] is not None and t["memory"] <= budget),
-               default=float("inf"))
+    return min((t["perplexity"] for t in _feasible(run, budget)), default=float("inf"))
 
 
 def format_best(values: list[float]) -> str:
@@ -395,8 +398,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if "nsgaii" in samplers and n_for["nsgaii"] <= 50:
         lines += ["", "NSGA-II's first generation (50 trials by default) is random: within it, "
                       "NSGA-II is Optuna's random sampler."]
-    best = min((t for r in runs.values() for t in r if t["perplexity"] is not None
-                and t["memory"] <= budget), key=lambda t: t["perplexity"])
+    best = min((t for r in runs.values() for t in _feasible(r, budget)), key=lambda t: t["perplexity"])
     lines += ["", f"Best feasible perplexity evaluated: {best['perplexity']:.3f} at "
                   f"{format_size(best['memory'])} ({best['params'].get('method')}).", ""]
 

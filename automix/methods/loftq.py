@@ -52,8 +52,7 @@ def truncated_svd(matrix: Tensor, rank: int, svd: str = "randomized", seed: int 
     the sketch would cover half the smaller dimension or more it saves nothing, and the exact SVD
     runs instead.
     """
-    if svd not in SVD_CHOICES:
-        raise ValueError(f"loftq_svd must be one of {list(SVD_CHOICES)}, got {svd!r}")
+    check_svd(svd)
     m, n = matrix.shape
     width = rank + OVERSAMPLE
     if svd == "exact" or 2 * width >= min(m, n):
@@ -66,14 +65,22 @@ def truncated_svd(matrix: Tensor, rank: int, svd: str = "randomized", seed: int 
         basis = torch.linalg.qr(matrix.T @ basis).Q
         basis = torch.linalg.qr(matrix @ basis).Q
     u_small, s, vh = torch.linalg.svd(basis.T @ matrix, full_matrices=False)
-    return (basis @ u_small[:, :rank]), s[:rank], vh[:rank]
+    return basis @ u_small[:, :rank], s[:rank], vh[:rank]
+
+
+def check_svd(svd: str) -> str:
+    """``svd`` if it is one of :data:`SVD_CHOICES`, else a ValueError naming ``loftq_svd``."""
+    if svd not in SVD_CHOICES:
+        raise ValueError(f"loftq_svd must be one of {list(SVD_CHOICES)}, got {svd!r}")
+    return svd
 
 
 def check_svd_option(method: str, svd: str) -> str:
-    """The ``loftq_svd`` option of ``method``, or a :class:`MethodError` naming it."""
-    if svd not in SVD_CHOICES:
-        raise MethodError(f"{method}: option loftq_svd must be one of {list(SVD_CHOICES)}, got {svd!r}")
-    return svd
+    """The ``loftq_svd`` option of ``method``, or a :class:`MethodError` naming the method."""
+    try:
+        return check_svd(svd)
+    except ValueError as err:
+        raise MethodError(f"{method}: option {err}") from None
 
 
 def lowrank_factors(residual: Tensor, rank: int, scaling: float, svd: str = "randomized") -> tuple[Tensor, Tensor]:
@@ -84,9 +91,9 @@ def lowrank_factors(residual: Tensor, rank: int, scaling: float, svd: str = "ran
     :func:`truncated_svd`.
     """
     u, s, vh = truncated_svd(residual.float(), rank, svd)
-    root = s[:rank].sqrt() / math.sqrt(scaling)
-    b = u[:, :rank] * root
-    a = root[:, None] * vh[:rank]
+    root = s.sqrt() / math.sqrt(scaling)
+    b = u * root
+    a = root[:, None] * vh
     return a.contiguous(), b.contiguous()
 
 
@@ -205,4 +212,4 @@ def weight_space_error(weight: Tensor, qweight: Any, a: Tensor, b: Tensor, scali
     return float(err.norm() / w.norm().clamp_min(1e-12))
 
 
-__all__ = ["loftq_init", "truncated_svd", "SVD_CHOICES", "check_svd_option", "LoftQ", "LowRankInitMethod", "as_dtype", "weight_space_error", "lowrank_factors", "check_rank"]
+__all__ = ["loftq_init", "truncated_svd", "SVD_CHOICES", "check_svd", "check_svd_option", "LoftQ", "LowRankInitMethod", "as_dtype", "weight_space_error", "lowrank_factors", "check_rank"]
