@@ -195,6 +195,9 @@ class Codec:
         self._runs = [(slice(j, j + k), slice(c, c + k), np.array([divisor[i] for i in range(j, j + k)]))
                       for j, c, k in runs]
         self._hot = hot
+        # numeric values of the ordinal genes (``values``): source genes and their level values
+        self._numeric = list(self.ordinal_genes)
+        self._numeric_table = [np.asarray(self.genes[j].levels, dtype=float) for j in self._numeric]
         # columns: each gene's position; the genes whose values are not their levels (decoded)
         self._gene_index = {g.name: j for j, g in enumerate(self.genes)}
         self._decoded = [j for j, g in enumerate(self.genes) if not g.plain]
@@ -236,6 +239,16 @@ class Codec:
             if len(level) and (level.min() < 0 or level.max() >= n_levels):
                 raise IndexError(f"gene {self.genes[j].name!r}: level out of range 0..{n_levels - 1}")
             out[rows, start + level] = 1.0
+        return out
+
+    def values(self, genomes: np.ndarray) -> np.ndarray:
+        """The numeric value (not the level index) of every ordinal gene: e.g. bits 2, 3, 4, 8,
+        16 rather than levels 0-4. Resource use (memory, latency) is usually linear in these
+        values, where it is convex in the level index."""
+        genomes = np.asarray(genomes, dtype=float)
+        out = np.zeros((len(genomes), len(self._numeric)))
+        for col, (j, table) in enumerate(zip(self._numeric, self._numeric_table)):
+            out[:, col] = table[genomes[:, j].astype(int)]
         return out
 
     def from_unit(self, u: np.ndarray) -> np.ndarray:

@@ -174,6 +174,14 @@ def _ridge(seed: int) -> _Model:
     return _Bagged(seed, lambda s: RidgeCV(alphas=np.logspace(-3, 3, 13)), 8, expand=True)
 
 
+def _linear(seed: int) -> _Model:
+    """A ridge on the features as given (no standardising, no one-hot levels): for quantities
+    additive in numeric parameter values, such as memory in bits x size."""
+    from sklearn.linear_model import RidgeCV
+
+    return _Bagged(seed, lambda s: RidgeCV(alphas=np.logspace(-4, 3, 15)), 8, expand=False)
+
+
 def _gbm(seed: int) -> _Model:
     from sklearn.ensemble import GradientBoostingRegressor
 
@@ -206,6 +214,7 @@ _MODELS: dict[str, Callable[[int], _Model]] = {
     "gbm": _gbm,
     "mlp": _mlp,
     "ridge": _ridge,
+    "linear": _linear,
 }
 
 

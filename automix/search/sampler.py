@@ -74,7 +74,9 @@ class AutoMixSampler(BaseSampler):
             ``Trial.set_constraint``); both are read from the finished trials.
         features: extra predictor features computed from the params (e.g. sensitivity x
             quantization error per layer group).
-        predictor_models: candidate regressors (see ``automix.search.predictors``).
+        predictor_models: candidate regressors (see ``automix.search.predictors``). Models
+            of observed constraints also try ``linear`` on the parameters' numeric values
+            (memory is linear in bits, prune ratio and rank, not in their level indices).
         n_candidates: rough number of configurations scored on the predictors per proposal.
         prior_trials: finished trials of earlier studies of the same space (warm start).
         seed: seed for reproducible proposals.
@@ -472,13 +474,16 @@ class AutoMixSampler(BaseSampler):
         cons_keys = sorted({k for t, _ in complete for k in t.constraints})
         feasible = np.ones(len(complete), dtype=bool)
         cons_models = []
+        # constraints are resources (memory, latency): linear in the parameters' numeric
+        # values (bits 2..16), not in their level indices, so their models see both
+        X_con = np.hstack([X, codec.values(genomes)])
         for k in cons_keys:
             rows = [j for j, (t, _) in enumerate(complete) if k in t.constraints]
             c = np.array([complete[j][0].constraints[k] for j in rows])
             feasible[rows] &= c <= 0
             if np.any(c > 0) and len(rows) >= 3:
-                p = self._predictors.setdefault(("con", k), self._new_predictor(k))
-                cons_models.append(p.fit(X[rows], c))
+                p = self._predictors.setdefault(("con", k), self._new_predictor(k, constraint=True))
+                cons_models.append(p.fit(X_con[rows], c))
 
         def predict(G: np.ndarray, with_std: bool = False, objectives: bool = True) -> Prediction:
             feats, known, ok, cons = self._evaluate(codec, G)
@@ -493,8 +498,9 @@ class AutoMixSampler(BaseSampler):
                 mean[:, i] = known[:, col] * signs[i]
             pof = np.ones(len(G))
             learned = np.zeros(len(G))
+            feats_con = np.hstack([feats, codec.values(G)]) if cons_models else feats
             for cm in cons_models:
-                m, s = cm.predict(feats)
+                m, s = cm.predict(feats_con)
                 pof *= ndtr(-m / np.maximum(s, 1e-12))  # the normal cdf (scipy.stats.norm.cdf's)
                 learned += m
             # what a configuration costs: its known objectives, else how much of the known
@@ -601,9 +607,13 @@ class AutoMixSampler(BaseSampler):
         """The chosen genome with its predicted objective values (un-signed)."""
         return genome, predict(genome[None, :]).mean[0] * signs
 
-    def _new_predictor(self, salt: Any) -> PerformancePredictor:
+    def _new_predictor(self, salt: Any, constraint: bool = False) -> PerformancePredictor:
+        """A predictor of an objective, or of an observed constraint (which may also pick the
+        plain linear model: resource use is additive in the parameters' values)."""
         seed = (self._seed or 0) + zlib.crc32(str(salt).encode()) % 10007
-        return PerformancePredictor(models=self._models, seed=seed)
+        models = self._models + ("linear",) if constraint and "linear" not in self._models \
+            else self._models
+        return PerformancePredictor(models=models, seed=seed)
 
     def _prior_data(self, codec: Codec, signs: np.ndarray):
         rows = [
