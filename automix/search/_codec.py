@@ -9,7 +9,7 @@ Continuous parameters are stored in [0, 1] after the distribution's (log) transf
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -195,6 +195,8 @@ class Codec:
         self._runs = [(slice(j, j + k), slice(c, c + k), np.array([divisor[i] for i in range(j, j + k)]))
                       for j, c, k in runs]
         self._hot = hot
+        self._gene_columns = {j: [c] for j, c in zip(src, dst)}
+        self._gene_columns.update({j: list(range(c, c + n)) for j, c, n in hot})
         # numeric values of the ordinal genes (``values``): source genes and their level values
         self._numeric = list(self.ordinal_genes)
         self._numeric_table = [np.asarray(self.genes[j].levels, dtype=float) for j in self._numeric]
@@ -240,6 +242,10 @@ class Codec:
                 raise IndexError(f"gene {self.genes[j].name!r}: level out of range 0..{n_levels - 1}")
             out[rows, start + level] = 1.0
         return out
+
+    def feature_columns(self, genes: Sequence[int]) -> list[int]:
+        """The columns of ``features`` that the given genes fill, in gene order."""
+        return [c for j in genes for c in self._gene_columns[int(j)]]
 
     def values(self, genomes: np.ndarray) -> np.ndarray:
         """The numeric value (not the level index) of every ordinal gene: e.g. bits 2, 3, 4, 8,

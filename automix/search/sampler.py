@@ -555,7 +555,8 @@ class AutoMixSampler(BaseSampler):
             # competes in the pool: with few trials it is often better than the learned models'
             n_base = codec.features(genomes[:1]).shape[1]
             ppath = profile_path(codec, lambda G: self._evaluate(codec, G)[0][:, n_base:],
-                                 X[:, n_base:], losses[:, walk_unknown[0]], predict)
+                                 X[:, n_base:], losses[:, walk_unknown[0]], predict,
+                                 genomes=genomes)
             if ppath is not None:
                 path = np.vstack([path, ppath]) if len(path) else ppath
         seeds = genomes[feasible] if feasible.any() else genomes
