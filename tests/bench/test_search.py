@@ -116,3 +116,11 @@ def test_suite_bench_runs_and_writes_tables(tmp_path: Path, monkeypatch) -> None
     assert "tiny-test" in text and "**median**" in text and "**worst**" in text
     keys = json.loads(cache.read_text())
     assert "front/tiny-test/random/0/6" in keys and "budget/tiny-test/knapsack/0/6" in keys
+    # the budget gap splits into the search's part (the truly best trial evaluated) and the
+    # pick by noisy values: the first is never larger
+    assert "the search's part" in text
+    for s in ("knapsack", "random", "tpe"):
+        run = keys[f"budget/tiny-test/{s}/0/6"]
+        picked = bench.score(small, 0, run, "budget", 6, keys)
+        found = bench.score(small, 0, run, "budget", 6, keys, found=True)
+        assert 0.0 <= found <= picked + 1e-9
