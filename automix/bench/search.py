@@ -197,6 +197,22 @@ def _cached(cache: dict, path: Path | None, key: str, fn):
     return cache[key]
 
 
+def _found_table(found: dict[tuple[str, str], float | None], cases: list[ProblemCase],
+                 samplers: list[str]) -> list[str]:
+    """The budget mode's second table: the search's part of the gap (the truly best feasible
+    trial evaluated), without the pick by noisy observed values."""
+    lines = ["Of that gap, the search's part: the gap of the truly best feasible trial evaluated "
+             "(the rest is the pick by noisy observed values).", "",
+             "| case | " + " | ".join(samplers) + " |", "|---|" + "---|" * len(samplers)]
+    for c in cases:
+        lines.append(f"| {c.name} | " + " | ".join(_fmt(found[(c.name, s)], 2) for s in samplers) + " |")
+    medians = []
+    for s in samplers:
+        v = [found[(c.name, s)] for c in cases if found[(c.name, s)] is not None]
+        medians.append(_fmt(float(np.median(v)) if v else None, 2))
+    return lines + ["| **median** | " + " | ".join(medians) + " |", ""]
+
+
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
@@ -294,14 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"{len(cases)} cases" + (f" (not in: {', '.join(losses)})" if losses else "") + "."]
             lines.append("")
             if mode == "budget":
-                lines += ["Of that gap, the search's part: the gap of the truly best feasible trial "
-                          "evaluated (the rest is the pick by noisy observed values).", "",
-                          "| case | " + " | ".join(samplers) + " |", "|---|" + "---|" * len(samplers)]
-                for c in cases:
-                    lines.append(f"| {c.name} | " + " | ".join(_fmt(found[(c.name, s)], 2) for s in samplers) + " |")
-                row = [_fmt(float(np.median(v)) if v else None, 2) for v in
-                       ([found[(c.name, s)] for c in cases if found[(c.name, s)] is not None] for s in samplers)]
-                lines += [f"| **median** | " + " | ".join(row) + " |", ""]
+                lines += _found_table(found, cases, samplers)
 
     if "timing" in parts:
         lines += ["## Sampler CPU time per proposal with 100 finished trials (budget mode)", "",

@@ -43,7 +43,7 @@ from automix.search._optuna_compat import process_constraints_after_trial, stora
 from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
-from automix.search._exploit import boundary_fills, exploit_proposal, profile_path
+from automix.search._exploit import boundary_fills, exploit_proposal, profile_model
 from automix.search._fidelity import curve_of, impute_final
 from automix.search.batch import evaluate_batch
 from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
@@ -554,10 +554,11 @@ class AutoMixSampler(BaseSampler):
             # the profile's own front (the path under the feature that ranks the trials best)
             # competes in the pool: with few trials it is often better than the learned models'
             n_base = codec.features(genomes[:1]).shape[1]
-            ppath = profile_path(codec, lambda G: self._evaluate(codec, G)[0][:, n_base:],
-                                 X[:, n_base:], losses[:, walk_unknown[0]], predict,
-                                 genomes=genomes)
-            if ppath is not None:
+            pmodel = profile_model(codec, lambda G: self._evaluate(codec, G)[0][:, n_base:],
+                                   X[:, n_base:], losses[:, walk_unknown[0]], predict,
+                                   genomes=genomes)
+            ppath = greedy_path(codec, pmodel, [0]) if pmodel is not None else np.empty((0, codec.dim))
+            if len(ppath):
                 path = np.vstack([path, ppath]) if len(path) else ppath
         seeds = genomes[feasible] if feasible.any() else genomes
         pool = nsga2_candidates(
