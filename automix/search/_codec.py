@@ -198,8 +198,11 @@ class Codec:
         self._gene_columns = {j: [c] for j, c in zip(src, dst)}
         self._gene_columns.update({j: list(range(c, c + n)) for j, c, n in hot})
         # numeric values of the ordinal genes (``values``): source genes and their level values
-        self._numeric = list(self.ordinal_genes)
-        self._numeric_table = [np.asarray(self.genes[j].levels, dtype=float) for j in self._numeric]
+        self._numeric = np.array(self.ordinal_genes, dtype=int)
+        width = max((self.genes[j].n_levels for j in self._numeric), default=0)
+        self._numeric_table = np.zeros((len(self._numeric), width))  # row: a gene's level values
+        for row, j in enumerate(self._numeric):
+            self._numeric_table[row, : self.genes[j].n_levels] = self.genes[j].levels
         # columns: each gene's position; the genes whose values are not their levels (decoded)
         self._gene_index = {g.name: j for j, g in enumerate(self.genes)}
         self._decoded = [j for j, g in enumerate(self.genes) if not g.plain]
@@ -251,11 +254,8 @@ class Codec:
         """The numeric value (not the level index) of every ordinal gene: e.g. bits 2, 3, 4, 8,
         16 rather than levels 0-4. Resource use (memory, latency) is usually linear in these
         values, where it is convex in the level index."""
-        genomes = np.asarray(genomes, dtype=float)
-        out = np.zeros((len(genomes), len(self._numeric)))
-        for col, (j, table) in enumerate(zip(self._numeric, self._numeric_table)):
-            out[:, col] = table[genomes[:, j].astype(int)]
-        return out
+        levels = np.asarray(genomes, dtype=float)[:, self._numeric].astype(int)
+        return self._numeric_table[np.arange(len(self._numeric))[None, :], levels]
 
     def from_unit(self, u: np.ndarray) -> np.ndarray:
         return np.stack([g.from_unit(u[:, j]) for j, g in enumerate(self.genes)], axis=1)

@@ -157,11 +157,18 @@ class _Bagged(_Model):
         # boosted trees: all members' trees at once, the same values (see automix.search._trees)
         self._fast = boosting_predictor(self._members)
         self.blas_free = self._fast is not None
+        # linear members: their coefficients, applied as scikit-learn's predict does (X @ coef +
+        # intercept) without its input validation, which costs more than the product here
+        linear = all(hasattr(m, "coef_") and np.ndim(m.coef_) == 1 for m in self._members)
+        self._linear = [(m.coef_, m.intercept_) for m in self._members] if linear else None
         return self
 
     def predict(self, X, return_std=True):
         Xt = self._tf.transform(X) if self._tf else X
         raw = self._fast(Xt) if self._fast is not None else None
+        if raw is None and self._linear is not None:
+            Xt = np.asarray(Xt, dtype=float)
+            raw = np.stack([Xt @ coef + intercept for coef, intercept in self._linear])
         if raw is None:
             raw = np.stack([m.predict(Xt) for m in self._members])
         preds = raw * self._y_sd + self._y_mu

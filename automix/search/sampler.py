@@ -445,7 +445,7 @@ class AutoMixSampler(BaseSampler):
 
         genomes = np.array([g for _, g in complete])
         losses = np.array([t.values for t, _ in complete], dtype=float) * signs
-        X = self._evaluate(codec, genomes)[0]
+        X, _, known_ok, _ = self._evaluate(codec, genomes)
         prior_X, prior_L = self._prior_data(codec, signs)
 
         low_X, low_y = self._low_fidelity(codec, complete, list(pruned), signs[0]) if 0 in unknown \
@@ -481,7 +481,10 @@ class AutoMixSampler(BaseSampler):
             rows = [j for j, (t, _) in enumerate(complete) if k in t.constraints]
             c = np.array([complete[j][0].constraints[k] for j in rows])
             feasible[rows] &= c <= 0
-            if np.any(c > 0) and len(rows) >= 3:
+            # a constraint the known ones already decide (the study's memory budget, also set
+            # on each trial for other samplers) needs no model: candidates are filtered by it
+            redundant = bool(self._known_constraints) and np.array_equal(c <= 0, known_ok[rows])
+            if np.any(c > 0) and len(rows) >= 3 and not redundant:
                 p = self._predictors.setdefault(("con", k), self._new_predictor(k, constraint=True))
                 cons_models.append(p.fit(X_con[rows], c))
 

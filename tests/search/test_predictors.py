@@ -80,3 +80,17 @@ def test_tree_arrays_of_single_leaf_trees() -> None:
     mean, _ = model.predict(X[:5])
     model._fast = None
     assert np.array_equal(mean, model.predict(X[:5])[0])
+
+
+@pytest.mark.parametrize("name", ["ridge", "linear"])
+def test_linear_ensembles_predict_as_scikit_learn_to_the_bit(name: str) -> None:
+    """Bagged ridges apply their members' coefficients directly (no per-call validation):
+    the same values as the members' own `predict`."""
+    X, y = _data(60)
+    Xt, _ = _data(37, seed=6)
+    model = make_model(name, seed=0).fit(X, y)
+    mean, std = model.predict(Xt)
+    Xe = model._tf.transform(Xt) if model._tf else Xt
+    raw = np.stack([m.predict(Xe) for m in model._members]) * model._y_sd + model._y_mu
+    np.testing.assert_array_equal(mean, raw[0] * 0.5 + raw.mean(axis=0) * 0.5)
+    np.testing.assert_array_equal(std, raw.std(axis=0))
