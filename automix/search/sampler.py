@@ -53,6 +53,7 @@ __all__ = ["AutoMixSampler"]
 
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 _PREDICTED_ATTR = "automix:predicted_values"  # system attr: predicted objective values
+_MIN_COMPLETE = 3  # complete trials before pruned ones count as start-up trials (a line of curves)
 
 
 class AutoMixSampler(BaseSampler):
@@ -160,7 +161,7 @@ class AutoMixSampler(BaseSampler):
             codec = self._get_codec(search_space)
             trials = study._get_trials(deepcopy=False, use_cache=True)
             complete, taken, pending, pruned = self._collect(study, trials, codec, trial)
-            if len(complete) < self._n_startup:
+            if not self._started(complete, pruned):
                 genome = self._next_design_point(codec, taken)
             else:
                 genome, predicted = self._propose(study, codec, complete, pending, taken, pruned)
@@ -244,6 +245,16 @@ class AutoMixSampler(BaseSampler):
                 taken.add(key)
                 pending.append(np.array(key, dtype=float))
         return complete, taken, pending, pruned
+
+    def _started(self, complete: list, pruned: list) -> bool:
+        """Whether the predictors take over: after `n_startup` finished trials, a pruned one
+        with a learning curve counting as one (its curve predicts its final quality, see
+        `_low_fidelity`) once a few complete trials can map curves to final values. Without
+        this, a pruner that stops most random start-up trials right after initialisation
+        keeps the study sampling at random long after it has learned enough."""
+        informed = sum(1 for t, _ in pruned if curve_of(t))
+        return (len(complete) >= min(self._n_startup, _MIN_COMPLETE)
+                and len(complete) + informed >= self._n_startup)
 
     def _uniform_count(self, max_levels: int) -> int:
         if self._n_uniform is not None:
@@ -549,8 +560,8 @@ class AutoMixSampler(BaseSampler):
         path = (greedy_path(codec, predict, walk_unknown, base=base, rng=self._rng) if has_cost
                 else np.empty((0, codec.dim)))
         fresh = lambda G: self._fresh(codec, G, taken)  # noqa: E731
-        exploit = self._exploit(codec, genomes, X, losses, feasible, unknown, pending, predict,
-                                path, fresh, n_obj, bool(cons_models))
+        exploit = self._exploit(codec, genomes, X, losses, feasible, unknown, len(pending) + len(pruned),
+                                predict, path, fresh, n_obj, bool(cons_models))
         if exploit is not None:
             return self._predicted(exploit, predict, signs)
         if has_cost and self._features is not None and len(walk_unknown) == 1:
@@ -592,15 +603,17 @@ class AutoMixSampler(BaseSampler):
                 return self._predicted(local[int(np.argmax(lscore))], predict, signs)
         return self._predicted(pool[int(np.argmax(score))], predict, signs)
 
-    def _exploit(self, codec, genomes, X, losses, feasible, unknown, pending, predict, path,
+    def _exploit(self, codec, genomes, X, losses, feasible, unknown, n_others, predict, path,
                  fresh, n_obj, learned_constraints: bool) -> np.ndarray | None:
         """The exploitation proposal when it is its turn (see the module docstring), else None.
-        A budget learned from the trials (observed constraints, predicted) counts as known."""
+        A budget learned from the trials (observed constraints, predicted) counts as known.
+        ``n_others``: the proposals that are not complete trials (pending and pruned ones),
+        which take their turn in the rotation too."""
         budget = bool(self._known_constraints) or learned_constraints
         if not budget or len(unknown) != 1 or not self._exploit_every:
             return None
         period = self._exploit_every if n_obj == 1 else self._exploit_every + 1
-        if (len(genomes) + len(pending) - self._n_startup) % period:
+        if (len(genomes) + n_others - self._n_startup) % period:
             return None
         n_base = codec.features(genomes[:1]).shape[1]
         return exploit_proposal(codec, genomes, X[:, n_base:], losses[:, unknown[0]], feasible,

@@ -65,3 +65,33 @@ def test_sampler_learns_from_pruned_trials():
                                           study.get_trials(states=(optuna.trial.TrialState.PRUNED,))], 1.0)
     assert len(low_y) == 3 and low_y == pytest.approx([35.0] * 3)  # 40 at step 0 -> 35 at the end
     assert study.ask(dists).params  # and guided proposals go on with them
+
+
+def test_pruned_trials_with_curves_count_as_startup_trials():
+    """A pruner that stops most start-up trials right after initialisation must not keep the
+    sampler proposing start-up points: a pruned trial with a curve counts as finished once three
+    complete trials map curves to final values."""
+    from automix.search import AutoMixSampler
+    from automix.search.sampler import _PREDICTED_ATTR
+
+    dists = {"x": optuna.distributions.IntDistribution(0, 9), "y": optuna.distributions.IntDistribution(0, 9)}
+
+    def guided_after(n_complete: int, n_pruned: int, curves: bool = True) -> bool:
+        sampler = AutoMixSampler(search_space=dists, n_startup_trials=6, seed=0)
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+        for k in range(n_complete + n_pruned):
+            t = study.ask(dists)
+            loss = float(t.params["x"] + t.params["y"])
+            if curves:
+                t.set_user_attr("eval_curve", [[0, loss + 5.0]])
+            if k < n_complete:
+                study.tell(t, [loss, float(10 - t.params["x"])])
+            else:
+                study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        t = study.ask(dists)
+        return _PREDICTED_ATTR in study._storage.get_trial(t._trial_id).system_attrs
+
+    assert guided_after(3, 3)                   # 6 finished, 3 of them complete: the predictors take over
+    assert not guided_after(2, 4)               # too few complete trials to map curves to final values
+    assert not guided_after(3, 3, curves=False)  # pruned without a curve: nothing to learn from
+    assert guided_after(6, 0)
