@@ -8,6 +8,14 @@ reported, enough of them are better — the trial is dominated at that fidelity,
 curves of quantized fine-tunes rarely cross (the step-0 evaluation, right after
 initialisation, already ranks most of them; see ``benchmarks/multi_fidelity.md``).
 
+With ``min_gain`` it also screens: a trial is stopped when the final point its curve predicts
+(`automix.search._fidelity.impute_final`, mapped on the complete trials) would add less than
+that fraction to the hypervolume of the complete trials' (quality, memory) front. Not being
+dominated is a weak test when the sampler proposes near the front: most proposals pass it and
+each costs a full fine-tune for a sliver of the front. The memory axis of the hypervolume ends
+at ``memory_reference`` (the study's budget; automix's driver passes it), else 10% past the
+largest memory seen.
+
 It is an ordinary Optuna pruner on a single-objective study whose trials carry their memory in
 the user attribute ``memory`` (automix's driver keeps such a study beside every search, see
 `automix.study.fidelity`)::
@@ -24,9 +32,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
+
+from automix.search._fidelity import curve_of, impute_final
+from automix.search.pareto import normalized_hypervolume
 
 __all__ = ["ParetoPruner"]
 
@@ -42,18 +54,25 @@ class ParetoPruner(BasePruner):
         margin: a dominator's value must be better by this fraction of the trial's value (for
             noisy evaluations).
         memory_attr: the user attribute holding a trial's memory.
+        min_gain: also stop a trial whose predicted final point would add less than this
+            fraction to the complete trials' front hypervolume (0: dominance only).
+        memory_reference: where the hypervolume's memory axis ends (e.g. the memory budget).
     """
 
     def __init__(self, n_startup_trials: int = 4, n_warmup_steps: int = 0, n_dominators: int = 1,
-                 margin: float = 0.0, memory_attr: str = "memory") -> None:
-        if n_startup_trials < 0 or n_warmup_steps < 0 or n_dominators < 1 or margin < 0:
-            raise ValueError("ParetoPruner: n_startup_trials, n_warmup_steps and margin must be >= 0 and "
-                             f"n_dominators >= 1 (got {n_startup_trials}, {n_warmup_steps}, {margin}, {n_dominators})")
+                 margin: float = 0.0, memory_attr: str = "memory", min_gain: float = 0.0,
+                 memory_reference: float | None = None) -> None:
+        if n_startup_trials < 0 or n_warmup_steps < 0 or n_dominators < 1 or margin < 0 or min_gain < 0:
+            raise ValueError("ParetoPruner: n_startup_trials, n_warmup_steps, margin and min_gain must be >= 0 "
+                             f"and n_dominators >= 1 (got {n_startup_trials}, {n_warmup_steps}, {margin}, "
+                             f"{min_gain}, {n_dominators})")
         self.n_startup_trials = int(n_startup_trials)
         self.n_warmup_steps = int(n_warmup_steps)
         self.n_dominators = int(n_dominators)
         self.margin = float(margin)
         self.memory_attr = memory_attr
+        self.min_gain = float(min_gain)
+        self.memory_reference = None if memory_reference is None else float(memory_reference)
 
     def prune(self, study: Any, trial: Any) -> bool:
         step = trial.last_step
@@ -76,4 +95,30 @@ class ParetoPruner(BasePruner):
             peers += 1
             better = v < value - slack if minimize else v > value + slack
             dominators += bool(better and m <= memory)
-        return peers >= self.n_startup_trials and dominators >= self.n_dominators
+        if peers < self.n_startup_trials:
+            return False
+        if dominators >= self.n_dominators:
+            return True
+        return self.min_gain > 0 and self._gain(study, trial, memory, minimize) < self.min_gain
+
+    def _gain(self, study: Any, trial: Any, memory: float, minimize: bool) -> float:
+        """The fraction the trial's predicted final point adds to the complete trials' front
+        hypervolume (inf when there is nothing to predict it from)."""
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value) and self.memory_attr in t.user_attrs]
+        final = impute_final([(curve_of(t), float(t.value)) for t in done], curve_of(trial))
+        if final is None or not math.isfinite(final):
+            return math.inf
+        sign = 1.0 if minimize else -1.0
+        front = np.array([(sign * float(t.value), float(t.user_attrs[self.memory_attr])) for t in done])
+        points = np.vstack([front, [sign * final, memory]])
+        span = np.ptp(points, axis=0)
+        reference = points.max(axis=0) + 0.1 * span
+        if self.memory_reference is not None:
+            reference[1] = self.memory_reference
+        ideal = points.min(axis=0)
+        if np.any(reference <= ideal):
+            return math.inf
+        before = normalized_hypervolume(front, ideal, reference)
+        after = normalized_hypervolume(points, ideal, reference)
+        return (after - before) / before if before > 0 else math.inf

@@ -45,7 +45,7 @@ def make_pruner(cfg: StudyConfig) -> BasePruner | None:
         return None
     every = p.report_every(cfg.trial.steps)
     defaults: dict[str, dict[str, Any]] = {
-        "pareto": {},
+        "pareto": {"memory_reference": float(cfg.memory_budget)},  # the front's hypervolume ends at the budget
         "median": {"n_startup_trials": 4},
         "percentile": {"percentile": 25.0, "n_startup_trials": 4},
         "successive-halving": {"min_resource": every},

@@ -95,3 +95,32 @@ def test_pruned_trials_with_curves_count_as_startup_trials():
     assert not guided_after(2, 4)               # too few complete trials to map curves to final values
     assert not guided_after(3, 3, curves=False)  # pruned without a curve: nothing to learn from
     assert guided_after(6, 0)
+
+
+def _complete(study, memory, curve, final):
+    t = study.ask()
+    t.set_user_attr("memory", memory)
+    for step, value in curve.items():
+        t.report(value, step)
+    study.tell(t, final)
+
+
+def test_pareto_pruner_min_gain_screens_trials_that_would_add_a_sliver_of_the_front():
+    def judge(min_gain, memory, value):
+        study = optuna.create_study(direction="minimize", pruner=ParetoPruner(
+            n_startup_trials=2, min_gain=min_gain, memory_reference=4.0))
+        for mem, s0 in [(1.0, 30.0), (2.0, 20.0), (3.0, 10.0)]:
+            _complete(study, mem, {0: s0}, s0 - 5.0)  # every curve ends 5 below its step-0 value
+        pruner = study.pruner
+        t = _trial(study, memory, value)
+        frozen = study._storage.get_trial(t._trial_id)
+        return t.should_prune(), pruner._gain(study, frozen, memory, True)
+
+    sliver, gain = judge(0.05, 2.5, 19.0)       # predicted 14 at 2.5: just past (2.0, 15)
+    assert sliver and 0 < gain < 0.05
+    assert not judge(0.0, 2.5, 19.0)[0]          # dominance alone keeps it
+    big, gain = judge(0.05, 1.5, 12.0)           # predicted 7 at 1.5: a new knee of the front
+    assert not big and gain > 0.05
+    assert judge(0.05, 2.5, 21.0)[0]             # dominated as before
+    with pytest.raises(ValueError, match="min_gain"):
+        ParetoPruner(min_gain=-1)

@@ -34,7 +34,9 @@ def make_cfg(tmp_path, **kw):
 
 def test_pruner_settings_and_errors(tmp_path):
     assert make_pruner(make_cfg(tmp_path, pruner="none")) is None
-    assert isinstance(make_pruner(make_cfg(tmp_path)), ParetoPruner)
+    pareto = make_pruner(make_cfg(tmp_path))
+    assert isinstance(pareto, ParetoPruner) and pareto.memory_reference == 5000  # the front ends at the budget
+    assert make_pruner(make_cfg(tmp_path, pruner={"name": "pareto", "options": {"min_gain": 0.01}})).min_gain == 0.01
     hb = make_pruner(make_cfg(tmp_path, pruner="hyperband"))
     assert isinstance(hb, optuna.pruners.HyperbandPruner)
     cfg = make_cfg(tmp_path, pruner={"name": "median", "eval_every": 7})
