@@ -14,8 +14,9 @@ evaluations: training is deterministic per configuration, so a trial stopped at 
 exactly the first s steps of that run, and the benchmark charges it s fine-tuning steps.
 
 Arms: AutoMix at full fidelity for ``--trials`` trials (the target: its hypervolume), AutoMix
-with the Pareto pruner (from step 0, screening by predicted hypervolume gain too: ``-gain``, or
-from step 5 on: ``-warmup``) and with Optuna's median pruner, and Optuna's TPE with its
+with the Pareto pruner (its defaults; on dominance alone after 4 peers, as it was before its
+``min_gain`` screening: ``-dominance``; from step 5 on: ``-warmup``) and with Optuna's median
+pruner, and Optuna's TPE with its
 HyperbandPruner (the anchor), the pruned arms within half the full arm's steps (``--share``).
 """
 
@@ -45,7 +46,7 @@ from automix.trial.models import model_fingerprint
 ARMS = {
     "automix": ("automix", "none", {}),
     "automix+pareto": ("automix", "pareto", {}),
-    "automix+pareto-gain": ("automix", "pareto", {"min_gain": 0.001}),
+    "automix+pareto-dominance": ("automix", "pareto", {"min_gain": 0.0, "n_startup_trials": 4}),
     "automix+pareto-warmup": ("automix", "pareto", {"n_warmup_steps": 5}),
     "automix+median": ("automix", "median", {}),
     "tpe+hyperband": ("tpe", "hyperband", {}),

@@ -185,9 +185,9 @@ class PrunerSettings(_Strict):
     of the study's steps); the driver hands those values to the pruner, which may stop the trial.
     ``pareto`` (automix's own, `automix.search.pruners.ParetoPruner`) stops a trial whose value
     at a step is dominated — worse quality and no less memory — by trials already seen at that
-    step, so it keeps the low-memory end of a memory/quality front alive (its ``min_gain``
-    option also stops trials predicted to add less than that fraction to the front's
-    hypervolume, whose memory axis ends at ``memory_budget``); the others are
+    step, so it keeps the low-memory end of a memory/quality front alive, and one predicted to
+    add less than ``min_gain`` (default 0.001) to the front's hypervolume, whose memory axis
+    ends at ``memory_budget``; the others are
     Optuna's own pruners on the quality alone (``median``, ``percentile``,
     ``successive-halving``, ``hyperband``), with ``options`` as their keyword arguments.
     ``pruner: median`` is short for ``pruner: {name: median}``.

@@ -30,7 +30,7 @@ def test_pareto_pruner_waits_for_enough_peers_and_respects_warmup_and_margin():
     study = optuna.create_study(direction="maximize", pruner=ParetoPruner(n_startup_trials=3, n_warmup_steps=1))
     study.tell(_trial(study, 1.0, 0.9, step=0), 0.9)
     assert not _trial(study, 2.0, 0.5, step=0).should_prune()  # before the warm-up step, and 1 peer < 3
-    margin = optuna.create_study(direction="maximize", pruner=ParetoPruner(n_startup_trials=1, margin=0.1))
+    margin = optuna.create_study(direction="maximize", pruner=ParetoPruner(n_startup_trials=1, margin=0.1, min_gain=0))
     margin.tell(_trial(margin, 1.0, 0.80), 0.80)
     assert not _trial(margin, 2.0, 0.78).should_prune()  # within 10 %
     assert _trial(margin, 2.0, 0.50).should_prune()
