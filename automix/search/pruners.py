@@ -8,9 +8,9 @@ reported, enough of them are better — the trial is dominated at that fidelity,
 curves of quantized fine-tunes rarely cross (the step-0 evaluation, right after
 initialisation, already ranks most of them; see ``benchmarks/multi_fidelity.md``).
 
-With ``min_gain`` it also screens: a trial is stopped when the final point its curve predicts
-(`automix.search._fidelity.impute_final`, mapped on the complete trials) would add less than
-that fraction to the hypervolume of the complete trials' (quality, memory) front. Not being
+It also screens (``min_gain``, on by default): a trial is stopped when the final point its
+curve predicts (`automix.search._fidelity.impute_final`, mapped on the complete trials) would
+add less than that fraction to the hypervolume of the complete trials' (quality, memory) front. Not being
 dominated is a weak test when the sampler proposes near the front: most proposals pass it and
 each costs a full fine-tune for a sliver of the front. The memory axis of the hypervolume ends
 at ``memory_reference`` (the study's budget; automix's driver passes it), else 10% past the
@@ -44,7 +44,8 @@ __all__ = ["ParetoPruner"]
 
 
 class ParetoPruner(BasePruner):
-    """Prune a trial dominated at its last reported step by trials of no more memory.
+    """Prune a trial dominated at its last reported step by trials of no more memory, or one
+    whose predicted final point would add less than ``min_gain`` to the front's hypervolume.
 
     Args:
         n_startup_trials: judge a step only once this many other trials reported at it (one
