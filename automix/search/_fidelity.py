@@ -20,7 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["curve_of", "impute_final"]
+__all__ = ["LINE_PAIRS", "curve_of", "impute_final"]
+
+LINE_PAIRS = 3  # complete trials that evaluated at a step before their values map by a line
 
 
 def curve_of(t: Any) -> dict[int, float]:
@@ -41,7 +43,7 @@ def impute_final(complete: Sequence[tuple[dict[int, float], float]], curve: dict
         return None
     x, y = pairs[:, 0], pairs[:, 1]
     value = curve[step]
-    if len(pairs) >= 3 and np.ptp(x) > 0:
+    if len(pairs) >= LINE_PAIRS and np.ptp(x) > 0:
         slope, intercept = np.polyfit(x, y, 1)
         if slope > 0:  # a curve that ends better predicts a better end: the usable case
             return float(slope * value + intercept)

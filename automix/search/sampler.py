@@ -44,7 +44,7 @@ from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
 from automix.search._exploit import boundary_fills, exploit_proposal, profile_model
-from automix.search._fidelity import curve_of, impute_final
+from automix.search._fidelity import LINE_PAIRS, curve_of, impute_final
 from automix.search.batch import evaluate_batch
 from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
 from automix.search.predictors import PerformancePredictor
@@ -53,7 +53,6 @@ __all__ = ["AutoMixSampler"]
 
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 _PREDICTED_ATTR = "automix:predicted_values"  # system attr: predicted objective values
-_MIN_COMPLETE = 3  # complete trials before pruned ones count as start-up trials (a line of curves)
 
 
 class AutoMixSampler(BaseSampler):
@@ -253,7 +252,7 @@ class AutoMixSampler(BaseSampler):
         this, a pruner that stops most random start-up trials right after initialisation
         keeps the study sampling at random long after it has learned enough."""
         informed = sum(1 for t, _ in pruned if curve_of(t))
-        return (len(complete) >= min(self._n_startup, _MIN_COMPLETE)
+        return (len(complete) >= min(self._n_startup, LINE_PAIRS)
                 and len(complete) + informed >= self._n_startup)
 
     def _uniform_count(self, max_levels: int) -> int:

@@ -72,7 +72,6 @@ def test_pruned_trials_with_curves_count_as_startup_trials():
     sampler proposing start-up points: a pruned trial with a curve counts as finished once three
     complete trials map curves to final values."""
     from automix.search import AutoMixSampler
-    from automix.search.sampler import _PREDICTED_ATTR
 
     dists = {"x": optuna.distributions.IntDistribution(0, 9), "y": optuna.distributions.IntDistribution(0, 9)}
 
@@ -88,8 +87,8 @@ def test_pruned_trials_with_curves_count_as_startup_trials():
                 study.tell(t, [loss, float(10 - t.params["x"])])
             else:
                 study.tell(t, state=optuna.trial.TrialState.PRUNED)
-        t = study.ask(dists)
-        return _PREDICTED_ATTR in study._storage.get_trial(t._trial_id).system_attrs
+        study.ask(dists)
+        return "automix:predicted_values" in study.trials[-1].system_attrs  # a guided proposal
 
     assert guided_after(3, 3)                   # 6 finished, 3 of them complete: the predictors take over
     assert not guided_after(2, 4)               # too few complete trials to map curves to final values
@@ -113,8 +112,7 @@ def test_pareto_pruner_min_gain_screens_trials_that_would_add_a_sliver_of_the_fr
             _complete(study, mem, {0: s0}, s0 - 5.0)  # every curve ends 5 below its step-0 value
         pruner = study.pruner
         t = _trial(study, memory, value)
-        frozen = study._storage.get_trial(t._trial_id)
-        return t.should_prune(), pruner._gain(study, frozen, memory, True)
+        return t.should_prune(), pruner._gain(study, study.trials[-1], memory, True)
 
     sliver, gain = judge(0.05, 2.5, 19.0)       # predicted 14 at 2.5: just past (2.0, 15)
     assert sliver and 0 < gain < 0.05
