@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
+from automix.search._allocation import Additive
+
 __all__ = ["evaluate_batch", "decompose", "DecomposedFunction", "Shifted", "choice_indices"]
 
 
@@ -206,6 +208,19 @@ class DecomposedFunction:
 
     def __call__(self, params: Mapping[str, Any]) -> float:
         return self._evaluate(params)[0]
+
+    @property
+    def condition_values(self) -> list[tuple]:
+        """The value combinations of the non-numeric parameters that have tables."""
+        return list(self._tables)
+
+    def additive(self, condition: tuple = ()) -> Additive:
+        """The tables of one combination of the non-numeric parameters' values, as the exact
+        allocation reads them (``automix.search._allocation``): over the level indices of
+        ``names``; with ``max_terms``, component 0 plus the maximum of the others."""
+        v0, first, second = self._tables[tuple(condition)]
+        return Additive(np.asarray(v0, float), [np.asarray(t, float) for t in first],
+                        {k: np.asarray(t, float) for k, t in second.items()}, has_max=self.max_terms is not None)
 
     def _levels(self, columns: Mapping[str, Sequence], n: int) -> np.ndarray:
         """Level indices ``(n, parameters)`` of the columns' values (numeric: the nearest choice)."""
