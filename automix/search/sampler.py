@@ -45,7 +45,9 @@ from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
 from automix.search._codec import Codec
 from automix.search._exploit import boundary_fills, exploit_proposal, profile_model
 from automix.search._fidelity import LINE_PAIRS, curve_of, impute_final
+from automix.search._profile_search import ProfileSearch
 from automix.search.batch import evaluate_batch
+from automix.search.oneshot import van_der_corput
 from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
 from automix.search.predictors import PerformancePredictor
 
@@ -84,12 +86,20 @@ class AutoMixSampler(BaseSampler):
             proposal in this many (one more with a front to cover) goes to the best predicted
             configuration within the constraints instead of to EHVI (0 = never).
         startup_configs: configurations (params) proposed first, before the space-filling
-            design (e.g. ``KnapsackSampler.proposals(k)``: one-shot profile allocations); they
+            design (e.g. ``OneShotSampler.proposals(k)``: one-shot profile allocations); they
             count as start-up trials, infeasible ones are skipped.
         saturation: with several objectives, the hypervolume's reference point stops where
             the front saturates: past the cheapest point within this fraction of an
             objective's observed span of its best value, the other objectives are not
             explored further (0 = reference point at the front's worst values + 10%).
+        hold: parameter -> value where the one-shot start holds the parameters that
+            ``features`` does not score (a study passes its search space's ``fixed`` values;
+            default: their first choice).
+        profile_start: with ``features`` (a profile) and a memory function the sampler can
+            tabulate (``known_constraints`` of the form ``Shifted(memory, budget)``, or one
+            known objective), start from the one-shot allocation and go on with the
+            profile-residual model (``automix.search._profile_search``) instead of a
+            space-filling design; ``n_startup_trials`` then applies only where it cannot.
     """
 
     def __init__(
@@ -109,6 +119,8 @@ class AutoMixSampler(BaseSampler):
         exploit_every: int = 2,
         startup_configs: Sequence[Mapping[str, Any]] = (),
         saturation: float = 0.02,
+        hold: Mapping[str, Any] | None = None,
+        profile_start: bool = True,
     ) -> None:
         if n_startup_trials < 1:
             raise ValueError(f"n_startup_trials must be >= 1, got {n_startup_trials}")
@@ -126,6 +138,10 @@ class AutoMixSampler(BaseSampler):
         self._exploit_every = exploit_every
         self._startup_configs = [dict(c) for c in startup_configs]
         self._saturation = float(saturation)
+        self._hold = dict(hold or {})
+        self._profile_start = bool(profile_start)
+        self._profile: ProfileSearch | None = None
+        self._profile_configs: list[dict[str, Any]] = []
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
         self._intersection = IntersectionSearchSpace(include_pruned=True)
@@ -219,7 +235,24 @@ class AutoMixSampler(BaseSampler):
             self._last = None
             self._design = None
             self._predictors.clear()
+            self._profile, self._profile_configs = None, []
+            if self._profile_start:
+                self._profile = ProfileSearch.build(search_space, self._features, self._known,
+                                                    self._known_constraints, self._hold, self._seed)
+                if self._profile is not None:
+                    # memory an objective: a few allocations down the cost axis (more when the
+                    # front is the whole goal, no budget)
+                    n_front = 0 if not self._known else 2 if self._known_constraints else 8
+                    self._profile_configs = self._profile.startup(n_front)
         return self._codec
+
+    @property
+    def _n_start(self) -> int:
+        """Start-up trials: the one-shot start's configurations when there is one, else
+        ``n_startup_trials``."""
+        if self._profile is not None and self._profile_configs:
+            return len(self._profile_configs)
+        return self._n_startup
 
     def _collect(self, study: Study, trials: list[FrozenTrial], codec: Codec, current: FrozenTrial):
         complete: list[tuple[FrozenTrial, np.ndarray]] = []
@@ -252,8 +285,8 @@ class AutoMixSampler(BaseSampler):
         this, a pruner that stops most random start-up trials right after initialisation
         keeps the study sampling at random long after it has learned enough."""
         informed = sum(1 for t, _ in pruned if curve_of(t))
-        return (len(complete) >= min(self._n_startup, LINE_PAIRS)
-                and len(complete) + informed >= self._n_startup)
+        return (len(complete) >= min(self._n_start, LINE_PAIRS)
+                and len(complete) + informed >= self._n_start)
 
     def _uniform_count(self, max_levels: int) -> int:
         if self._n_uniform is not None:
@@ -312,6 +345,13 @@ class AutoMixSampler(BaseSampler):
 
         design: list[np.ndarray] = []
         seen: set[tuple] = set()
+        if self._profile_configs:  # the one-shot start replaces the space-filling design
+            for params in self._profile_configs:
+                g = codec.encode(params)
+                if codec.key(g) not in seen and self._feasible(codec, g):
+                    design.append(g)
+                    seen.add(codec.key(g))
+            return design
         for params in self._startup_configs[: self._n_startup]:
             if set(codec.names) <= params.keys():
                 g = codec.encode(params)
@@ -452,6 +492,11 @@ class AutoMixSampler(BaseSampler):
             raise ValueError(f"known_objectives indices {bad} out of range for {n_obj} objectives")
         unknown = [i for i in range(n_obj) if i not in self._known]
         known_idx = list(self._known)
+
+        if self._profile is not None and len(unknown) == 1:
+            got = self._profile_proposal(codec, complete, pending, pruned, taken, unknown[0], signs)
+            if got is not None:
+                return got
 
         genomes = np.array([g for _, g in complete])
         losses = np.array([t.values for t, _ in complete], dtype=float) * signs
@@ -602,6 +647,42 @@ class AutoMixSampler(BaseSampler):
                 return self._predicted(local[int(np.argmax(lscore))], predict, signs)
         return self._predicted(pool[int(np.argmax(score))], predict, signs)
 
+    def _profile_proposal(self, codec: Codec, complete: list, pending: list, pruned: list, taken: set[tuple],
+                          objective: int, signs: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The profile-residual model's proposals, in turns of three: the exact optimum within the
+        budget of its posterior mean, then of a posterior draw (Thompson sampling), then -- when
+        memory is also an objective -- the mean's optimum at a budget down the cost axis (the
+        front below the budget), else None: the learned predictors' turn (EHVI and their
+        exploitation steps). Without a budget (a front), every turn's budget is spread along the
+        cost axis. None also when the model cannot be fitted yet."""
+        turn = (len(complete) + len(pending) + len(pruned) - self._n_start) % 3
+        profile = self._profile
+        front_turn = turn == 2 and bool(self._known) and profile.budget is not None
+        if turn == 2 and not front_turn:
+            return None
+        params = [codec.decode(g) for _, g in complete]
+        losses = [float(t.values[objective]) * signs[objective] for t, _ in complete]
+        if not profile.fit(params, losses):
+            return None
+        budget = None
+        k = len(complete) + len(pending) + len(pruned)
+        if profile.budget is None or front_turn:  # budgets spread along the cost axis, turn by turn
+            lo, hi = profile.allocator.cost_range()
+            hi = min(hi, profile.budget) if profile.budget is not None else hi
+            budget = lo + (1.0 - van_der_corput(k if profile.budget is None else k // 3 + 1)) * (hi - lo)
+        taken_params = [codec.decode(np.array(key, dtype=float)) for key in taken]
+        p = profile.propose(taken_params, draw=turn == 1, budget=budget)
+        if p is None:
+            return None
+        genome = codec.encode(p)
+        if codec.key(genome) in taken or not self._feasible(codec, genome):
+            return None
+        values = np.zeros(len(signs))
+        values[objective] = profile.predicted(p) * signs[objective]
+        for i, fn in self._known.items():
+            values[i] = float(fn(p))
+        return genome, values
+
     def _exploit(self, codec, genomes, X, losses, feasible, unknown, n_others, predict, path,
                  fresh, n_obj, learned_constraints: bool) -> np.ndarray | None:
         """The exploitation proposal when it is its turn (see the module docstring), else None.
@@ -612,7 +693,7 @@ class AutoMixSampler(BaseSampler):
         if not budget or len(unknown) != 1 or not self._exploit_every:
             return None
         period = self._exploit_every if n_obj == 1 else self._exploit_every + 1
-        if (len(genomes) + n_others - self._n_startup) % period:
+        if (len(genomes) + n_others - self._n_start) % period:
             return None
         n_base = codec.features(genomes[:1]).shape[1]
         return exploit_proposal(codec, genomes, X[:, n_base:], losses[:, unknown[0]], feasible,
