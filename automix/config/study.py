@@ -17,6 +17,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
                       model_validator)
 
 from automix.config._yaml import Lines, format_errors, read_yaml
+from automix.config.registry import SAMPLER_ALIASES, SAMPLERS
 
 __all__ = [
     "StudyConfigError",
@@ -242,7 +243,8 @@ class StudyConfig(_Strict):
     objectives: Objectives = Field(default_factory=Objectives, validate_default=True)
     memory_budget: int
     n_trials: int = Field(ge=1)
-    sampler: Literal["automix", "knapsack", "tpe", "nsga2", "random"] = "automix"
+    # a name of automix.config.registry.SAMPLERS ("knapsack": the old name of "oneshot")
+    sampler: str = "automix"
     sampler_seed: int = 0
     sampler_options: dict[str, Any] = Field(default_factory=dict)  # extra sampler keyword arguments
     # Per-layer sensitivity profile as predictor features (AutoMixSampler), calibrated on the
@@ -281,6 +283,13 @@ class StudyConfig(_Strict):
         if info.data.get("task") == "lm" and v.quality == "accuracy":
             raise ValueError("task 'lm' is scored by perplexity: set objectives.quality: perplexity "
                              "(or use task: boolq for accuracy)")
+        return v
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, v: str) -> str:
+        if v not in SAMPLERS and v not in SAMPLER_ALIASES:
+            raise ValueError(f"unknown sampler {v!r}; available: {', '.join(SAMPLERS)}")
         return v
 
     @field_validator("methods")

@@ -1,7 +1,9 @@
 """automix.search: find the accuracy/memory Pareto front with few real trials.
 
-``AutoMixSampler`` (an Optuna sampler), ``KnapsackSampler`` (the one-shot profile + knapsack
-baseline), ``load_space``/``SearchSpace`` (YAML search spaces),
+``AutoMixSampler`` (an Optuna sampler that starts from the one-shot allocation and learns
+where the profile is wrong), ``OneShotSampler`` / ``OneShotAllocator`` (the one-shot baseline:
+profile scores + an exact integer program under the budget), ``make_sampler`` (samplers by
+the names a study file uses), ``load_space``/``SearchSpace`` (YAML search spaces),
 ``PerformancePredictor`` (regressors chosen by cross-validated Kendall tau), Pareto utilities
 and sensitivity profiles. Names are imported lazily so that ``automix.search.pareto`` stays
 cheap to import.
@@ -14,7 +16,10 @@ from typing import Any
 
 _EXPORTS = {
     "AutoMixSampler": "automix.search.sampler",
-    "KnapsackSampler": "automix.search.knapsack",
+    "OneShotSampler": "automix.search.oneshot",
+    "OneShotAllocator": "automix.search.oneshot",
+    "SamplerInputs": "automix.search.factory",
+    "make_sampler": "automix.search.factory",
     "SearchSpace": "automix.search.space",
     "SearchSpaceError": "automix.search.space",
     "load_space": "automix.search.space",

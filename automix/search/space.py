@@ -199,6 +199,18 @@ class SearchSpace:
         (``automix.search.batch``): tables per group and bits choice, computed once."""
         return _GroupFeatures(self, sensitivity)
 
+    def held_values(self) -> dict[str, Any]:
+        """Parameter -> the space's ``fixed`` value of its field, where that value is one of the
+        parameter's choices: where a one-shot allocation holds the parameters a profile does not
+        score (prune ratios, ranks), i.e. where the user put them."""
+        fixed = self.fixed.to_dict()
+        out = {}
+        for name, dist in self.distributions.items():
+            field = name.split(".", 1)[0]
+            if field in fixed and fixed[field] in dist.choices:
+                out[name] = fixed[field]
+        return out
+
     def param_layers(self) -> dict[str, list[str]]:
         """Parameter name -> the layers it sets (the study backend's hint of which parameters
         can interact in the memory model)."""

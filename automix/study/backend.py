@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-import optuna
 import sqlalchemy
 from optuna.distributions import CategoricalDistribution
 from pydantic import ValidationError
@@ -26,8 +25,8 @@ from automix.config.layers import average_bits, compact_layers
 from automix.config.space import read_space_file
 from automix.config.study import StudyConfig, StudyConfigError, format_size
 from automix.search.batch import DecomposedFunction, Shifted, decompose
-from automix.search.knapsack import KnapsackSampler
-from automix.search.sampler import AutoMixSampler
+from automix.search.factory import SamplerInputs
+from automix.search.factory import make_sampler as build_sampler
 from automix.search.space import SearchSpace
 from automix.study.tracking import TrackingError, check_tracking_uri
 from automix.study.executors import LocalExecutor, RayExecutor
@@ -39,42 +38,28 @@ __all__ = ["make_sampler", "AutomixBackend", "preflight"]
 
 
 def make_sampler(cfg: StudyConfig, backend: Any) -> Any:
-    """The sampler the study asks for, told the memory objective and budget it can compute."""
-    # the memory model over many candidates at once when the backend can decompose it
-    mem = backend.memory_function() if hasattr(backend, "memory_function") else backend.predicted_memory
-    budget = float(cfg.memory_budget)
+    """The sampler the study names (`automix.search.factory`), given what the backend knows: the
+    memory model (vectorised and tabulated when the backend can decompose it), the budget, the
+    profile's features and the values the one-shot start holds unscored parameters at.
 
-    # TPE / NSGA-II read the memory constraint the driver sets on each trial when it is asked
-    # (`Trial.set_constraint("memory_budget", ...)`); AutoMixSampler also gets it as a known
-    # constraint so it never proposes an infeasible configuration.
-    opts = dict(cfg.sampler_options)
+    TPE / NSGA-II read the memory constraint the driver sets on each trial when it is asked
+    (`Trial.set_constraint("memory_budget", ...)`); AutoMixSampler and the one-shot also get it
+    as a known constraint, so they never propose an infeasible configuration."""
+    mem = backend.memory_function() if hasattr(backend, "memory_function") else backend.predicted_memory
+    space = getattr(backend, "space", None)
+    scores = backend.sensitivity_scores() if hasattr(backend, "sensitivity_scores") else None
+    inputs = SamplerInputs(
+        distributions=dict(backend.distributions), memory=mem, budget=float(cfg.memory_budget),
+        memory_known=cfg.objectives.memory == "predicted",
+        features=space.feature_fn(scores) if hasattr(space, "feature_fn") else None, profiled=scores is not None,
+        hold=space.held_values() if hasattr(space, "held_values") else {}, n_trials=cfg.n_trials,
+        seed=cfg.sampler_seed)
     try:
-        if cfg.sampler == "automix":
-            known = {1: mem} if cfg.objectives.memory == "predicted" else {}
-            space = getattr(backend, "space", None)
-            scores = backend.sensitivity_scores() if hasattr(backend, "sensitivity_scores") else None
-            features = space.feature_fn(scores) if hasattr(space, "feature_fn") else None
-            kwargs = dict(search_space=dict(backend.distributions), known_objectives=known, features=features,
-                          known_constraints=[Shifted(mem, budget)],
-                          n_startup_trials=max(2, min(16, cfg.n_trials // 3)), seed=cfg.sampler_seed)
-            return AutoMixSampler(**{**kwargs, **opts})
-        if cfg.sampler == "knapsack":
-            space = getattr(backend, "space", None)
-            scores = backend.sensitivity_scores() if hasattr(backend, "sensitivity_scores") else None
-            features = space.feature_fn(scores) if hasattr(space, "feature_fn") else None
-            if features is None:
-                raise StudyConfigError(f"{cfg.source or '<study>'}: sampler: knapsack needs a search space "
-                                       "with per-layer scores")
-            return KnapsackSampler(**{"score": features, "cost": mem, "budget": budget,
-                                      "search_space": dict(backend.distributions), "seed": cfg.sampler_seed,
-                                      **opts})
-        if cfg.sampler == "tpe":
-            return optuna.samplers.TPESampler(**{"seed": cfg.sampler_seed, "multivariate": True, **opts})
-        if cfg.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(**{"seed": cfg.sampler_seed, **opts})
-        return optuna.samplers.RandomSampler(**{"seed": cfg.sampler_seed, **opts})
+        return build_sampler(cfg.sampler, inputs, cfg.sampler_options)
     except TypeError as err:
         raise StudyConfigError(f"{cfg.source or '<study>'}: sampler_options: {err}") from None
+    except ValueError as err:
+        raise StudyConfigError(f"{cfg.source or '<study>'}: sampler: {err}") from None
 
 
 def _settings_dict(s: Any) -> dict[str, Any]:
@@ -134,12 +119,7 @@ class AutomixBackend:
             return None  # a config-only directory: nothing to profile
         spec = {**self._spec_fields(), **self.cfg.trial.extra}
         res = self.cfg.resources
-        payload: dict[str, Any] = {"model_spec": str(self.model_dir), "task": spec["task"], "data": spec["data"],
-                                   "device": "cuda" if res.gpus else "cpu"}
-        quantizer = (spec.get("method_settings") or {}).get("quant_method")
-        if quantizer:
-            payload["method"] = quantizer
-        path, _ = profile_path(**{k: v for k, v in payload.items() if k != "device"})
+        path, payload = self.profile_file()
         if path.is_file():
             try:
                 return SensitivityProfile.load(path).scores(DEFAULT_METRIC)
@@ -168,6 +148,17 @@ class AutomixBackend:
             return None
         profile.save(path)  # a cluster worker's cache is not the driver's
         return profile.scores(DEFAULT_METRIC)
+
+    def profile_file(self) -> tuple[Path, dict[str, Any]]:
+        """Where the study's sensitivity profile is cached, and the profile job's payload."""
+        spec = {**self._spec_fields(), **self.cfg.trial.extra}
+        payload: dict[str, Any] = {"model_spec": str(self.model_dir), "task": spec["task"], "data": spec["data"],
+                                   "device": "cuda" if self.cfg.resources.gpus else "cpu"}
+        quantizer = (spec.get("method_settings") or {}).get("quant_method")
+        if quantizer:
+            payload["method"] = quantizer
+        path, _ = profile_path(**{k: v for k, v in payload.items() if k != "device"})
+        return path, payload
 
     def _layers(self, params: Mapping[str, Any]) -> dict[str, Any]:
         space_params = {k: v for k, v in params.items() if k != "method"}

@@ -84,12 +84,12 @@ def test_vectorised_memory_equals_the_model_on_random_configurations(tmp_path, s
     assert backend.memory_function() is fn  # built once per backend
 
 
-def test_make_sampler_gets_the_vectorised_memory_and_knapsack(tmp_path) -> None:
+def test_make_sampler_gets_the_vectorised_memory_and_the_one_shot(tmp_path) -> None:
     backend = _backend(tmp_path, "llama-7b.yaml", ["qlora"])
     sampler = make_sampler(backend.cfg, backend)
     assert all(hasattr(c, "batch") for c in sampler._known_constraints)
     assert hasattr(sampler._features, "batch")
-    cfg = backend.cfg.model_copy(update={"sampler": "knapsack"})
-    knap = make_sampler(cfg, backend)
-    p = knap.proposals(1)[0]
-    assert backend.predicted_memory(p) <= cfg.memory_budget
+    for name in ("oneshot", "knapsack"):  # knapsack: the old name
+        cfg = backend.cfg.model_copy(update={"sampler": name})
+        p = make_sampler(cfg, backend).proposals(1)[0]
+        assert backend.predicted_memory(p) <= cfg.memory_budget

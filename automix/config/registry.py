@@ -1,0 +1,30 @@
+"""Extension points by name: where each implementation lives, as ``"module:callable"``.
+
+A study file, the CLI and the trial spec validate names against these tables, so they live here,
+in the torch-free and Optuna-free layer; the implementation is imported only when it is used
+(:func:`load`). Adding a sampler is one new module plus one line in ``SAMPLERS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["SAMPLERS", "SAMPLER_ALIASES", "load"]
+
+# sampler name -> factory (automix.search.factory.SamplerInputs, options) -> optuna sampler
+SAMPLERS: dict[str, str] = {
+    "automix": "automix.search.factory:automix_sampler",
+    "oneshot": "automix.search.factory:oneshot_sampler",
+    "tpe": "automix.search.factory:tpe_sampler",
+    "nsga2": "automix.search.factory:nsga2_sampler",
+    "random": "automix.search.factory:random_sampler",
+}
+# old names still accepted in study files: old -> current
+SAMPLER_ALIASES: dict[str, str] = {"knapsack": "oneshot"}
+
+
+def load(table: dict[str, str], name: str) -> Any:
+    """The implementation registered under ``name`` in ``table`` (imported now)."""
+    module, _, attr = table[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
