@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from automix.bench.report import emit_report
+from automix.bench.search_picks import (disjoint_eval_file, fmt_params, lead, memory_at, oneshot_configs, pick,
+                                        uniform_configs)
 from automix.config.study import StudyConfig, format_size, load_study, parse_size
 from automix.search._codec import Codec
 from automix.search.pareto import normalized_hypervolume
@@ -40,9 +42,15 @@ from automix.study.backend import AutomixBackend, make_sampler
 from automix.trial import TrialSpec, run_trial
 from automix.trial.models import model_fingerprint
 
-SAMPLERS = ("automix", "knapsack", "random", "tpe", "nsgaii", "gp")
-_STUDY_SAMPLER = {"automix": "automix", "knapsack": "knapsack", "random": "random", "tpe": "tpe",
+SAMPLERS = ("automix", "oneshot", "uniform", "random", "tpe", "nsgaii", "gp")
+_STUDY_SAMPLER = {"automix": "automix", "oneshot": "oneshot", "random": "random", "tpe": "tpe",
                   "nsgaii": "nsga2"}
+# baselines of one trial per method, not studies (automix.bench.search_picks)
+_BASELINES = ("oneshot", "uniform")
+# samplers whose choices never read an infeasible trial's objective values (Optuna 5's TPE,
+# NSGA-II and random rank infeasible trials by their constraint violation alone): their
+# configurations over the budget are told a placeholder instead of being trained
+_VIOLATION_ONLY = ("tpe", "nsgaii", "random")
 _ROOT = Path(__file__).resolve().parents[2]
 _SPACE = _ROOT / "search_spaces" / "quickstart.yaml"
 
@@ -68,14 +76,15 @@ PROBLEMS: dict[str, Any] = {
 }
 
 
-def make_config(args: argparse.Namespace, sampler: str = "automix", seed: int = 0) -> Any:
+def make_config(args: argparse.Namespace, sampler: str = "automix", seed: int = 0,
+                budget: float | None = None) -> Any:
     """The study configuration these trials would have in `studies/*.yaml`."""
     return StudyConfig.model_validate({
         "name": "bench-search-real", "model": args.model, "task": "lm",
         **({"data": args.data} if args.data else {}),
         "methods": args.methods.split(","), "search_space": {"path": str(args.space)},
         "objectives": {"quality": "perplexity", "memory": "predicted"},
-        "memory_budget": parse_size(args.budget), "n_trials": args.trials,
+        "memory_budget": budget if budget is not None else parse_size(args.budget), "n_trials": args.trials,
         "sampler": _STUDY_SAMPLER.get(sampler, "random"), "sampler_seed": seed,
         "trial": {"steps": args.steps, "seed": args.trial_seed, "lr": args.lr,
                   "batch_size": args.batch_size, "seq_len": args.seq_len,
@@ -101,8 +110,8 @@ class TrialCache:
         k = self.key(spec)
         if k not in self.trials:
             r = run_trial(TrialSpec.model_validate(spec)).to_dict()
-            self.trials[k] = {f: r.get(f) for f in ("status", "perplexity", "accuracy",
-                                                     "train_seconds", "eval_seconds",
+            self.trials[k] = {f: r.get(f) for f in ("status", "perplexity", "accuracy", "prepare_seconds",
+                                                     "train_seconds", "train_cpu_seconds", "eval_seconds",
                                                      "failure_reason", "eval_curve")}
             self.new_trials += 1
             self.save()
@@ -125,13 +134,13 @@ def _sampler(name: str, cfg: Any, backend: Any, seed: int) -> Any:
 
 
 def run_study(name: str, seed: int, n_trials: int, args: argparse.Namespace, backend: Any,
-              cache: TrialCache) -> list[dict]:
+              cache: TrialCache, budget: float | None = None) -> list[dict]:
     """One study of `n_trials` real trials, asked and told like the driver does; returns the
     trials in order: params, perplexity (None when the trial failed), memory, ask seconds."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = make_config(args, name, seed)
+    cfg = make_config(args, name, seed, budget)
     study = optuna.create_study(directions=["minimize", "minimize"],
                                 sampler=_sampler(name, cfg, backend, seed))
     out = []
@@ -142,6 +151,10 @@ def run_study(name: str, seed: int, n_trials: int, args: argparse.Namespace, bac
         params = dict(trial.params)
         mem = float(backend.predicted_memory(params))
         trial.set_constraint("memory_budget", mem - cfg.memory_budget)
+        if name in _VIOLATION_ONLY and mem > cfg.memory_budget:
+            study.tell(trial, [1e9, mem])  # never read: see _VIOLATION_ONLY
+            out.append({"params": params, "perplexity": None, "memory": mem, "ask_cpu_s": ask_s, "skipped": True})
+            continue
         r = cache.result(backend.payload(params))
         ppl = r.get("perplexity")
         if r.get("status") == "ok" and ppl is not None and np.isfinite(ppl):
@@ -250,6 +263,15 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--samplers", default="automix,random,tpe,nsgaii,gp")
     ap.add_argument("--short", default="gp:20",
                     help="SAMPLER:TRIALS for a slow sampler given fewer trials ('' = none)")
+    ap.add_argument("--budgets", default="",
+                    help="comma-separated budgets: sizes (345MiB), 'study' (--budget) or qF (all 3-bit plus F%% "
+                         "of the way to all 4-bit); default: --budget")
+    ap.add_argument("--disjoint-batches", type=int, default=0,
+                    help="judge each pick on this many 16-row batches of held-out python-docs documents no trial "
+                         "evaluated (0 = off; needs --data builtin:python-docs)")
+    ap.add_argument("--merge", type=Path, action="append", default=[],
+                    help="another invocation's --cache file to read results from (repeatable)")
+    ap.add_argument("--only-runs", action="store_true", help="run the studies and baselines, write no report")
     add_trial_arguments(ap)
     return ap
 
@@ -301,127 +323,249 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def resolve_budgets(args: argparse.Namespace, backend: Any) -> list[float]:
+    """``--budgets``: sizes as in a study file, ``study`` (``--budget``), or ``qF`` (all linears
+    at 3 bits plus F% of the way to all at 4 bits, the other parameters held)."""
+    out = []
+    for item in (args.budgets or "study").split(","):
+        item = item.strip()
+        if item == "study":
+            out.append(float(parse_size(args.budget)))
+        elif item.startswith("q") and item[1:].replace(".", "", 1).isdigit():
+            method = backend.cfg.methods[0]
+            lo, hi = memory_at(backend, 3, method), memory_at(backend, 4, method)
+            out.append(float(round(lo + float(item[1:]) / 100 * (hi - lo))))
+        else:
+            out.append(float(parse_size(item)))
+    return out
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     samplers = [s for s in args.samplers.split(",") if s]
     for s in samplers:
         if s not in SAMPLERS:
             raise ValueError(f"--samplers: unknown sampler {s!r}; choose from {SAMPLERS}")
-    n_for = {s: args.trials for s in samplers}
+    studies = [s for s in samplers if s not in _BASELINES]
+    n_for = {s: args.trials for s in studies}
     if args.short:
         name, n = args.short.split(":")
         if name in n_for:
             n_for[name] = min(int(n), args.trials)
     backend = AutomixBackend(make_config(args))
-    budget = float(backend.cfg.memory_budget)
+    budgets = resolve_budgets(args, backend)
     fp = model_fingerprint(args.model)
     cache = TrialCache(args.cache, fp)
+    for extra in args.merge:  # results of other invocations (e.g. the other budgets, run in parallel)
+        other = TrialCache(extra, fp)
+        cache.trials.update(other.trials)
+        cache.runs.update(other.runs)
     t_start = time.perf_counter()
-    runs: dict[tuple[str, int], list[dict]] = {}
-    secs: dict[str, list[float]] = {s: [] for s in samplers}
-    for s in samplers:
-        for seed in range(args.seeds):
-            settings = {k: str(v) for k, v in vars(args).items()
-                        if k not in ("seeds", "trials", "samplers", "short", "cache", "out", "threads")}
-            key = json.dumps([fp, settings, s, seed, n_for[s]], sort_keys=True)
-            if key not in cache.runs:
-                print(f"  running {s} seed {seed} ({n_for[s]} trials) ...", file=sys.stderr, flush=True)
-                t0 = time.perf_counter()
-                cache.runs[key] = run_study(s, seed, n_for[s], args, backend, cache)
-                cache.runs[key].append({"seconds": time.perf_counter() - t0})
-                cache.save()
-            runs[(s, seed)] = [t for t in cache.runs[key] if "params" in t]
-            secs[s].append(sum(t.get("ask_cpu_s", 0.0) for t in runs[(s, seed)]))
-    bounds = hv_bounds(list(runs.values()), budget)
+    runs: dict[tuple[float, str, int], list[dict]] = {}
+    secs: dict[tuple[float, str], list[float]] = {}
+    settings = {k: str(v) for k, v in vars(args).items()
+                if k not in ("seeds", "trials", "samplers", "short", "cache", "out", "threads", "budget", "budgets",
+                             "merge", "disjoint_batches", "only_runs")}
+    for budget in budgets:
+        for s in studies:
+            for seed in range(args.seeds):
+                key = json.dumps([fp, settings, s, seed, n_for[s], budget], sort_keys=True)
+                if key not in cache.runs:
+                    print(f"  running {s} seed {seed} ({n_for[s]} trials) at {format_size(budget)} ...",
+                          file=sys.stderr, flush=True)
+                    t0 = time.perf_counter()
+                    cache.runs[key] = run_study(s, seed, n_for[s], args, backend, cache, budget)
+                    cache.runs[key].append({"seconds": time.perf_counter() - t0})
+                    cache.save()
+                runs[(budget, s, seed)] = [t for t in cache.runs[key] if "params" in t]
+                secs.setdefault((budget, s), []).append(sum(t.get("ask_cpu_s", 0.0) for t in runs[(budget, s, seed)]))
+        for s in samplers:
+            if s in _BASELINES:
+                configs = oneshot_configs(backend, budget) if s == "oneshot" else uniform_configs(backend, budget)
+                runs[(budget, s, 0)] = [_baseline_trial(cache, backend, p) for p in configs]
+    if args.only_runs:
+        print(f"(ran {cache.new_trials} new trials in {(time.perf_counter() - t_start) / 60:.1f} min)", file=sys.stderr)
+        return 0
 
     def trial_s(t: dict) -> float:
         r = cache.trials.get(cache.key(backend.payload(t["params"])), {})
-        return float(r.get("train_seconds") or 0.0) + float(r.get("eval_seconds") or 0.0)
+        return sum(float(r.get(k) or 0.0) for k in ("prepare_seconds", "train_seconds", "eval_seconds"))
 
-    distinct = {json.dumps(t["params"], sort_keys=True): t for r in runs.values() for t in r}
+    distinct = {json.dumps(t["params"], sort_keys=True): t for r in runs.values() for t in r
+                if not t.get("skipped")}
     trial_minutes = sum(trial_s(t) for t in distinct.values()) / 60
-    checkpoints = [c for c in (5, 10, 15, 20, 30, 40, 60) if c <= args.trials]
+    checkpoints = [c for c in (5, 8, 10, 15, 20, 24, 30, 40, 60) if c <= args.trials]
     if args.trials not in checkpoints:
         checkpoints.append(args.trials)
-
-    cmd = " ".join(argv)
-
-    n_unique = len(distinct)
     lines = [
         f"# Search benchmark: real trials on `{args.model}`", "",
-        f"Command: `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 automix bench search {cmd}`  ",
+        f"Command: `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 automix bench search {' '.join(argv)}`  ",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()} "
         f"{os.cpu_count()} cores (shared with other jobs), Python {platform.python_version()}; "
         f"model fingerprint `{fp}`.", "",
         f"Every trial is a real `run_trial` on `{args.model}`, task `lm` on "
-        f"`{args.data or 'the built-in corpus'}`: methods "
-        f"{args.methods.replace(',', ', ')}, search space `{Path(args.space).name}` resolved on the "
-        f"model's layers by `AutomixBackend` ({len(backend.distributions)} parameters), "
-        f"{args.steps} fine-tuning steps (batch {args.batch_size} x {args.seq_len} tokens, lr "
-        f"{args.lr}), held-out perplexity on {args.eval_batches} eval batches, trial seed "
-        f"{args.trial_seed}. Objectives: perplexity and predicted memory (`automix.trial.memory`), both "
-        f"minimised; budget {format_size(budget)} set on every trial with `Trial.set_constraint` "
-        f"(AutoMixSampler also gets it as a known constraint, as in a study). Samplers as "
-        f"`make_sampler` builds them for a study; GPSampler with its defaults. "
-        f"{n_unique} distinct configurations were evaluated (each once, from the cache after "
-        f"that): "
-        f"{trial_minutes:.1f} min of fine-tuning and evaluation in all.", "",
-        "Results are cached by the model's fingerprint: a changed (e.g. retrained built-in) model "
-        "re-runs every trial.",
-        "", "## Hypervolume vs real trials (median over seeds)", "",
-        "Hypervolume of the feasible trials' (log perplexity, memory), normalised by the "
-        "hypervolume of the non-dominated set of every configuration evaluated by any sampler "
-        "and seed (1.0 = that set); reference point: the worst feasible log perplexity "
-        f"evaluated (+5% of the range) at the budget ({format_size(budget)}).", "",
-        "Columns: median over seeds after that many trials; min..max over seeds at the "
-        "sampler's last trial; share of feasible trials; the best perplexity of a trial within "
-        "the budget (median over seeds, and min..max); the sampler's own CPU seconds per "
-        "study (median over seeds; the trials are not included).", "",
-        "| sampler | " + " | ".join(f"{c} trials" for c in checkpoints) +
-        " | min..max at end | feasible | best feasible perplexity | sampler s/study |",
-        "|---|" + "---|" * (len(checkpoints) + 4)]
-    for s in samplers:
+        f"`{args.data or 'the built-in corpus'}`: methods {args.methods.replace(',', ', ')}, search space "
+        f"`{Path(args.space).name}` resolved on the model's layers by `AutomixBackend` "
+        f"({len(backend.distributions)} parameters), {args.steps} fine-tuning steps (batch {args.batch_size} x "
+        f"{args.seq_len} tokens, lr {args.lr}), held-out perplexity on {args.eval_batches} eval batches, trial "
+        f"seed {args.trial_seed}. Objectives: perplexity and predicted memory (`automix.trial.memory`), both "
+        "minimised; the budget is set on every trial with `Trial.set_constraint` (AutoMixSampler and the "
+        "one-shot also get it as a known constraint, as in a study). Samplers as `make_sampler` builds them "
+        f"for a study; GPSampler with its defaults. Budgets: {', '.join(format_size(b) for b in budgets)}. "
+        f"{len(distinct)} distinct configurations were trained and evaluated (each once, from the cache "
+        f"after that): {trial_minutes:.1f} min of preparation, fine-tuning and evaluation in all. "
+        "Configurations over the budget proposed by TPE, NSGA-II or random are not trained (they rank "
+        "infeasible trials by their constraint violation alone, so the value they are told is never read).",
+        ""]
+    for budget in budgets:
+        lines += _front_section(runs, budget, studies, n_for, args, checkpoints, secs)
+    lines += _picks_section(runs, budgets, samplers, args, backend, cache)
+    lines += _cost_section(runs, budgets, samplers, args, backend, cache, trial_s)
+    subject = "automix" if "automix" in studies else studies[0] if studies else None
+    if subject is not None:
+        others = [t for r in runs.values() for t in r if not t.get("skipped")]
+        q = predictor_quality(runs[(budgets[0], subject, 0)], others, backend, seed=0)
+        lines += [f"## Predictor quality as real trials accumulate ({subject}, seed 0, {format_size(budgets[0])})", "",
+                  "`PerformancePredictor` (the sampler's, with its features) fitted on the run's first "
+                  "n finished trials, tested on every other configuration evaluated by any sampler or seed.", "",
+                  "| n | chosen model | Kendall tau | RMSE (perplexity) | mean std | test configs | fit s |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in q:
+            lines.append(f"| {row['n']} | {row['model']} | {row['tau']:.3f} | {row['rmse']:.3f} | "
+                         f"{row['mean_std']:.3f} | {row['n_test']} | {row['fit_s']:.1f} |")
+        asks = [t["ask_cpu_s"] for (_, s, _), r in runs.items() if s == "automix" for t in r]
+        if asks:
+            lines += ["", f"AutoMixSampler CPU time per proposal: median {statistics.median(asks):.2f} s, "
+                          f"max {max(asks):.2f} s.", ""]
+    print(f"(this invocation ran {cache.new_trials} new trials in "
+          f"{(time.perf_counter() - t_start) / 60:.1f} min)", file=sys.stderr)
+    emit_report(lines, args.out)
+    return 0
+
+
+def _baseline_trial(cache: TrialCache, backend: Any, params: dict) -> dict:
+    r = cache.result(backend.payload(params))
+    ppl = r.get("perplexity") if r.get("status") == "ok" else None
+    return {"params": params, "perplexity": ppl, "memory": float(backend.predicted_memory(params)), "ask_cpu_s": 0.0}
+
+
+def _front_section(runs: dict, budget: float, studies: list[str], n_for: dict, args: argparse.Namespace,
+                   checkpoints: list[int], secs: dict) -> list[str]:
+    """Hypervolume against the number of trials at one budget."""
+    at = {k[1:]: r for k, r in runs.items() if k[0] == budget and k[1] in studies}
+    if not at:
+        return []
+    bounds = hv_bounds([r for k, r in runs.items() if k[0] == budget], budget)
+    lines = [f"## Hypervolume vs real trials at {format_size(budget)} (median over seeds)", "",
+             "Hypervolume of the feasible trials' (log perplexity, memory), normalised by the hypervolume of the "
+             "non-dominated set of every configuration evaluated at this budget by any sampler and seed (1.0 = "
+             "that set); reference point: the worst feasible log perplexity evaluated (+5% of the range) at the "
+             "budget. Columns: median over seeds after that many trials; min..max over seeds at the sampler's "
+             "last trial; share of feasible proposals; the best feasible perplexity (median, min..max); the "
+             "sampler's own CPU seconds per study.", "",
+             "| sampler | " + " | ".join(f"{c} trials" for c in checkpoints) +
+             " | min..max at end | feasible | best feasible perplexity | sampler s/study |",
+             "|---|" + "---|" * (len(checkpoints) + 4)]
+    for s in studies:
         curves, feas, bests = [], [], []
         for seed in range(args.seeds):
-            r = runs[(s, seed)]
-            curves.append([normalized_hv(r, c, budget, bounds) if c <= len(r) else float("nan")
-                           for c in checkpoints])
+            r = at[(s, seed)]
+            curves.append([normalized_hv(r, c, budget, bounds) if c <= len(r) else float("nan") for c in checkpoints])
             feas.append(sum(t["memory"] <= budget for t in r) / max(1, len(r)))
             bests.append(best_feasible(r, budget))
         med = np.median(np.array(curves), axis=0)
         last = [c[len([x for x in checkpoints if x <= n_for[s]]) - 1] for c in curves]
         lines.append(f"| {s} | " + " | ".join("-" if np.isnan(v) else f"{v:.3f}" for v in med)
                      + f" | {min(last):.3f}..{max(last):.3f} | {statistics.mean(feas):.0%} | "
-                     f"{format_best(bests)} | {statistics.median(secs[s]):.2f} |")
-    if any(n_for[s] < args.trials for s in samplers):
-        lines += ["", "Samplers with fewer trials (`--short`): " + ", ".join(
-            f"{s} {n_for[s]}" for s in samplers if n_for[s] < args.trials) + "."]
-    if "nsgaii" in samplers and n_for["nsgaii"] <= 50:
-        lines += ["", "NSGA-II's first generation (50 trials by default) is random: within it, "
-                      "NSGA-II is Optuna's random sampler."]
-    best = min((t for r in runs.values() for t in _feasible(r, budget)), key=lambda t: t["perplexity"])
-    lines += ["", f"Best feasible perplexity evaluated: {best['perplexity']:.3f} at "
-                  f"{format_size(best['memory'])} ({best['params'].get('method')}).", ""]
+                     f"{format_best(bests)} | {statistics.median(secs[(budget, s)]):.2f} |")
+    return lines + [""]
 
-    subject = "automix" if "automix" in samplers else samplers[0]
-    others = [t for (s, _), r in runs.items() for t in r]
-    q = predictor_quality(runs[(subject, 0)], others, backend, seed=0)
-    lines += [f"## Predictor quality as real trials accumulate ({subject}, seed 0)", "",
-              "`PerformancePredictor` (the sampler's, with its features) fitted on the run's first "
-              "n finished trials, tested on every other configuration evaluated by any sampler "
-              "or seed.", "",
-              "| n | chosen model | Kendall tau | RMSE (perplexity) | mean std | test configs | fit s |",
-              "|---|---|---|---|---|---|---|"]
-    for row in q:
-        lines.append(f"| {row['n']} | {row['model']} | {row['tau']:.3f} | {row['rmse']:.3f} | "
-                     f"{row['mean_std']:.3f} | {row['n_test']} | {row['fit_s']:.1f} |")
-    asks = [t["ask_cpu_s"] for (s, _), r in runs.items() if s == "automix" for t in r]
-    if asks:
-        lines += ["", f"AutoMixSampler CPU time per proposal: median {statistics.median(asks):.2f} s, "
-                      f"max {max(asks):.2f} s.", ""]
-    print(f"(this invocation ran {cache.new_trials} new trials in "
-          f"{(time.perf_counter() - t_start) / 60:.1f} min)", file=sys.stderr)
-    emit_report(lines, args.out)
-    return 0
+
+def _picks_section(runs: dict, budgets: list[float], samplers: list[str], args: argparse.Namespace, backend: Any,
+                   cache: TrialCache) -> list[str]:
+    """Each way of choosing under each budget: the pick's perplexity on the study's held-out split
+    and on the disjoint held-out set, and the search's lead over the one-shot."""
+    disjoint = None
+    if args.disjoint_batches and args.data == "builtin:python-docs":
+        n_rows = (args.eval_batches or 4) * 16
+        disjoint, info = disjoint_eval_file(backend.model_dir, n_rows, args.seq_len,
+                                            (args.cache or Path("benchmarks")).parent / "bench-data")
+    ns = sorted({n for n in (8, args.trials) if n <= args.trials})
+
+    def second(p: dict) -> float | None:
+        if disjoint is None:
+            return None
+        spec = {**backend.payload(p), "eval_data": str(disjoint), "eval_batches": args.disjoint_batches}
+        r = cache.result(spec)
+        return r.get("perplexity") if r.get("status") == "ok" else None
+
+    lines = ["## The pick under each budget against the one-shot and uniform baselines", "",
+             "Pick: a search's feasible trial with the lowest perplexity on the study's held-out split after n "
+             "trials; the one-shot and uniform rows are one trial per method, and their pick the better of "
+             "them. *held-out*: the study's split (what every trial is scored on and the pick chosen by); "
+             + (f"*disjoint*: {args.disjoint_batches} x 16 rows of {args.seq_len} tokens of held-out documents from "
+                f"{info['units']} source units that share none with the study's evaluation rows "
+                f"({info['documents']} documents, {info['tokens']} tokens; the pick's trial run again with that "
+                "evaluation data). " if disjoint is not None else "")
+             + "Lead: how much lower the pick's perplexity is than the one-shot pick's (positive: better).", "",
+             "| budget | sampler | trials | seed | held-out | disjoint | lead held-out | lead disjoint | pick |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    leads: dict[tuple[str, int], list[tuple[float, float | None]]] = {}
+    for budget in budgets:
+        base = pick(runs.get((budget, "oneshot", 0), []), budget)
+        b1 = base["perplexity"] if base else None
+        b2 = second(base["params"]) if base else None
+        for s in samplers:
+            seeds = [0] if s in _BASELINES else list(range(args.seeds))
+            for n in ([None] if s in _BASELINES else ns):
+                for seed in seeds:
+                    t = pick(runs.get((budget, s, seed), []), budget, n)
+                    if t is None:
+                        lines.append(f"| {format_size(budget)} | {s} | {n or '-'} | {seed} | none feasible | | | | |")
+                        continue
+                    d = second(t["params"])
+                    l1 = lead(t["perplexity"], b1) if b1 else None
+                    l2 = lead(d, b2) if d and b2 else None
+                    if s not in _BASELINES:
+                        leads.setdefault((s, n), []).append((l1, l2))
+                    trials = len(runs[(budget, s, seed)]) if s in _BASELINES else n
+                    lines.append(f"| {format_size(budget)} | {s} | {trials} | {seed if s not in _BASELINES else '-'} | "
+                                 f"{t['perplexity']:.2f} | {'-' if d is None else f'{d:.2f}'} | "
+                                 f"{'-' if l1 is None else f'{l1:+.1%}'} | {'-' if l2 is None else f'{l2:+.1%}'} | "
+                                 f"{fmt_params(t['params'])} |")
+    lines += ["", "Lead over the one-shot pick, over budgets and seeds (median; worst):", "",
+              "| sampler | trials | held-out | disjoint |", "|---|---|---|---|"]
+    for (s, n), vals in sorted(leads.items()):
+        a = [v for v, _ in vals if v is not None]
+        b = [v for _, v in vals if v is not None]
+        cell = lambda v: f"{np.median(v):+.1%} ({min(v):+.1%})" if v else "-"  # noqa: E731
+        lines.append(f"| {s} | {n} | {cell(a)} | {cell(b)} |")
+    return lines + [""]
+
+
+def _cost_section(runs: dict, budgets: list[float], samplers: list[str], args: argparse.Namespace, backend: Any,
+                  cache: TrialCache, trial_s: Any) -> list[str]:
+    """What each way of choosing costs: trials, their minutes, and the profile."""
+    path, _ = backend.profile_file()
+    profile = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    lines = ["## Cost", "",
+             f"Sensitivity profile (once per model and data, cached): {profile.get('seconds', 0) / 60:.1f} min wall, "
+             f"{profile.get('cpu_seconds', 0) / 60:.1f} CPU min. Per study: trials trained (configurations over "
+             "the budget that TPE, NSGA-II or random proposed are not counted: not trained here), and the minutes "
+             "of preparation, fine-tuning and evaluation they took (median over seeds and budgets; this "
+             "machine, shared).", "",
+             "| sampler | trials trained | trial minutes | needs the profile |", "|---|---|---|---|"]
+    for s in samplers:
+        counts, minutes = [], []
+        for (b, ss, seed), r in runs.items():
+            if ss != s:
+                continue
+            trained = [t for t in r if not t.get("skipped")]
+            counts.append(len(trained))
+            minutes.append(sum(trial_s(t) for t in trained) / 60)
+        if counts:
+            lines.append(f"| {s} | {statistics.median(counts):g} | {statistics.median(minutes):.1f} | "
+                         f"{'yes' if s in ('automix', 'oneshot') else 'no'} |")
+    return lines + [""]
 
 
 if __name__ == "__main__":

@@ -263,7 +263,7 @@ def validate_data(task: str, path: str | Path, eval_path: str | Path | None = No
 # ----------------------------------------------------------------------------- packing helpers
 
 
-def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+def encode_documents(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text with the tokenizer's specials (BOS) and a trailing EOS."""
     eos = tokenizer.eos_token_id
     out = tokenizer(list(texts))["input_ids"]
@@ -393,13 +393,13 @@ class LMTask(Task):
         buf: list[list[int]] = []
         while True:
             while len(buf) < batch_size:
-                buf.extend(pack_rows(_encode(tokenizer, [next(texts) for _ in range(64)]), seq_len))
+                buf.extend(pack_rows(encode_documents(tokenizer, [next(texts) for _ in range(64)]), seq_len))
             rows, buf = buf[:batch_size], buf[batch_size:]
             yield _collate(rows, pad)
 
     def eval_rows_tokens(self, tokenizer: Any, n_rows: int | None = None, seq_len: int | None = None
                          ) -> list[list[int]]:
-        rows = pack_rows(_encode(tokenizer, self._eval), seq_len or self.eval_seq_len)
+        rows = pack_rows(encode_documents(tokenizer, self._eval), seq_len or self.eval_seq_len)
         return rows[: (n_rows or self.eval_rows)]
 
     @torch.no_grad()
@@ -546,5 +546,5 @@ def calibration_batches(tokenizer: Any, n_samples: int = 128, seq_len: int = 256
     stream: list[int] = []
     need = n_samples * seq_len
     while len(stream) < need:
-        stream.extend(tok for ids in _encode(tokenizer, [next(texts) for _ in range(64)]) for tok in ids)
+        stream.extend(tok for ids in encode_documents(tokenizer, [next(texts) for _ in range(64)]) for tok in ids)
     return torch.tensor(stream[:need], dtype=torch.long).view(n_samples, seq_len)

@@ -110,16 +110,21 @@ def test_suite_bench_runs_and_writes_tables(tmp_path: Path, monkeypatch) -> None
     small = ProblemCase("tiny-test", n_blocks=2, noise=0.1)
     monkeypatch.setattr(bench, "SUITE", (small,))
     cache, out = tmp_path / "c.json", tmp_path / "t.md"
-    argv = ["--trials", "6", "--samplers", "knapsack,random,tpe", "--cache", str(cache), "--out", str(out)]
+    argv = ["--trials", "6", "--samplers", "automix,oneshot,random,tpe", "--cache", str(cache), "--out", str(out)]
     assert bench.main(argv) == 0
     text = out.read_text()
     assert "tiny-test" in text and "**median**" in text and "**worst**" in text
     keys = json.loads(cache.read_text())
-    assert "front/tiny-test/random/0/6" in keys and "budget/tiny-test/knapsack/0/6" in keys
+    assert "front/tiny-test/random/0/6" in keys and "budget/tiny-test/oneshot/0/6" in keys
+    # AutoMix's lead over the one-shot from the same profile: it starts from it, so under the
+    # budget its pick is never worse when the observations are this little noisy
+    assert "lead over the one-shot allocation" in text
+    run = keys["budget/tiny-test/automix/0/6"]
+    assert bench.lead(small, 0, run, "budget", 6, keys) >= -0.2
     # the budget gap splits into the search's part (the truly best trial evaluated) and the
     # pick by noisy values: the first is never larger
     assert "the search's part" in text
-    for s in ("knapsack", "random", "tpe"):
+    for s in ("oneshot", "random", "tpe"):
         run = keys[f"budget/tiny-test/{s}/0/6"]
         picked = bench.score(small, 0, run, "budget", 6, keys)
         found = bench.score(small, 0, run, "budget", 6, keys, found=True)

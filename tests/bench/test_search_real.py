@@ -67,8 +67,8 @@ def test_unknown_sampler_is_rejected() -> None:
 
 def test_problem_presets_set_the_study_and_flags_override_them() -> None:
     args = bench_real.parse_args(["--problem", "smollm2", "--steps", "3"])
-    cfg = bench_real.make_config(args, "knapsack", seed=1)
-    assert (cfg.model, cfg.data, cfg.sampler) == ("smollm2-135m", "builtin:python-docs", "knapsack")
+    cfg = bench_real.make_config(args, "oneshot", seed=1)
+    assert (cfg.model, cfg.data, cfg.sampler) == ("smollm2-135m", "builtin:python-docs", "oneshot")
     assert cfg.search_space.path.endswith("smollm2-135m.yaml")
     assert cfg.trial.steps == 3 and cfg.trial.seq_len == 128  # the flag over the preset's 12
     builtin = bench_real.make_config(bench_real.parse_args([]))

@@ -1,0 +1,132 @@
+"""What a user gets from each way of choosing under a budget, on real trials: the search's pick
+against the one-shot allocation and the uniform configuration (``automix bench search
+--problem builtin|smollm2 --budgets ...``, with :mod:`automix.bench.search_real`).
+
+* **one-shot**: the profile's scores and an exact integer program under the budget
+  (:class:`automix.search.oneshot.OneShotAllocator`, as a study builds it: prune ratios and
+  ranks held at the search space's ``fixed`` values), one trial per method; its pick is the better
+  of them (what a user who tries each method once gets).
+* **uniform**: every linear at the same bit width, the highest that fits the budget (prune and
+  rank as above), one trial per method.
+* **a search's pick**: its trial with the lowest perplexity on the study's held-out split among
+  the feasible ones, after n trials.
+
+Every pick is then judged on a second held-out set that no trial evaluated
+(:func:`disjoint_eval_file`): documents of the CPython docs' held-out split from source units
+(topics, modules) other than those the study's evaluation rows come from; the pick's trial is
+run again with that evaluation data (same seed: the same fine-tuned model).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from automix.search.oneshot import OneShotAllocator
+from automix.trial import load_tokenizer
+from automix.trial.data import encode_documents, pack_rows
+from automix.trial.pydocs import corpus_files
+
+__all__ = ["uniform_configs", "oneshot_configs", "disjoint_eval_file", "pick", "memory_at"]
+
+
+def _held(backend: Any) -> dict[str, Any]:
+    return backend.space.held_values()
+
+
+def oneshot_configs(backend: Any, budget: float) -> list[dict[str, Any]]:
+    """The one-shot allocation within ``budget`` for each of the study's methods."""
+    scores = backend.sensitivity_scores()
+    alloc = OneShotAllocator(score=backend.space.feature_fn(scores), cost=backend.memory_function(),
+                             search_space=dict(backend.distributions), hold=_held(backend))
+    out = []
+    for method in backend.cfg.methods:
+        p = alloc.allocate(budget, (method,))
+        if p is not None:
+            out.append(p)
+    return out
+
+
+def uniform_configs(backend: Any, budget: float) -> list[dict[str, Any]]:
+    """Per method: all linears at the highest bit width whose configuration fits ``budget``
+    (the other parameters at their held values, else their first choice)."""
+    held = _held(backend)
+    bits_params = [n for n in backend.space.distributions if n.startswith("bits.")]
+    levels = sorted({b for n in bits_params for b in backend.space.distributions[n].choices}, reverse=True)
+    out = []
+    for method in backend.cfg.methods:
+        for b in levels:
+            p: dict[str, Any] = {"method": method}
+            for n, d in backend.space.distributions.items():
+                p[n] = b if n in bits_params else held.get(n, d.choices[0])
+            if backend.predicted_memory(p) <= budget:
+                out.append(p)
+                break
+    return out
+
+
+def memory_at(backend: Any, bits: int, method: str) -> float:
+    """Predicted memory with every linear at ``bits`` (the rest held): the budget axis' marks."""
+    held = _held(backend)
+    p: dict[str, Any] = {"method": method}
+    for n, d in backend.space.distributions.items():
+        p[n] = bits if n.startswith("bits.") else held.get(n, d.choices[0])
+    return float(backend.predicted_memory(p))
+
+
+def pick(run: list[dict], budget: float, n: int | None = None) -> dict | None:
+    """The trial a user picks among the first ``n``: the lowest perplexity within the budget."""
+    ok = [t for t in run[:n] if t.get("perplexity") is not None and t["memory"] <= budget]
+    return min(ok, key=lambda t: t["perplexity"]) if ok else None
+
+
+def disjoint_eval_file(model_dir: Path, n_rows: int, seq_len: int, out_dir: Path) -> tuple[Path, dict]:
+    """A JSONL evaluation set of held-out documents that share no source unit with the first
+    ``n_rows`` evaluation rows (what every trial of the study is scored on): its path and what
+    it holds. Built once per model tokenizer and row count."""
+    _, eval_path = corpus_files()
+    records = [json.loads(line) for line in eval_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tok = load_tokenizer(model_dir)
+    ids = encode_documents(tok, [r["text"] for r in records])
+    # the smallest prefix of documents whose packing fills the study's rows (packing is greedy
+    # and in order, so the rows of a prefix are the first rows of the whole)
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(pack_rows(ids[:mid], seq_len)) > n_rows:
+            hi = mid
+        else:
+            lo = mid + 1
+    used = {r["source"] for r in records[:lo]}
+    rest = [r for r in records if r["source"] not in used]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"python-docs-disjoint-{len(used)}units-{n_rows}x{seq_len}.jsonl"
+    path.write_text("".join(json.dumps({"text": r["text"]}, ensure_ascii=False) + "\n" for r in rest),
+                    encoding="utf-8")
+    info = {"study_units": sorted(used), "documents": len(rest), "units": len({r["source"] for r in rest}),
+            "tokens": int(sum(len(x) for x, r in zip(ids, records) if r["source"] not in used))}
+    return path, info
+
+
+def median_worst(values: list[float], higher_is_better: bool = True) -> tuple[float, float]:
+    """(median, worst) of leads."""
+    v = np.asarray(values, dtype=float)
+    return float(np.median(v)), float(v.min() if higher_is_better else v.max())
+
+
+def lead(ours: float, baseline: float) -> float:
+    """How much lower our perplexity is, as a fraction of the baseline's (0.03 = 3% lower)."""
+    return (baseline - ours) / baseline
+
+
+def fmt_params(p: Mapping[str, Any]) -> str:
+    """A short description of a configuration: method, bits histogram, ranks and prune ratios used."""
+    bits = [v for k, v in p.items() if k.startswith("bits.")]
+    ranks = sorted({v for k, v in p.items() if k.startswith("rank.")})
+    prunes = sorted({v for k, v in p.items() if k.startswith("prune.")})
+    hist = ", ".join(f"{b}-bit {bits.count(b)}" for b in sorted(set(bits)))
+    return f"{p.get('method')}: {hist}; rank {ranks}; prune {prunes}"
