@@ -34,7 +34,7 @@ import torch
 
 from automix.config.layers import LayerConfig
 from automix.arch import arch_info, target_layer_names
-from automix.trial import checkpoint, memory
+from automix.trial import checkpoint, memory, meter
 from automix.trial.data import is_padded
 from automix.trial.run import grad_scaler, make_optimizer, prepare_model, train_step
 from automix.trial.spec import TrialSpec
@@ -80,7 +80,7 @@ def _step(prepared: Any, spec: TrialSpec, batch: dict) -> tuple[memory.MemoryBre
     t0 = time.perf_counter()
     train_step(model, batch, params, opt, grad_scaler(spec, "cpu"), spec, meters)
     seconds = time.perf_counter() - t0
-    got = memory.measured_breakdown(model, params, opt, max(m.total for m in meters))
+    got = meter.measured_breakdown(model, params, opt, max(m.total for m in meters))
     profile = prepared.method.memory_profile(prepared.arch, prepared.layer_settings, prepared.settings)
     est = memory.estimate(prepared.arch, prepared.memory_layer_settings, profile, batch_size=spec.batch_size,
                           seq_len=spec.seq_len, dtype=spec.dtype, config=model.config,
@@ -171,7 +171,7 @@ def step_time(emit: Callable[[str], None], model: str, batch_size: int, seq_len:
                 train_step(r["model"], batch, r["params"], r["opt"], r["scaler"], r["spec"], meters)
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                 if i == 0:
-                    r["got"] = memory.measured_breakdown(r["model"], r["params"], r["opt"],
+                    r["got"] = meter.measured_breakdown(r["model"], r["params"], r["opt"],
                                                          max(m.total for m in meters or []))
                 else:
                     r["walls"].append(wall)

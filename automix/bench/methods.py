@@ -31,7 +31,7 @@ from typing import Any
 from automix.arch import arch_info, target_layer_names, target_layers
 from automix.config.layers import LayerSettings
 from automix.methods import MethodSettings, get_method
-from automix.trial import memory
+from automix.trial import memory, meter
 from automix.trial.data import calibration_batches, get_task
 from automix.trial.models import load_model
 
@@ -140,14 +140,14 @@ def run_one(method_name: str, bits: int, args: argparse.Namespace, opts: dict[st
         batch = next(batches)
         t, c = time.perf_counter(), time.process_time()
         if step == 0:
-            with memory.SavedTensorMeter(model) as meter:
+            with meter.SavedTensorMeter(model) as saved:
                 loss = model(**batch).loss
         else:
             loss = model(**batch).loss
         loss.backward()
         opt.step()
         if step == 0:
-            measured = memory.measured_breakdown(model, params, opt, meter.bytes)
+            measured = meter.measured_breakdown(model, params, opt, saved.bytes)
             predicted = memory.estimate(info, layers, method.memory_profile(info, layers, settings),
                                         batch_size=batch["input_ids"].shape[0], seq_len=batch["input_ids"].shape[1],
                                         config=model.config,

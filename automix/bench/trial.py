@@ -31,7 +31,7 @@ import time
 from automix.arch import target_layer_names
 from automix.config.layers import LayerConfig
 from automix.methods import available_methods, get_method
-from automix.trial import memory, run_trial
+from automix.trial import memory, meter, run_trial
 
 
 def _row(cells: list[str]) -> str:
@@ -88,11 +88,11 @@ def _families(emit) -> None:
             params = [p for _, p in method.trainable_parameters(prepared)]
             opt = torch.optim.AdamW(params)
             ids = torch.randint(0, 512, (4, 64))
-            with memory.SavedTensorMeter(prepared) as meter:
+            with meter.SavedTensorMeter(prepared) as saved:
                 loss = prepared(input_ids=ids, labels=ids).loss
             loss.backward()
             opt.step()
-            got = memory.measured_breakdown(prepared, params, opt, meter.bytes)
+            got = meter.measured_breakdown(prepared, params, opt, saved.bytes)
             exact = all(getattr(est, k) == getattr(got, k) for k in
                         ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states"))
             emit(_row([fam, f"{meth} {bits}-bit", str(got.total), str(est.total),

@@ -7,7 +7,7 @@ from the kept inputs (same RNG state, same autocast) and the recomputed tensors 
 This is the non-reentrant scheme of ``torch.utils.checkpoint`` (what Hugging Face's
 ``gradient_checkpointing_enable`` uses), written on ``torch.autograd.graph.saved_tensors_hooks``
 so that the memory accounting can see both halves: the inputs each block keeps (reported to the
-active :class:`automix.trial.memory.SavedTensorMeter` during the forward) and the bytes each
+active :class:`automix.trial.meter.SavedTensorMeter` during the forward) and the bytes each
 recomputation brings back (reported to the same meter, which keeps the largest).
 
 A block that neither receives a tensor requiring grad nor holds a trainable parameter saves
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from automix.arch import ARCHITECTURES
-from automix.trial.memory import active_meter
+from automix.trial.meter import active_meter
 
 __all__ = ["decoder_blocks", "enable"]
 

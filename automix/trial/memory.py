@@ -1,11 +1,10 @@
-"""Analytic memory model of one fine-tuning step, and its measurement.
+"""Analytic memory model of a fine-tuning step (driver side: no model is built).
 
 ``estimate`` predicts, from architecture facts, per-layer settings and a method's
 ``MemoryProfile``, the bytes a training step holds: weights (dense and packed codes), quantization
 metadata (scales, zeros), adapters, gradients, AdamW states and the activations autograd saves for
-backward. It is plain arithmetic (no model is built) because the search sampler calls it for
-every candidate. ``measure_*`` account the same quantities on a real model so the two can be
-compared term by term (tests and ``automix bench trial`` do).
+backward. It is plain arithmetic because the search sampler calls it for every candidate. The
+worker-side accounting of the same quantities is :mod:`automix.trial.meter`.
 
 The activation model follows what autograd actually saves in each family's block with the
 base weights frozen: a frozen linear (dense or quantized) saves nothing, a LoRA adapter saves its
@@ -17,13 +16,13 @@ Qwen2, OPT and GPT-2 (CPU, SDPA attention, transformers 5.x) and matches them ex
 the fused kernels save the same tensors (dropout masks as bytes) and a transient term covers the
 logits' gradient.
 
-The training set-up (``TrialSpec``'s options) is part of the model: gradient checkpointing per
-decoder block (``automix.trial.checkpoint``: each block that takes part in backward keeps its
-input; the largest block's recomputation is added), the dtype (fp32; pure bf16; fp16 autocast with
-fp32 trainable weights, whose fp16 weight casts and per-adapter input copies are counted), the
-optimizer's state bytes (:func:`optimizer_state_bytes`) and gradient accumulation (activations
-of one micro-batch). On CPU the accounting of all of these equals the prediction
-(``tests/trial/test_memory_options.py``, ``benchmarks/memory_model.md``).
+The training set-up (``TrialSpec``'s options, :class:`StepShape`) is part of the model: gradient
+checkpointing per decoder block (``automix.trial.checkpoint``: each block that takes part in
+backward keeps its input; the largest block's recomputation is added), the dtype (fp32; pure
+bf16; fp16 autocast with fp32 trainable weights, whose fp16 weight casts and per-adapter input
+copies are counted), the optimizer's state bytes (:func:`optimizer_state_bytes`) and gradient
+accumulation (activations of one micro-batch). On CPU the accounting of all of these equals the
+prediction (``tests/trial/test_memory_options.py``, ``benchmarks/memory_model.md``).
 """
 
 from __future__ import annotations
@@ -119,19 +118,40 @@ def _layer_has_bias(info: Any, config: Any, kind: str) -> bool:
 # ----------------------------------------------------------------------------- activations
 
 _ATTN_IN = ("attn_q", "attn_k", "attn_v", "attn_qkv")
-_MLP_IN = ("mlp_gate", "mlp_up")
 
 
 def lora_activation_bytes_per_token(layer_settings: Mapping[str, LayerSettings], abytes: int = 4) -> float:
     """Bytes per token of the LoRA intermediates ``A x`` (rank r each). Adapter inputs (and
-    dropout masks) are counted by the block model in :func:`activation_bytes` because they are
+    dropout masks) are counted by the block walk of :func:`activation_parts` because they are
     shared with, or depend on, what the backbone saves."""
     return float(sum(s.rank for s in layer_settings.values() if s.rank > 0) * abytes)
 
 
 @dataclass(frozen=True)
+class StepShape:
+    """One training micro-batch as the activation model sees it."""
+
+    batch_size: int
+    seq_len: int
+    abytes: int  # bytes of an activation element (the model dtype's; 2 under fp16 autocast)
+    device: str = "cpu"
+    padded: bool = False  # batches carry padding: attention gets an explicit mask (more is saved)
+    checkpointing: bool = False  # per decoder block (automix.trial.checkpoint)
+    autocast: bool = False  # fp16 autocast with fp32 trainable weights
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def mask_bytes(self) -> int:
+        """Bytes of a dropout-mask element: CUDA keeps bytes, CPU a float mask."""
+        return 1 if self.device.startswith("cuda") else self.abytes
+
+
+@dataclass(frozen=True)
 class _Family:
-    """What a decoder block of one model family saves for backward (see activation_bytes)."""
+    """What a decoder block of one model family saves for backward (see activation_parts)."""
 
     norm_fp32: bool  # RMSNorm upcasting to fp32 (h*4 + rstd) vs LayerNorm (h*dtype + mean + rstd)
     gated_mlp: bool  # SwiGLU (gate, up, down) vs fc1 -> act -> fc2
@@ -155,200 +175,212 @@ def _family(info: Any, config: Any) -> _Family:
     return _Family(True, True, 0, True, True, 0.0, float(g("attention_dropout", 0.0)))
 
 
-def activation_bytes(arch: Any, layer_settings: Mapping[str, LayerSettings], profile: Any,
-                     batch_size: int, seq_len: int, abytes: int, device: str = "cpu",
-                     padded: bool = False, config: Any = None, checkpointing: bool = False,
-                     autocast: bool = False, shapes: Mapping[str, tuple[int, int]] | None = None) -> int:
-    """Bytes autograd saves for backward in one training step (see the module docstring and
-    :func:`activation_parts`, which also returns the per-block recomputation terms)."""
-    return activation_parts(arch, layer_settings, profile, batch_size, seq_len, abytes, device, padded, config,
-                            checkpointing, autocast, shapes)[0]
+@dataclass(frozen=True)
+class _Block:
+    """What one decoder block saves: per token, per step (autocast's weight casts), whether it
+    takes part in backward (it then keeps its input under checkpointing) and whether its first
+    norm saves that input itself."""
+
+    per_token: float
+    fixed: float
+    active: bool
+    input_saved: bool
 
 
-def activation_parts(arch: Any, layer_settings: Mapping[str, LayerSettings], profile: Any,
-                     batch_size: int, seq_len: int, abytes: int, device: str = "cpu",
-                     padded: bool = False, config: Any = None, checkpointing: bool = False,
-                     autocast: bool = False, shapes: Mapping[str, tuple[int, int]] | None = None
+class _Walk:
+    """The blocks in order, tracking whether the residual stream needs gradients yet (it does
+    from the first trained layer on): frozen linears save nothing, trained layers save their
+    input (LoRA adapters: once per group of layers reading the same tensor, plus their rank-r
+    intermediates), and norms, SDPA attention, the MLP activation and residual dropout masks
+    add what they keep. ``blocks()`` walks; ``rope`` and ``grad_out`` (does the stream need
+    gradients after the last block) are then set."""
+
+    def __init__(self, info: Any, fam: _Family, layer_settings: Mapping[str, LayerSettings], profile: Any,
+                 step: StepShape, shapes: Mapping[str, tuple[int, int]] | None) -> None:
+        self.info, self.fam, self.profile, self.step = info, fam, profile, step
+        self.layer_settings, self.shapes = layer_settings, shapes
+        self.by_block: dict[int, dict[str, LayerSettings]] = {}
+        self.names: dict[tuple[int, str], str] = {}
+        for name, s in layer_settings.items():
+            b, kind = _block_kind(name)
+            self.by_block.setdefault(b, {})[kind] = s
+            self.names[(b, kind)] = name
+        self.grad_kinds = {_block_kind(n) for n in (getattr(profile, "grad_layers", None) or ())}
+        self.lora = getattr(profile, "lora", False)
+        self.dropout = getattr(profile, "lora_dropout", 0.0) if self.lora else 0.0
+        a = step.abytes
+        self.norm = (info.hidden_size * 4 + 4) if fam.norm_fp32 else (info.hidden_size * a + 8)
+        # the norm's saved input is the block input itself (already kept under checkpointing)
+        self.norm_saves_input = (not fam.norm_fp32) or a == 4
+        self.resid_mask = info.hidden_size * step.mask_bytes if fam.resid_dropout > 0 else 0
+        self.shared_inputs = not step.autocast  # autocast: every adapter saves its own fp16 copy of its input
+        self.rope = 0
+        self.grad_out = False
+
+    # ------------------------------------------------------------------ which layers train
+    def lora_on(self, b: int, kind: str) -> bool:
+        s = self.by_block.get(b, {}).get(kind)
+        return bool(self.lora and s is not None and s.rank > 0)
+
+    def trains(self, b: int, kind: str) -> bool:
+        return (b, kind) in self.grad_kinds or self.lora_on(b, kind)
+
+    def dense_k(self, b: int, kind: str) -> int:
+        """Columns a trained base layer keeps dense (QEFT's weak block); 0 for none."""
+        if (b, kind) not in self.grad_kinds or (b, kind) not in self.names:
+            return 0
+        return int(self.profile.dense_columns.get(self.names[(b, kind)], 0))
+
+    # ------------------------------------------------------------------ what trained layers save
+    def trained_inputs(self, b: int, kinds: Iterable[str], in_f: int, input_grad: bool,
+                       share_ok: bool = True) -> tuple[float, float]:
+        """(per token, per step) bytes the trained layers of ``kinds`` (reading one ``in_f``-wide
+        tensor) save. ``input_grad``: gradient flows into that tensor. ``share_ok=False``: the
+        shared tensor is already saved by something else (attention's output, ReLU's)."""
+        kinds = list(kinds)
+        a, mask = self.step.abytes, self.step.mask_bytes
+        full = [k for k in kinds if self.trains(b, k) and not self.dense_k(b, k)]
+        tok = float(sum(self.dense_k(b, k) for k in kinds if self.trains(b, k)) * a)  # QEFT's gathered columns
+        if full and self.dropout == 0:  # LoRA adapters / whole trained layers: one shared input, or a copy each
+            tok += (len(full) * in_f * a if not self.shared_inputs else in_f * a if share_ok else 0)
+        if self.dropout > 0:  # each adapter saves its dropped input, plus the mask when grad flows in
+            tok += sum(1 for k in kinds if self.lora_on(b, k)) * in_f * (a + (mask if input_grad else 0))
+        return tok, self._casts(b, kinds, input_grad)
+
+    def _casts(self, b: int, kinds: list[str], input_grad: bool) -> float:
+        """Autocast: fp16 copies of fp32 trainable weights that backward keeps (bytes, not per token):
+        B always (its input needs grad), A only when gradient flows into the adapter's input."""
+        if not self.step.autocast:
+            return 0.0
+        total = 0.0
+        for k in kinds:
+            if self.lora_on(b, k):
+                out_f, in_f = self.shapes[self.names[(b, k)]]
+                r = self.by_block[b][k].rank
+                total += 2 * r * out_f + (2 * r * in_f if input_grad else 0)
+            elif self.dense_k(b, k) and input_grad:  # the weak block's fp16 copy
+                total += 2 * self.shapes[self.names[(b, k)]][0] * self.dense_k(b, k)
+        return total
+
+    # ------------------------------------------------------------------ the block's parts
+    def sdpa(self, nh: int, nkv: int) -> float:
+        """Per token: what SDPA attention saves (flash path, masked path, or the math path when
+        attention dropout is on)."""
+        a, L, hd = self.step.abytes, self.step.seq_len, self.info.head_dim
+        if self.fam.attn_dropout > 0:  # math path: q k v, softmax output, dropout mask and output
+            return 3 * nh * hd * a + nh * L * (2 * a + self.step.mask_bytes)
+        if self.step.padded:  # explicit mask: k/v repeated to all heads (a view when one kv head), mask kept
+            kv_saved = nkv if nkv in (1, nh) else nh
+            return (2 * nh * hd + 2 * kv_saved * hd) * a + nh * 4 + L * a
+        return (2 * nh * hd + 2 * nkv * hd) * a + nh * 4  # flash: q k v out lse
+
+    def attention(self, b: int, r: bool, nh: int, nkv: int) -> tuple[float, float, bool]:
+        """(per token, per step, grad after) of the attention half of block ``b``; ``r``:
+        the residual stream needs gradients on entry."""
+        h, hd, kinds = self.info.hidden_size, self.info.head_dim, self.by_block.get(b, {})
+        tok = self.norm if r else 0.0
+        attn_in = [k for k in _ATTN_IN if k in kinds]
+        t, fixed = self.trained_inputs(b, attn_in, h, r)  # the normed input, for the q/k/v adapters
+        tok += t
+        qkv_grad = r or any(self.trains(b, k) for k in attn_in)
+        if qkv_grad:
+            tok += self.sdpa(nh, nkv)
+            if self.fam.rope:
+                self.rope = 2 * self.step.seq_len * hd * self.step.abytes
+        shared = self.fam.o_input_shared and self.fam.attn_dropout == 0 and qkv_grad and self.shared_inputs
+        t, f = self.trained_inputs(b, ("attn_o",), nh * hd, qkv_grad, share_ok=not shared)  # (else SDPA's out)
+        r = r or qkv_grad or self.trains(b, "attn_o")
+        if r:
+            t += self.resid_mask + self.norm  # residual dropout, post-attention norm
+        return tok + t, fixed + f, r
+
+    def mlp(self, b: int, r: bool, inter: int) -> tuple[float, float, bool]:
+        """(per token, per step, grad after) of the MLP half of block ``b``."""
+        a, fam = self.step.abytes, self.fam
+        up_kinds = ("mlp_gate", "mlp_up") if fam.gated_mlp else ("mlp_up",)
+        ups = [self.trains(b, k) for k in up_kinds]
+        tok, fixed = self.trained_inputs(b, up_kinds, self.info.hidden_size, r)
+        if fam.gated_mlp:
+            g_grad, u_grad = r or ups[0], r or ups[1]
+            tok += (inter * a * 2 if g_grad else 0) + (inter * a if u_grad else 0)  # SiLU input (its output
+            mid_grad = g_grad or u_grad  # is saved by the product), up's output (saved by the product)
+            share_ok = True  # the product, input of down_proj
+        else:
+            mid_grad = r or ups[0]
+            tok += fam.act_saves * inter * a if mid_grad else 0
+            share_ok = not (mid_grad and fam.act_saves == 1 and self.shared_inputs)  # relu keeps fc2's input
+        t, f = self.trained_inputs(b, ("mlp_down",), inter, mid_grad, share_ok=share_ok)
+        r = r or mid_grad or self.trains(b, "mlp_down")
+        return tok + t + (self.resid_mask if r else 0), fixed + f, r
+
+    def blocks(self) -> list[_Block]:
+        if not self.profile.backprop_through_backbone:  # (and then no LoRA in the backbone)
+            return []
+        kept = kept_units(self.info, self.layer_settings)
+        out: list[_Block] = []
+        r = False  # does the residual stream require grad here?
+        for b in range(self.info.n_layers):
+            nh, nkv, inter = kept[b]
+            kinds = self.by_block.get(b, {})
+            active = r or any(self.trains(b, k) for k in kinds)
+            t1, f1, r_mid = self.attention(b, r, nh, nkv)
+            t2, f2, r_out = self.mlp(b, r_mid, inter)
+            lora = lora_activation_bytes_per_token(kinds, self.step.abytes) if self.lora else 0.0
+            out.append(_Block(t1 + t2 + lora, f1 + f2, active, r and self.norm_saves_input))
+            r = r_out
+        self.grad_out = r
+        return out
+
+
+def activation_parts(arch: Any, layer_settings: Mapping[str, LayerSettings], profile: Any, step: StepShape,
+                     config: Any = None, shapes: Mapping[str, tuple[int, int]] | None = None
                      ) -> tuple[int, tuple[float, ...]]:
     """(bytes autograd saves for backward in one training step, per-block recomputation terms).
 
-    Walks the blocks in order tracking whether the residual stream needs gradients yet (it does
-    from the first trained layer on); frozen linears save nothing, adapters save their input
-    (once per group of layers reading the same tensor) and rank-r intermediates.
+    The blocks as :class:`_Walk` sees them, then the final norm, the loss (fp32 log-softmax
+    output, targets) and what the method's own modules save (``extra_activations``).
 
-    ``checkpointing``: every decoder block that takes part in backward keeps only its input
+    ``step.checkpointing``: every decoder block that takes part in backward keeps only its input
     (``automix.trial.checkpoint``); the block's own saved tensors come back, one block at a time,
     when backward recomputes it: the largest block's (minus its input, already kept) is added.
-    ``autocast``: fp16 autocast with fp32 trainable weights; each LoRA adapter then saves its own
-    fp16 copy of its input (no sharing) and the fp16 casts of its weights that backward needs.
+    ``step.autocast``: fp16 autocast with fp32 trainable weights; each LoRA adapter then saves
+    its own fp16 copy of its input (no sharing) and the fp16 casts of its weights that backward
+    needs.
 
-    The terms: with ``checkpointing``, one per decoder block, ``m_b = (s_b - i_b) * T + c_b``
+    The terms: with checkpointing, one per decoder block, ``m_b = (s_b - i_b) * T + c_b``
     for a checkpointed block (``s_b``: its saved bytes per token, ``i_b``: its input when a norm
     saves it, ``c_b``: its per-step bytes, ``T``: tokens of the micro-batch) and 0 for the others;
     the bytes are then ``A + max_b m_b`` with ``A`` (kept inputs, outside-block and loss terms) a
     sum of per-block terms. Without checkpointing: no terms, the bytes are such a sum.
     """
     info = as_arch_info(arch)
-    no_terms = (0.0,) * info.n_layers if checkpointing else ()
+    no_terms = (0.0,) * info.n_layers if step.checkpointing else ()
     if profile.trainable_params <= 0:
         return 0, no_terms
-
     fam = _family(info, config)
-    T = batch_size * seq_len
-    h, hd, V = info.hidden_size, info.head_dim, info.vocab_size
-    if autocast and shapes is None:
+    if step.autocast and shapes is None:
         shapes = layer_shapes(info, layer_settings)
-    kept = kept_units(info, layer_settings)
-    by_block: dict[int, dict[str, LayerSettings]] = {}
-    names: dict[tuple[int, str], str] = {}
-    for name, s in layer_settings.items():
-        b, kind = _block_kind(name)
-        by_block.setdefault(b, {})[kind] = s
-        names[(b, kind)] = name
-    grad_kinds = {_block_kind(n) for n in (getattr(profile, "grad_layers", None) or ())}
-    lora = getattr(profile, "lora", False)
-    dropout = getattr(profile, "lora_dropout", 0.0) if lora else 0.0
-    mask_bytes = 1 if device.startswith("cuda") else abytes  # CPU dropout keeps a float mask
-    norm = (h * 4 + 4) if fam.norm_fp32 else (h * abytes + 8)
-    # the norm's saved input is the block input itself (already kept under checkpointing)
-    norm_saves_input = (not fam.norm_fp32) or abytes == 4
-    resid_mask = h * mask_bytes if fam.resid_dropout > 0 else 0
-    shared_inputs = not autocast  # autocast: every adapter saves its own fp16 copy of its input
-
-    def lora_on(b: int, kind: str) -> bool:
-        s = by_block.get(b, {}).get(kind)
-        return bool(lora and s is not None and s.rank > 0)
-
-    def trains(b: int, kind: str) -> bool:
-        return (b, kind) in grad_kinds or lora_on(b, kind)
-
-    def dropped(b: int, kinds: Iterable[str], in_f: int, input_grad: bool) -> float:
-        """LoRA dropout: each adapter saves its dropped input, plus the mask when grad flows in."""
-        if dropout <= 0:
-            return 0.0
-        n = sum(1 for k in kinds if lora_on(b, k))
-        return n * in_f * (abytes + (mask_bytes if input_grad else 0))
-
-    def dense_k(b: int, kind: str) -> int:
-        """Columns a trained base layer keeps dense (QEFT's weak block); 0 for none."""
-        if (b, kind) not in grad_kinds or (b, kind) not in names:
-            return 0
-        return int(profile.dense_columns.get(names[(b, kind)], 0))
-
-    def adapter_inputs(b: int, kinds: Iterable[str], in_f: int, share_ok: bool = True) -> float:
-        """Inputs the trained layers of ``kinds`` save (LoRA dropout 0): LoRA adapters (and base
-        layers training whole) one shared tensor, or under autocast a copy each; a trained weak
-        block (QEFT) its own gathered ``k`` columns. ``share_ok=False``: the shared tensor is
-        already saved by something else (attention's output)."""
-        full = [k for k in kinds if trains(b, k) and not dense_k(b, k)]
-        private = sum(dense_k(b, k) for k in kinds if trains(b, k)) * abytes
-        if full and dropout == 0:
-            if not shared_inputs:
-                private += len(full) * in_f * abytes
-            elif share_ok:
-                private += in_f * abytes
-        return float(private)
-
-    def casts(b: int, kinds: Iterable[str], input_grad: bool) -> float:
-        """Autocast: fp16 copies of fp32 trainable weights that backward keeps (bytes, not per token):
-        B always (its input needs grad), A only when gradient flows into the adapter's input."""
-        if not autocast:
-            return 0.0
-        total = 0.0
-        for k in kinds:
-            if lora_on(b, k):
-                out_f, in_f = shapes[names[(b, k)]]
-                r = by_block[b][k].rank
-                total += 2 * r * out_f + (2 * r * in_f if input_grad else 0)
-            elif dense_k(b, k) and input_grad:  # the weak block's fp16 copy
-                total += 2 * shapes[names[(b, k)]][0] * dense_k(b, k)
-        return total
-
-    def attention(nh: int, nkv: int) -> float:
-        if fam.attn_dropout > 0:  # math path: q k v, softmax output, dropout mask and output
-            return 3 * nh * hd * abytes + nh * seq_len * (2 * abytes + mask_bytes)
-        if padded:  # explicit mask: k/v repeated to all heads (a view when one kv head), mask kept
-            kv_saved = nkv if nkv in (1, nh) else nh
-            return (2 * nh * hd + 2 * kv_saved * hd) * abytes + nh * 4 + seq_len * abytes
-        return (2 * nh * hd + 2 * nkv * hd) * abytes + nh * 4  # flash: q k v out lse
-
-    blocks: list[tuple[float, float, bool, bool]] = []  # (per token, bytes, keeps input, input saved)
-    rope = 0
-    r = False  # does the residual stream require grad here?
-    if profile.backprop_through_backbone:
-        for b in range(info.n_layers):
-            nh, nkv, inter = kept[b]
-            kinds_b = by_block.get(b, {})
-            active = r or any(trains(b, k) for k in kinds_b)
-            r_in = r
-            tok = 0.0
-            fixed = 0.0
-            if r:
-                tok += norm
-            attn_in = [k for k in _ATTN_IN if k in kinds_b]
-            tok += adapter_inputs(b, attn_in, h)  # normed input saved for the q/k/v adapters
-            tok += dropped(b, attn_in, h, r)
-            fixed += casts(b, attn_in, r)
-            qkv_grad = r or any(trains(b, k) for k in attn_in)
-            if qkv_grad:
-                tok += attention(nh, nkv)
-                if fam.rope:
-                    rope = 2 * seq_len * hd * abytes
-            o_train = trains(b, "attn_o")
-            shared = fam.o_input_shared and fam.attn_dropout == 0 and qkv_grad and shared_inputs
-            tok += adapter_inputs(b, ("attn_o",), nh * hd, share_ok=not shared)  # (else SDPA's out)
-            tok += dropped(b, ("attn_o",), nh * hd, qkv_grad)
-            fixed += casts(b, ("attn_o",), qkv_grad)
-            r = r or qkv_grad or o_train
-            if r:
-                tok += resid_mask + norm  # residual dropout, post-attention norm
-            up_kinds = ("mlp_gate", "mlp_up") if fam.gated_mlp else ("mlp_up",)
-            ups = [trains(b, k) for k in up_kinds]
-            tok += adapter_inputs(b, up_kinds, h)
-            tok += dropped(b, up_kinds, h, r)
-            fixed += casts(b, up_kinds, r)
-            d_train = trains(b, "mlp_down")
-            if fam.gated_mlp:
-                g_grad, u_grad = r or ups[0], r or ups[1]
-                if g_grad:
-                    tok += inter * abytes * 2  # SiLU input; its output saved by the product
-                if u_grad:
-                    tok += inter * abytes  # up output saved by the product
-                mid_grad = g_grad or u_grad
-                tok += adapter_inputs(b, ("mlp_down",), inter)  # product (input of down_proj)
-            else:
-                mid_grad = r or ups[0]
-                if mid_grad:
-                    tok += fam.act_saves * inter * abytes
-                relu_keeps = mid_grad and fam.act_saves == 1 and shared_inputs  # relu keeps fc2's input
-                tok += adapter_inputs(b, ("mlp_down",), inter, share_ok=not relu_keeps)
-            tok += dropped(b, ("mlp_down",), inter, mid_grad)
-            fixed += casts(b, ("mlp_down",), mid_grad)
-            r = r or mid_grad or d_train
-            if r:
-                tok += resid_mask
-            if lora:
-                tok += lora_activation_bytes_per_token(kinds_b, abytes)
-            blocks.append((tok, fixed, active, r_in and norm_saves_input))
-    elif lora:  # (no backbone backprop and LoRA cannot happen together; kept for completeness)
-        blocks.append((lora_activation_bytes_per_token(layer_settings, abytes), 0.0, False, False))
-    outside = 0.0
-    if r:
-        outside += norm  # final norm
-    loss = T * V * 4 + T * 8 + 4  # log-softmax output (fp32), targets, weight total
+    walk = _Walk(info, fam, layer_settings, profile, step, shapes)
+    blocks = walk.blocks()
+    if not blocks and walk.lora:  # (no backbone backprop and LoRA cannot happen together; kept for completeness)
+        blocks = [_Block(lora_activation_bytes_per_token(layer_settings, step.abytes), 0.0, False, False)]
+    T, h, a = step.tokens, info.hidden_size, step.abytes
+    outside = walk.norm if walk.grad_out else 0.0  # the final norm
+    loss = T * info.vocab_size * 4 + T * 8 + 4  # log-softmax output (fp32), targets, weight total
     extra = getattr(profile, "extra_activations", None)  # the method's own modules (side network)
-    loss += int(round(extra(batch_size, seq_len, abytes, autocast))) if extra is not None else 0  # (+ them)
-    if not checkpointing or not any(k for _, _, k, _ in blocks):
-        per_tok = sum(t for t, _, _, _ in blocks) + outside
-        return int(round(per_tok * T + sum(f for _, f, _, _ in blocks))) + rope + loss, no_terms
+    loss += int(round(extra(step.batch_size, step.seq_len, a, step.autocast))) if extra is not None else 0
+    if not step.checkpointing or not any(blk.active for blk in blocks):
+        per_tok = sum(blk.per_token for blk in blocks) + outside
+        return int(round(per_tok * T + sum(blk.fixed for blk in blocks))) + walk.rope + loss, no_terms
     # checkpointing: kept block inputs (+ the shared rotary tables and padding mask they take as
     # arguments) for the whole step, plus the largest block recomputation
-    n_kept = sum(1 for _, _, k, _ in blocks if k)
-    kept_args = (2 * seq_len * hd * abytes if fam.rope else 0) + (batch_size * seq_len * seq_len if padded else 0)
-    terms = tuple(float((t - (h * abytes if saves_input else 0)) * T + f) if k else 0.0
-                  for t, f, k, saves_input in blocks)
-    recompute = max(m for m, (_, _, k, _) in zip(terms, blocks) if k)
-    return int(round(n_kept * h * abytes * T + outside * T + recompute)) + kept_args + loss, terms
+    n_kept = sum(1 for blk in blocks if blk.active)
+    kept_args = (2 * step.seq_len * info.head_dim * a if fam.rope else 0) + \
+        (step.batch_size * step.seq_len * step.seq_len if step.padded else 0)
+    terms = tuple(float((blk.per_token - (h * a if blk.input_saved else 0)) * T + blk.fixed) if blk.active else 0.0
+                  for blk in blocks)
+    recompute = max(m for m, blk in zip(terms, blocks) if blk.active)
+    return int(round(n_kept * h * a * T + outside * T + recompute)) + kept_args + loss, terms
 
 
 # ----------------------------------------------------------------------------- the estimate
@@ -468,8 +500,8 @@ def estimate(arch: Any, layer_settings: Mapping[str, LayerSettings], method: Any
                  + optimizer_state_bytes(optimizer, fp32_sizes, 4, device))
     else:
         optim = optimizer_state_bytes(optimizer, sizes, pb, device)
-    acts, recompute = activation_parts(info, layer_settings, profile, micro, seq_len, wb, device, padded, config,
-                                       checkpointing=gradient_checkpointing, autocast=autocast, shapes=shapes)
+    step = StepShape(micro, seq_len, wb, device, padded, gradient_checkpointing, autocast)
+    acts, recompute = activation_parts(info, layer_settings, profile, step, config, shapes)
     transient = 0
     if device.startswith("cuda") and profile.trainable_params > 0:
         transient = 2 * micro * seq_len * info.vocab_size * 4
@@ -483,143 +515,10 @@ def mixed_precision(dtype: Any) -> bool:
     return str(dtype).replace("torch.", "") == "float16"
 
 
-# ----------------------------------------------------------------------------- measurement
-
-
-def _storage_key(t: Any) -> tuple[str, int]:
-    s = t.untyped_storage()
-    return (str(t.device), s.data_ptr())
-
-
-def model_bytes(model: Any, trainable: Iterable[Any] = ()) -> dict[str, int]:
-    """Exact bytes of a model's tensors by category: ``weights`` (frozen parameters and buffers
-    except quantization metadata), ``quant_metadata`` (QuantLinear scales and zeros),
-    ``adapters`` (the trainable parameters). Shared storages (tied embeddings) count once."""
-    import torch
-
-    trainable_ids = {id(p) for p in trainable}
-    meta_ids: set[int] = set()
-    for m in model.modules():
-        if all(isinstance(getattr(m, a, None), torch.Tensor) for a in ("packed", "scales", "zeros")):
-            meta_ids.update(id(t) for t in (m.scales, m.zeros))
-    seen: set[tuple[str, int]] = set()
-    out = {"weights": 0, "quant_metadata": 0, "adapters": 0}
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = _storage_key(t)
-        if key in seen:
-            continue
-        seen.add(key)
-        n = t.untyped_storage().nbytes()
-        cat = "adapters" if id(t) in trainable_ids else "quant_metadata" if id(t) in meta_ids else "weights"
-        out[cat] += n
-    return out
-
-
-_ACTIVE: list["SavedTensorMeter"] = []
-
-
-def active_meter() -> "SavedTensorMeter | None":
-    """The innermost :class:`SavedTensorMeter` now entered (checkpointed blocks report to it)."""
-    return _ACTIVE[-1] if _ACTIVE else None
-
-
-class SavedTensorMeter:
-    """Context manager summing the bytes of tensors autograd saves for backward, once per
-    storage, excluding the model's own parameters and buffers (already counted as weights).
-
-    With gradient checkpointing (:mod:`automix.trial.checkpoint`) a checkpointed block saves
-    nothing during the forward; it reports the inputs it keeps (:meth:`keep`, counted like saved
-    tensors) and, in backward, each recomputation's saved tensors (:meth:`recomputed`: the bytes
-    of storages not already counted; the largest recomputation is ``recompute_peak``).
-    ``total`` = ``bytes`` + ``recompute_peak`` is the step's activation accounting.
-    """
-
-    def __init__(self, model: Any) -> None:
-        self._exclude = {_storage_key(t) for t in list(model.parameters()) + list(model.buffers())}
-        self._seen: set[tuple[str, int]] = set()
-        self.bytes = 0
-        self.recompute_peak = 0
-        self._ctx = None
-
-    @property
-    def total(self) -> int:
-        return self.bytes + self.recompute_peak
-
-    def _pack(self, t: Any) -> Any:
-        key = _storage_key(t)
-        if key not in self._exclude and key not in self._seen:
-            self._seen.add(key)
-            self.bytes += t.untyped_storage().nbytes()
-        return t
-
-    def keep(self, tensors: Iterable[Any]) -> None:
-        """Count tensors kept alive for backward outside autograd's saving (checkpoint inputs)."""
-        for t in tensors:
-            self._pack(t)
-
-    def recomputed(self, tensors: Iterable[Any], inputs: Iterable[Any] = ()) -> None:
-        """Bytes one block recomputation holds beyond the block's kept ``inputs`` (and the model's
-        own tensors); keeps the largest. (Storages counted earlier may be freed by now and their
-        addresses reused, so only the inputs, alive for sure, are matched.)"""
-        fresh = {_storage_key(t) for t in inputs}
-        n = 0
-        for t in tensors:
-            key = _storage_key(t)
-            if key in self._exclude or key in fresh:
-                continue
-            fresh.add(key)
-            n += t.untyped_storage().nbytes()
-        self.recompute_peak = max(self.recompute_peak, n)
-
-    def __enter__(self) -> "SavedTensorMeter":
-        import torch
-
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
-        _ACTIVE.append(self)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        _ACTIVE.remove(self)
-        self._ctx.__exit__(*exc)
-
-
-def optimizer_bytes(optimizer: Any) -> int:
-    """Exact bytes of an optimizer's state tensors, once per storage (AdamW: exp_avg, exp_avg_sq,
-    step; 8-bit AdamW: codes, block absmax and the quantization maps all parameters share)."""
-    import torch
-
-    seen: set[tuple[str, int]] = set()
-    total = 0
-    for state in optimizer.state.values():
-        for v in state.values():
-            if isinstance(v, torch.Tensor) and _storage_key(v) not in seen:
-                seen.add(_storage_key(v))
-                total += v.untyped_storage().nbytes()
-    return total
-
-
-def measured_breakdown(model: Any, params: Iterable[Any], optimizer: Any,
-                       saved_bytes: "int | SavedTensorMeter") -> MemoryBreakdown:
-    """The CPU accounting after a step: tensors of the model, gradients, optimizer state and the
-    activations measured by a :class:`SavedTensorMeter` during that step (its ``total``: what
-    the forward saved plus, with checkpointing, the largest block recomputation)."""
-    if isinstance(saved_bytes, SavedTensorMeter):
-        saved_bytes = saved_bytes.total
-    params = list(params)
-    parts = model_bytes(model, params)
-    grads = sum(p.grad.untyped_storage().nbytes() for p in params if p.grad is not None)
-    return MemoryBreakdown.of(weights=parts["weights"], quant_metadata=parts["quant_metadata"],
-                              adapters=parts["adapters"], gradients=grads,
-                              optimizer_states=optimizer_bytes(optimizer), activations=saved_bytes)
-
-
 def relative_error(predicted: int, measured: int) -> float:
     return abs(predicted - measured) / max(1, measured)
 
 
-__all__ = ["OPTIMIZERS", "MemoryBreakdown", "SavedTensorMeter", "active_meter", "activation_bytes", "activation_parts",
-           "dtype_bytes",
-           "estimate", "mixed_precision", "optimizer_state_bytes",
-           "layer_shapes", "lora_activation_bytes_per_token", "measured_breakdown", "model_bytes",
-           "optimizer_bytes", "relative_error"]
+__all__ = ["OPTIMIZERS", "MemoryBreakdown", "StepShape", "activation_parts", "dtype_bytes", "estimate",
+           "mixed_precision", "optimizer_state_bytes", "layer_shapes", "lora_activation_bytes_per_token",
+           "relative_error"]

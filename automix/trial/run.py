@@ -29,7 +29,7 @@ from automix.arch import layer_shapes
 from automix.config.layers import LayerConfig, average_bits, resolved_from_dict
 from automix.methods import MethodSettings, get_method
 from automix.reporting import report
-from automix.trial import checkpoint, memory
+from automix.trial import checkpoint, memory, meter
 from automix.trial.data import calibration_batches, get_task, is_padded
 from automix.arch import arch_info, target_layer_names
 from automix.trial.models import load_model
@@ -101,7 +101,7 @@ def train_step(model: Any, batch: Mapping[str, torch.Tensor], params: list[Any],
                scaler: torch.amp.GradScaler, spec: TrialSpec, meters: list | None = None) -> float:
     """One optimizer step over ``batch`` in ``spec.grad_accum_steps`` micro-batches (fp16 autocast
     when ``spec.dtype`` is float16); returns the batch's loss. With ``meters`` (a list), each
-    micro-batch is measured by its own :class:`automix.trial.memory.SavedTensorMeter`, appended
+    micro-batch is measured by its own :class:`automix.trial.meter.SavedTensorMeter`, appended
     there (the step's activation peak is the largest). The caller zeroes the gradients (after
     reading the memory it wants to measure)."""
     dev_type = next(iter(batch.values())).device.type
@@ -110,7 +110,7 @@ def train_step(model: Any, batch: Mapping[str, torch.Tensor], params: list[Any],
     for micro, weight in _micro_batches(dict(batch), spec.grad_accum_steps):
         ctx: Any = contextlib.nullcontext()
         if meters is not None:
-            ctx = memory.SavedTensorMeter(model)
+            ctx = meter.SavedTensorMeter(model)
             meters.append(ctx)
         with ctx, torch.autocast(dev_type, dtype=torch.float16, enabled=mixed):
             loss = model(**micro).loss * weight
@@ -304,7 +304,7 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
             result.losses.append(value)
             report("loss", step + 1, value)
             if step == 0:  # the largest micro-batch (padding differs between them)
-                measured = memory.measured_breakdown(model, params, opt, max(m.total for m in meters or []))
+                measured = meter.measured_breakdown(model, params, opt, max(m.total for m in meters or []))
             opt.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
             if spec.report_every and (step + 1) % spec.report_every == 0 and step + 1 < spec.steps:
@@ -317,7 +317,7 @@ def _run(spec: TrialSpec, result: TrialResult) -> None:
         result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device)) if on_cuda else measured.total
         result.predicted_memory_bytes = predicted.total
     else:  # evaluation only: what is resident (no gradients, optimizer or saved activations)
-        static = memory.model_bytes(model, params)
+        static = meter.model_bytes(model, params)
         predicted = memory.estimate(info, memory_ls, profile, batch_size=spec.batch_size,
                                     seq_len=spec.seq_len, dtype=spec.dtype, device=device, config=model.config,
                                     **training_options(spec))

@@ -102,7 +102,7 @@ def check_method_end_to_end(name: str, tmp_path, settings=None, steps: int = 8, 
 
 def measure_vs_predict(name: str, bits: int = 4, rank: int = 4, settings=None, batch: int = 4, seq: int = 16):
     """(measured, predicted) MemoryBreakdown of one AdamW step, as ``run_trial`` accounts it."""
-    from automix.trial import memory
+    from automix.trial import memory, meter
     from automix.arch import arch_info
 
     method, model, layers = prepare(name, bits=bits, rank=rank, settings=settings)
@@ -110,11 +110,11 @@ def measure_vs_predict(name: str, bits: int = 4, rank: int = 4, settings=None, b
     params = [p for _, p in method.trainable_parameters(model)]
     opt = torch.optim.AdamW(params, lr=1e-3)
     ids = tokens(batch, seq, 11)
-    with memory.SavedTensorMeter(model) as meter:
+    with meter.SavedTensorMeter(model) as saved:
         loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     opt.step()
-    measured = memory.measured_breakdown(model, params, opt, meter.bytes)
+    measured = meter.measured_breakdown(model, params, opt, saved.bytes)
     predicted = memory.estimate(info, layers, method.memory_profile(info, layers, settings), batch_size=batch,
                                 seq_len=seq, dtype="float32", device="cpu", config=model.config)
     return measured, predicted

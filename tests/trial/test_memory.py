@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from automix.trial import memory
+from automix.trial import memory, meter
 from automix.config.layers import LayerConfig
 from automix.methods import get_method
 from automix.arch import arch_info, target_layer_names
@@ -30,11 +30,11 @@ def measure(model, method_name, ls, batch=2, seq=16, dropout=0.0):
     prepared.train()
     params = [p for _, p in method.trainable_parameters(prepared)]
     opt = torch.optim.AdamW(params, lr=1e-3)
-    with memory.SavedTensorMeter(prepared) as meter:
+    with meter.SavedTensorMeter(prepared) as saved:
         loss = prepared(input_ids=ids, labels=ids).loss
     loss.backward()
     opt.step()
-    return memory.measured_breakdown(prepared, params, opt, meter.bytes)
+    return meter.measured_breakdown(prepared, params, opt, saved.bytes)
 
 
 CASES = {
@@ -98,11 +98,11 @@ def test_padded_batches_with_gqa_match_measurement():
     mask[0, 15:] = 0
     params = [p for _, p in method.trainable_parameters(prepared)]
     opt = torch.optim.AdamW(params)
-    with memory.SavedTensorMeter(prepared) as meter:
+    with meter.SavedTensorMeter(prepared) as saved:
         loss = prepared(input_ids=ids, attention_mask=mask, labels=ids).loss
     loss.backward()
     opt.step()
-    got = memory.measured_breakdown(prepared, params, opt, meter.bytes)
+    got = meter.measured_breakdown(prepared, params, opt, saved.bytes)
     est = memory.estimate(model.config, ls, "qlora", batch_size=3, seq_len=20, padded=True)
     assert est.activations == pytest.approx(got.activations, rel=0.02)
     assert est.activations > memory.estimate(model.config, ls, "qlora", batch_size=3, seq_len=20).activations

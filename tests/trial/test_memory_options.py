@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from automix.arch import arch_info, target_layer_names
 from automix.config.layers import LayerConfig
 from automix.methods import get_method
-from automix.trial import checkpoint, memory
+from automix.trial import checkpoint, memory, meter
 from automix.trial.prune import prune_structured
 from automix.trial.run import grad_scaler, make_optimizer, train_step
 from automix.trial.spec import TrialFailure, TrialSpec
@@ -59,7 +59,7 @@ def one_step(model, method_name, ls, *, dtype="float32", ckpt=False, optimizer="
     meters = []
     loss = train_step(prepared, data, params, opt, grad_scaler(spec, "cpu"), spec, meters)
     assert len(meters) == accum
-    got = memory.measured_breakdown(prepared, params, opt, max(m.total for m in meters))
+    got = meter.measured_breakdown(prepared, params, opt, max(m.total for m in meters))
     est = memory.estimate(model.config, ls, method.memory_profile(arch_info(model.config), ls, settings),
                           batch_size=batch, seq_len=seq, dtype=dtype, padded=padded, gradient_checkpointing=ckpt,
                           optimizer=optimizer, grad_accum_steps=accum)
