@@ -37,18 +37,17 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from scipy.special import ndtr
 
 from automix.search._optuna_compat import process_constraints_after_trial, storage_of, study_id, trial_id
 from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
-from automix.search._candidates import Prediction, greedy_path, nsga2_candidates
+from automix.search._acquisition import ModelPrediction, ehvi_pick, reference_point
+from automix.search._candidates import greedy_path, nsga2_candidates
 from automix.search._codec import Codec
 from automix.search._exploit import boundary_fills, exploit_proposal, profile_model
 from automix.search._fidelity import LINE_PAIRS, curve_of, impute_final
 from automix.search._profile_search import ProfileSearch
 from automix.search.batch import evaluate_batch
 from automix.search.oneshot import van_der_corput
-from automix.search.pareto import expected_hypervolume_improvement, nondominated_mask
 from automix.search.predictors import PerformancePredictor
 
 __all__ = ["AutoMixSampler"]
@@ -543,56 +542,13 @@ class AutoMixSampler(BaseSampler):
                 p = self._predictors.setdefault(("con", k), self._new_predictor(k, constraint=True))
                 cons_models.append(p.fit(X_con[rows], c))
 
-        def predict(G: np.ndarray, with_std: bool = False, objectives: bool = True) -> Prediction:
-            feats, known, ok, cons = self._evaluate(codec, G)
-            mean = np.zeros((len(G), n_obj))
-            std = np.zeros((len(G), n_obj))
-            for i in unknown:
-                if objectives or i == cost_obj:
-                    mean[:, i], std[:, i] = models[i].predict(feats, with_std)
-                else:
-                    mean[:, i] = std[:, i] = np.nan
-            for col, i in enumerate(known_idx):
-                mean[:, i] = known[:, col] * signs[i]
-            pof = np.ones(len(G))
-            learned = np.zeros(len(G))
-            feats_con = np.hstack([feats, codec.values(G)]) if cons_models else feats
-            for cm in cons_models:
-                m, s = cm.predict(feats_con)
-                pof *= ndtr(-m / np.maximum(s, 1e-12))  # the normal cdf (scipy.stats.norm.cdf's)
-                learned += m
-            # what a configuration costs: its known objectives, else how much of the known
-            # constraints it uses up, else of the learned ones (their predicted values)
-            cost = (mean[:, known_idx].sum(axis=1) if known_idx
-                    else cons.sum(axis=1) if cons.shape[1]
-                    else mean[:, cost_obj] if cost_obj is not None else learned)
-            return Prediction(mean, std, ok, pof, cost)
-
-        # the same without the predicted objectives (NaN) that need not be the cost, for the
-        # callers that read only feasibility and cost (`automix.search._candidates.costs_of`)
-        predict.costs = lambda G: predict(G, objectives=False)  # type: ignore[attr-defined]
-
+        predict = ModelPrediction(codec, lambda G: self._evaluate(codec, G), models, cons_models, known_idx,
+                                  signs, cost_obj)
         # current front: feasible observations + pending proposals at their predicted means
         front = losses[feasible]
         if pending:
             front = np.vstack([front, predict(np.array(pending)).mean])
-        span = np.ptp(losses, axis=0) + 1e-9
-        base = front if len(front) else losses
-        reference = base.max(axis=0) + 0.1 * span
-        if self._saturation > 0 and n_obj > 1 and len(front):
-            # Past saturation the front buys almost nothing: where the trials show points
-            # within `saturation` of an objective's span of its best at different costs, the
-            # others need go no further than the cheapest such point (e.g. memory beyond the
-            # smallest configuration already as accurate as the full-precision one).
-            nd = front[nondominated_mask(front)]
-            tol = self._saturation * span
-            for i in range(n_obj):
-                others = [j for j in range(n_obj) if j != i]
-                near = np.all(nd[:, others] <= nd[:, others].min(axis=0) + tol[others], axis=1)
-                # only where the trials show it: two saturated points apart in objective i
-                # (the best so far alone may be anything but saturated)
-                if np.ptp(nd[near, i]) > tol[i]:
-                    reference[i] = min(reference[i], nd[near, i].min() + 0.1 * span[i])
+        reference = reference_point(losses, front, self._saturation)
 
         # a cost to walk the marginal-gain path along: known objectives or constraints, else
         # constraints learned from the trials (e.g. measured memory against a budget)
@@ -627,25 +583,7 @@ class AutoMixSampler(BaseSampler):
             pool = np.unique(np.vstack([pool, fresh(path)]), axis=0)
         if not len(pool):
             return self._predicted(self._random_feasible(codec, taken), predict, signs)
-        mean, std, _, pof, _ = predict(pool, True)
-        score = expected_hypervolume_improvement(
-            mean, std, front[nondominated_mask(front)] if len(front) else front, reference,
-            n_samples=64, rng=self._rng,
-        ) * pof
-        if not np.any(score > 0):  # nothing improves in expectation: explore the most uncertain
-            score = std.sum(axis=1) * pof + 1e-12 * self._rng.random(len(pool))
-        # local refinement of the acquisition around the best candidates
-        top = pool[np.argsort(-score)[:8]]
-        local = self._fresh(codec, codec.mutate(np.repeat(top, 24, axis=0), self._rng, 0.0), taken)
-        if len(local):
-            lm, ls, _, lp, _ = predict(local, True)
-            lscore = expected_hypervolume_improvement(
-                lm, ls, front[nondominated_mask(front)] if len(front) else front, reference,
-                n_samples=64, rng=self._rng,
-            ) * lp
-            if lscore.max() > score.max():
-                return self._predicted(local[int(np.argmax(lscore))], predict, signs)
-        return self._predicted(pool[int(np.argmax(score))], predict, signs)
+        return self._predicted(ehvi_pick(pool, predict, front, reference, codec, fresh, self._rng), predict, signs)
 
     def _profile_proposal(self, codec: Codec, complete: list, pending: list, pruned: list, taken: set[tuple],
                           objective: int, signs: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
