@@ -272,6 +272,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--merge", type=Path, action="append", default=[],
                     help="another invocation's --cache file to read results from (repeatable)")
     ap.add_argument("--only-runs", action="store_true", help="run the studies and baselines, write no report")
+    ap.add_argument("--tag", default="", help="a sampler version: studies are run again under a new tag (trial "
+                                              "results stay cached by configuration)")
     add_trial_arguments(ap)
     return ap
 
@@ -364,11 +366,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     secs: dict[tuple[float, str], list[float]] = {}
     settings = {k: str(v) for k, v in vars(args).items()
                 if k not in ("seeds", "trials", "samplers", "short", "cache", "out", "threads", "budget", "budgets",
-                             "merge", "disjoint_batches", "only_runs")}
+                             "merge", "disjoint_batches", "only_runs", "tag")}
     for budget in budgets:
         for s in studies:
             for seed in range(args.seeds):
-                key = json.dumps([fp, settings, s, seed, n_for[s], budget], sort_keys=True)
+                key = json.dumps([fp, settings, s, seed, n_for[s], budget] + ([args.tag] if args.tag else []),
+                                 sort_keys=True)
                 if key not in cache.runs:
                     print(f"  running {s} seed {seed} ({n_for[s]} trials) at {format_size(budget)} ...",
                           file=sys.stderr, flush=True)

@@ -121,6 +121,17 @@ def test_feature_fn_uses_sensitivity() -> None:
     assert weighted[-1] == pytest.approx(10.0 * len(LAYERS))
 
 
+def test_feature_scores_never_fall_with_fewer_bits() -> None:
+    """A few-sample profile can score a layer lower at 2 bits than at 3; an allocator would put 2
+    bits exactly there. The features take the larger score of the bits at or above."""
+    space = load_space(ROOT / "search_spaces" / "per_block.yaml", LAYERS)
+    sens = {n: {2: 0.029, 3: 0.035, 4: 0.0076, 8: 0.0} for n in LAYERS}
+    features = space.feature_fn(sens)
+    totals = [features({n: b for n in space.distributions})[-1] for b in (2, 3, 4, 8)]
+    assert totals[0] == pytest.approx(totals[1]) == pytest.approx(0.035 * len(LAYERS))
+    assert totals == sorted(totals, reverse=True)
+
+
 @pytest.mark.parametrize("name", ["llama-7b.yaml", "per_block.yaml"])
 def test_feature_batch_matches_per_configuration(name: str) -> None:
     """The vectorised features: a sampler's columns (looked up by level) and plain value
