@@ -3,7 +3,7 @@
 (``--problem builtin`` or ``smollm2`` runs the real-trial benchmark instead:
 ``automix.bench.search_real``.)
 
-Every case of ``automix.testing.SUITE`` (structurally different generated problems: sensitivity
+Every case of ``automix.bench.problems.SUITE`` (structurally different generated problems: sensitivity
 spreads, interactions, noise, 42-224 linears, pruning and rank, memory known or learned, profile
 exact, rough or none) is searched twice per sampler and seed:
 
@@ -41,7 +41,7 @@ from automix.bench.search_real import main as real_main
 from automix.search.batch import Shifted
 from automix.search.oneshot import OneShotAllocator, OneShotSampler
 from automix.search.sampler import AutoMixSampler
-from automix.testing import SUITE, ProblemCase, SyntheticProblem
+from automix.bench.problems import SUITE, ProblemCase, SyntheticProblem
 
 SAMPLERS = ("automix", "oneshot", "random", "tpe", "nsgaii")
 MODES = ("front", "budget")
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="JSON file to resume from")
     ap.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
     ap.add_argument("--problem", choices=["synthetic", "builtin", "smollm2"], default="synthetic",
-                    help="generated problems (automix.testing), or real trials on the built-in "
+                    help="generated problems (automix.bench.problems), or real trials on the built-in "
                          "model or SmolLM2-135M (automix.bench.search_real; see its --help)")
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `OPENBLAS_NUM_THREADS=1 automix bench search {' '.join(argv)}`  ",
              f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; machine: "
              f"{platform.machine()} {os.cpu_count()} cores (shared), Python {platform.python_version()}",
-             "", "Cases (`automix.testing.SUITE`; see its docstring for the generator):", "",
+             "", "Cases (`automix.bench.problems.SUITE`; see its docstring for the generator):", "",
              "| case | linears | params | prune | rank | spread | interaction | noise | memory | profile |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cases:

@@ -11,7 +11,6 @@ what the schema cannot: the budget against the smallest configuration, the store
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,7 +23,7 @@ from automix.arch import arch_info, block_index, layer_shapes, target_layer_name
 from automix.config.layers import average_bits, compact_layers
 from automix.config.space import read_space_file
 from automix.config.study import StudyConfig, StudyConfigError, format_size
-from automix.search.batch import DecomposedFunction, Shifted, decompose
+from automix.search.batch import DecomposedFunction, decompose
 from automix.search.factory import SamplerInputs
 from automix.search.factory import make_sampler as build_sampler
 from automix.search.space import SearchSpace

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from automix.bench import search as bench
-from automix.testing import SUITE, ProblemCase, SyntheticProblem
+from automix.bench.problems import SUITE, ProblemCase, SyntheticProblem
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from optuna.distributions import CategoricalDistribution
 from automix.search import AutoMixSampler, OneShotAllocator, SamplerInputs, make_sampler
 from automix.search._residual import ResidualModel
 from automix.search.batch import Shifted
-from automix.testing import SUITE, SyntheticProblem
+from automix.bench.problems import SUITE, SyntheticProblem
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
