@@ -14,6 +14,7 @@ the others into the base file).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -186,7 +187,9 @@ def describe(e: Mapping[str, Any], schema: Any = None) -> str:
     kind = e["type"]
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         valid = valid_keys(schema, e["loc"][:-1]) if schema is not None else None
-        return "unknown key" + (f"; expected one of {valid}" if valid else "")
+        close = difflib.get_close_matches(str(e["loc"][-1]), valid or [], n=1, cutoff=0.7)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return "unknown key" + hint + (f" (expected one of {valid})" if close else f"; expected one of {valid}" if valid else "")
     if kind in _MISSING:
         return "required key is missing"
     if kind == EXPECTED:

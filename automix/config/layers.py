@@ -9,6 +9,15 @@ A layer configuration is what a search trial proposes and what a user exports::
 
 ``resolve(layer_names)`` expands it into one ``LayerSettings`` per target layer. A name or glob
 that matches no layer is an error listing close matches, so a typo never silently does nothing.
+
+A file may also say how to run the trial, so that ``automix trial --layers FILE`` alone re-runs
+it (``automix export`` writes them; a flag given on the command line wins)::
+
+    model: builtin:tiny
+    task: lm
+    method: loftq
+    method_settings: {lora_alpha: 16}
+    trial: {steps: 40, batch_size: 4, seq_len: 64, lr: 0.001, gradient_checkpointing: true, ...}
 """
 
 from __future__ import annotations
@@ -19,13 +28,15 @@ import fnmatch
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Mapping
+from typing import Annotated, Any, Iterable, Literal, Mapping
+
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 from typing_extensions import TypedDict
 
 from automix.config._yaml import Expect, Lines, describe, error_text, format_errors, read_yaml
+from automix.config.study import DTYPES, OPTIMIZERS, QUANTIZERS
 
 VALID_BITS = (2, 3, 4, 8, 16)
 COMMON_GROUP_SIZES = (32, 64, 128)
@@ -101,13 +112,56 @@ class SettingsPatch(TypedDict, total=False):
     rank: Rank
 
 
-class LayerConfigFile(BaseModel):
-    """The layer configuration file: ``default`` settings and ordered overrides by name or glob."""
+class RunSettings(BaseModel):
+    """How the trial of a layer file trains and evaluates (the ``trial:`` section): the
+    ``automix.trial.TrialSpec`` fields of the same names; only the keys given apply."""
 
     model_config = ConfigDict(extra="forbid")
 
+    prune_mode: Literal["structured", "magnitude", "wanda"] | None = None
+    prune_calib_samples: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=0)
+    seed: int | None = None
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    seq_len: int | None = Field(None, ge=2)
+    eval_batches: int | None = Field(None, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    dtype: Literal[DTYPES] | None = None  # type: ignore[valid-type]
+    gradient_checkpointing: bool | None = None
+    optimizer: Literal[OPTIMIZERS] | None = None  # type: ignore[valid-type]
+    grad_accum_steps: int | None = Field(None, ge=1)
+    quantizer: Literal[QUANTIZERS] | None = None  # type: ignore[valid-type]
+
+
+# the trial-spec keys a layer file carries outside `trial:` (model and data, method)
+RUN_KEYS = ("model", "task", "data", "eval_data", "method", "method_settings")
+
+
+class LayerConfigFile(BaseModel):
+    """The layer configuration file: ``default`` settings and ordered overrides by name or glob,
+    and optionally how to run the trial (``model`` ... ``trial``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    task: str | None = None
+    data: str | None = None
+    eval_data: str | None = None
+    method: str | None = None
+    method_settings: dict[str, Any] | None = None
+    trial: RunSettings | None = None
     default: LayerSettings = LayerSettings()
     layers: dict[str, SettingsPatch] = Field(default_factory=dict)
+
+    def run(self) -> dict[str, Any]:
+        """The trial-spec settings the file gives (flat: ``steps``, not ``trial.steps``)."""
+        out = {k: getattr(self, k) for k in RUN_KEYS if k in self.model_fields_set}
+        if self.trial is not None:
+            out.update(self.trial.model_dump(exclude_unset=True))
+        return out
 
     @field_validator("default", "layers", mode="before")
     @classmethod
@@ -144,6 +198,7 @@ class LayerConfig:
         self._lines = lines
         self.default: LayerSettings = spec.default
         self.layers: list[tuple[str, dict[str, Any]]] = [(p, dict(o)) for p, o in spec.layers.items()]
+        self.run: dict[str, Any] = spec.run()  # how to run the trial, when the file says
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -195,7 +250,7 @@ def resolved_from_dict(d: Mapping[str, Any], layer_names: Iterable[str], source:
     """Accept either a LayerConfig dict (``default``/``layers``) or an already resolved
     ``{layer_name: {bits, group_size, prune, rank}}`` dict (what the search proposes)."""
     names = list(layer_names)
-    if set(d) <= {"default", "layers"}:
+    if is_layer_file(d):
         return LayerConfig.from_dict(d, source).resolve(names)
     layers = {}
     for k, v in d.items():
@@ -208,6 +263,25 @@ def resolved_from_dict(d: Mapping[str, Any], layer_names: Iterable[str], source:
         raise LayerConfigError(f"{source}: resolved layer settings miss {len(missing)} layer(s), "
                                f"e.g. {missing[:3]}; give all layers or a 'default'")
     return LayerConfig(None, layers, source).resolve(names)
+
+
+def is_layer_file(d: Mapping[str, Any]) -> bool:
+    """Whether ``d`` is a layer file's mapping (``default`` / ``layers`` and run settings) rather
+    than resolved per-layer settings."""
+    return set(d) <= set(LayerConfigFile.model_fields)
+
+
+def layer_file(layers: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A layer file's mapping: the run settings first (``RUN_KEYS`` at the top, the training keys
+    under ``trial``), then ``default`` and ``layers`` (compacted from resolved settings)."""
+    doc = dict(layers) if is_layer_file(layers) else compact_layers(layers)
+    run = dict(run or {})
+    head = {k: run.pop(k) for k in RUN_KEYS if run.get(k) not in (None, {}, [])}
+    trial = {k: v for k, v in run.items() if k in RunSettings.model_fields and v is not None}
+    out = {**head, **({"trial": trial} if trial else {}),
+           **{k: v for k, v in doc.items() if k not in RUN_KEYS and k != "trial"}}
+    LayerConfigFile.model_validate(out)  # what is written reads back
+    return out
 
 
 def average_bits(layer_settings: Mapping[str, LayerSettings], shapes: Mapping[str, tuple[int, int]] | None = None

@@ -2,7 +2,8 @@
 
 A study file, the CLI and the trial spec validate names against these tables, so they live here,
 in the torch-free and Optuna-free layer; the implementation is imported only when it is used
-(:func:`load`). Adding a sampler is one new module plus one line in ``SAMPLERS``.
+(:func:`load`). Adding a sampler is one new module plus one line in ``SAMPLERS``; adding an export
+format is one module under ``automix/export/`` (its ``FORMAT``) plus one line in ``EXPORT_FORMATS``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["SAMPLERS", "SAMPLER_ALIASES", "load"]
+__all__ = ["SAMPLERS", "SAMPLER_ALIASES", "EXPORT_FORMATS", "load"]
 
 # sampler name -> factory (automix.search.factory.SamplerInputs, options) -> optuna sampler
 SAMPLERS: dict[str, str] = {
@@ -22,6 +23,14 @@ SAMPLERS: dict[str, str] = {
 }
 # old names still accepted in study files: old -> current
 SAMPLER_ALIASES: dict[str, str] = {"knapsack": "oneshot"}
+
+# export format name -> its automix.export.format.ExportFormat (`automix export --format NAME`)
+EXPORT_FORMATS: dict[str, str] = {
+    "automix": "automix.export.native:FORMAT",
+    "hf": "automix.export.hf:FORMAT",
+    "peft": "automix.export.peft_adapter:FORMAT",
+    "llama-cpp": "automix.export.llama_cpp:FORMAT",
+}
 
 
 def load(table: dict[str, str], name: str) -> Any:

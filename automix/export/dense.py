@@ -5,22 +5,33 @@ The rebuilt model is a plain ``AutoModelForCausalLM`` of the original architectu
 layer's weight is replaced by the dense weight the automix layer computes with (what
 ``QuantLinear.dequantize``, ``QEFTLinear.dense_weight`` and ``LoRALinear.delta_weight`` give), so it
 scores what ``automix.load`` scores up to floating-point summation order.
+
+**Pruned models.** Structured pruning leaves smaller q/k/v/o and MLP matrices. When every block
+kept the same number of heads and channels, and the head count still divides the hidden size,
+the standard config holds the pruned sizes (``layout: pruned``: the memory saving carries over).
+Otherwise no standard config can (one head count and one MLP width for every block, and
+transformers refuses a hidden size that the head count does not divide): the model is written at
+its original sizes with the pruned heads and channels as zeros (``layout: zero-padded``). The kept
+units come first in each block and keep their grouping (query heads after their kv head), so the
+zero rows and columns add exactly nothing: same scores, no memory saving in that format.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from automix.arch import is_transposed, linear_weight, target_layer_names
+from automix.arch import arch_info, is_transposed, layer_kind, linear_weight, target_layer_names
 from automix.methods.adapters import LoRALinear
 from automix.methods.qeft import QEFTLinear
 from automix.quant import QuantLinear
 
-__all__ = ["ExportFormatError", "dense_weight", "hf_config", "dense_model", "lora_adapters"]
+__all__ = ["ExportFormatError", "DenseLayout", "dense_weight", "dense_layout", "dense_model", "lora_adapters",
+           "padded_shape", "pad_to", "NOT_MERGEABLE"]
 
 # Methods whose trained state lives outside the model's own linears: no dense equivalent.
 NOT_MERGEABLE = {"qst": "QST trains a side network next to the frozen backbone; its output is not "
@@ -55,40 +66,107 @@ def _source_layer(module: nn.Module) -> nn.Module:
     return module.base if isinstance(module, LoRALinear) else module
 
 
-def hf_config(model: nn.Module) -> Any:
-    """The model's config as the standard one of its architecture, with pruned sizes; an error
-    when structured pruning left blocks of different widths (the standard configs hold one
-    head count and one MLP width for all blocks)."""
-    cfg = AutoConfig.for_model(**{k: v for k, v in model.config.to_dict().items() if k != "automix_pruned"})
+@dataclass(frozen=True)
+class DenseLayout:
+    """How a (possibly pruned) model is written as a standard one.
+
+    ``config``: the standard config written; ``padded``: pruned units written as zeros at the
+    original sizes; ``reason``: why padding was needed (empty when not)."""
+
+    config: Any
+    padded: bool = False
+    reason: str = ""
+    pruned: bool = False
+
+    @property
+    def name(self) -> str:
+        """``zero-padded``, ``pruned`` (the pruned sizes in the config) or ``dense`` (no pruning)."""
+        return "zero-padded" if self.padded else ("pruned" if self.pruned else "dense")
+
+
+def _clean(cfg_dict: dict) -> dict:
+    return {k: v for k, v in cfg_dict.items() if k not in ("automix_pruned", "quantization_config")}
+
+
+def _standard_problem(pruned: dict, hidden: int) -> str:
+    """Why the pruned sizes cannot be written in a standard config ('' when they can)."""
+    widths = {tuple(v) for v in pruned.values()}
+    if len(widths) > 1:
+        sample = ", ".join(f"block {b}: {v[0]} heads / {v[2]} MLP channels" for b, v in list(pruned.items())[:3])
+        return (f"structured pruning left blocks of different widths ({sample}, ...); a standard config "
+                "holds one head count and one MLP width for every block")
+    heads = next(iter(widths))[0]
+    if hidden % heads:
+        return (f"structured pruning left {heads} attention heads, which do not divide the hidden size "
+                f"({hidden}); transformers refuses such a config")
+    return ""
+
+
+def dense_layout(model: nn.Module, original_config: Any | None = None) -> DenseLayout:
+    """The standard config to write ``model`` with: its pruned sizes when a standard config can
+    hold them, else the original (unpruned) sizes with the pruned units as zeros.
+
+    ``original_config`` is the unpruned model's config (needed only for a pruned model whose
+    config already carries the pruned sizes: every block pruned alike)."""
     pruned = getattr(model.config, "automix_pruned", None)
-    if pruned:
-        widths = {tuple(v) for v in pruned.values()}
-        if len(widths) > 1:
-            sample = ", ".join(f"block {b}: {v[0]} heads / {v[2]} MLP channels"
-                               for b, v in list(pruned.items())[:3])
-            raise ExportFormatError(
-                f"structured pruning left blocks of different widths ({sample}, ...): the standard "
-                f"{model.config.model_type} config holds one width for every block, so transformers "
-                "cannot load it. Keep it in automix's own format (`automix export --with-weights`, "
-                "`automix.load`), or pick a trial whose blocks are pruned alike (or with "
-                "`prune_mode: magnitude`/`wanda`, which keep shapes)")
-    for key in ("quantization_config", "automix_pruned"):
-        if hasattr(cfg, key):
-            delattr(cfg, key)
-    return cfg
+    cfg_dict = _clean(model.config.to_dict())
+    if not pruned:
+        return DenseLayout(AutoConfig.for_model(**cfg_dict))
+    problem = _standard_problem(pruned, int(cfg_dict.get("hidden_size") or 0) or arch_info(model).hidden_size)
+    if not problem:
+        try:
+            cfg = AutoConfig.for_model(**cfg_dict)
+        except Exception as err:  # noqa: BLE001 - transformers' config validation (not a ValueError in 5.x)
+            problem = f"transformers refuses the pruned config: {err}"
+        else:
+            return DenseLayout(cfg, pruned=True)
+    if original_config is None:
+        if len({tuple(v) for v in pruned.values()}) == 1:  # the model's config holds the pruned sizes
+            raise ExportFormatError("writing this pruned model at its original sizes needs the original "
+                                    "model's config (original_config)")
+        original_config = model.config
+    base = _clean(original_config.to_dict() if hasattr(original_config, "to_dict") else dict(original_config))
+    return DenseLayout(AutoConfig.for_model(**base), padded=True, reason=problem, pruned=True)
 
 
-def dense_model(model: nn.Module, method: str, merge_adapters: bool = True,
-                dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A standard ``AutoModelForCausalLM`` holding the weights ``model`` computes with."""
+def padded_shape(name: str, config: Any) -> tuple[int, int]:
+    """``(out, in)`` of target layer ``name`` at the sizes of ``config`` (unpruned)."""
+    info = arch_info(config)
+    h, hd, inter = info.hidden_size, info.head_dim, info.intermediate_size
+    return {"attn_q": (info.n_heads * hd, h), "attn_k": (info.n_kv_heads * hd, h),
+            "attn_v": (info.n_kv_heads * hd, h), "attn_qkv": (3 * info.n_heads * hd, h),
+            "attn_o": (h, info.n_heads * hd), "mlp_gate": (inter, h), "mlp_up": (inter, h),
+            "mlp_down": (h, inter)}[layer_kind(name)]
+
+
+def pad_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``t`` zero-extended at the end of each dimension to ``shape`` (kept units come first)."""
+    if tuple(t.shape) == tuple(shape):
+        return t
+    if any(have > want for have, want in zip(t.shape, shape)):
+        raise ExportFormatError(f"cannot pad a {tuple(t.shape)} tensor to {tuple(shape)}")
+    out = t.new_zeros(shape)
+    out[tuple(slice(0, n) for n in t.shape)] = t
+    return out
+
+
+def dense_model(model: nn.Module, method: str, merge_adapters: bool = True, dtype: torch.dtype = torch.float32,
+                original_config: Any | None = None, layout: DenseLayout | None = None) -> nn.Module:
+    """A standard ``AutoModelForCausalLM`` holding the weights ``model`` computes with (pruned
+    units as zeros when ``dense_layout`` says the pruned sizes cannot be written)."""
     if method in NOT_MERGEABLE:
         raise ExportFormatError(f"method {method!r} has no dense Hugging Face form: {NOT_MERGEABLE[method]}. "
                                 "Use automix's own format (`automix export --with-weights`, `automix.load`)")
-    cfg = hf_config(model)
+    layout = layout or dense_layout(model, original_config)
+    cfg = layout.config
     state = {k: v for k, v in model.state_dict().items()}
     for name in target_layer_names(model.config):
         module = model.get_submodule(name)
         weight, bias = dense_weight(module, merge_adapters)
+        if layout.padded:
+            weight = pad_to(weight, padded_shape(name, cfg))
+            if bias is not None:
+                bias = pad_to(bias.detach().float(), (weight.shape[0],))
         for key in [k for k in state if k.startswith(name + ".")]:
             del state[key]
         state[f"{name}.weight"] = weight.t().contiguous() if is_transposed(_source_layer(module)) else weight
@@ -108,6 +186,7 @@ def dense_model(model: nn.Module, method: str, merge_adapters: bool = True,
     out.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
     if getattr(cfg, "tie_word_embeddings", False):
         out.tie_weights()
+    out.automix_layout = layout
     return out.eval()
 
 

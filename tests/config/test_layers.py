@@ -49,10 +49,14 @@ def test_name_matching_no_layer_lists_close_matches(tmp_path):
     ("default: {prune: 1.2}", ":1: default.prune: prune must be a fraction in [0, 1), got 1.2"),
     ("default: {rank: -1}", ":1: default.rank: rank must be an integer >= 0, got -1"),
     ("default: {group_size: 0}", ":1: default.group_size: group_size must be a positive multiple of 8"),
-    ("default: {bitz: 4}", ":1: default.bitz: unknown key; expected one of ['bits', 'group_size', 'prune', 'rank']"),
+    ("default: {bitz: 4}", ":1: default.bitz: unknown key; did you mean 'bits'? (expected one of ['bits', "
+                           "'group_size', 'prune', 'rank'])"),
     ("layers:\n  'model.layers.0.mlp.up_proj': {prune: -0.1}",
      ":2: layers.model.layers.0.mlp.up_proj.prune: prune must be a fraction in [0, 1), got -0.1"),
-    ("extra: 1", ":1: extra: unknown key; expected one of ['default', 'layers']"),
+    ("extra: 1", ":1: extra: unknown key; expected one of ['model', 'task', 'data', 'eval_data', 'method', "
+                 "'method_settings', 'trial', 'default', 'layers']"),
+    ("defualt: {bits: 4}", ":1: defualt: unknown key; did you mean 'default'?"),
+    ("trial: {step: 3}", ":1: trial.step: unknown key; did you mean 'steps'?"),
     ("default: [1, 2", ":1: not valid YAML"),
 ])
 def test_bad_values_name_file_line_and_key(tmp_path, text, needle):
