@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from automix.cli import QUIET_NOTICES, build_parser, main, quiet_libraries
-from automix.commands import trial_command
+from automix.commands import rerun_command
 from automix.commands.export import RebuildProgress
 from automix.commands.search import next_commands, study_ref
 from automix.commands.trial import METHODS
@@ -118,12 +118,10 @@ def test_next_commands_name_real_commands(tmp_path, monkeypatch):
     # another store: the study file (it names the store); another tracking store: --tracking-uri
     cfg.storage_url, cfg.tracking = "sqlite:////elsewhere/o.db", "sqlite:////elsewhere/m.db"
     ref = study_ref(cfg, "my studies/q.yaml")
-    spec = {"model": "builtin:tiny", "task": "lm", "data": "d.jsonl", "steps": 40, "method": "qlora"}
     lines = [line.split("  #")[0].strip() for line in
-             next_commands(cfg, ref, rerun=trial_command(spec, "exported/q/layers.yaml"))]
+             next_commands(cfg, ref, rerun=rerun_command("exported/q/layers.yaml"))]
     assert lines == ["automix status 'my studies/q.yaml'", "automix report 'my studies/q.yaml'",
-                     "automix trial --model builtin:tiny --task lm --method qlora "
-                     "--layers exported/q/layers.yaml --data d.jsonl --steps 40",
+                     "automix trial --layers exported/q/layers.yaml",
                      "automix ui --tracking-uri sqlite:////elsewhere/m.db"]
     # each is a command line the CLI parses
     parser = build_parser()
@@ -132,22 +130,32 @@ def test_next_commands_name_real_commands(tmp_path, monkeypatch):
         assert args.command in ("status", "report", "trial", "ui")
 
 
-def test_rerun_command_trains_and_scores_as_the_study_did():
+def test_rerun_command_trains_and_scores_as_the_study_did(tmp_path):
+    """The exported layers.yaml carries the recorded spec: `automix trial --layers FILE` alone
+    trains and scores as the study did; a flag on the command line wins over the file."""
+    import yaml
+
     from automix.commands.trial import spec_from_args
+    from automix.config.layers import layer_file
 
     recorded = {"model": "smollm2-135m", "task": "lm", "data": "builtin:python-docs", "steps": 12, "seed": 0,
                 "lr": 0.0005, "batch_size": 4, "seq_len": 128, "dtype": "float32", "gradient_checkpointing": True,
                 "optimizer": "adamw", "grad_accum_steps": 1, "device": "cpu", "eval_batches": 2,
-                "method": "loftq", "quantizer": "hqq",
+                "method": "loftq", "quantizer": "hqq", "prune_mode": "wanda",
                 "method_settings": {"options": {"loftq_iters": 2}, "lora_alpha": 32.0}}
-    line = trial_command(recorded, "exported/s/layers.yaml")
-    args = build_parser().parse_args(shlex.split(line)[1:])
-    rerun = spec_from_args(args)
-    for key in ("model", "task", "data", "steps", "seed", "lr", "batch_size", "seq_len", "dtype",
+    f = tmp_path / "layers.yaml"
+    f.write_text(yaml.safe_dump(layer_file({"default": {"bits": 4, "rank": 8}}, recorded), sort_keys=False))
+    line = rerun_command(str(f))
+    rerun = spec_from_args(build_parser().parse_args(shlex.split(line)[1:]))
+    for key in ("model", "task", "data", "steps", "seed", "lr", "batch_size", "seq_len", "dtype", "prune_mode",
                 "gradient_checkpointing", "optimizer", "grad_accum_steps", "eval_batches", "method", "quantizer"):
         assert rerun[key] == recorded[key], key
-    assert rerun["method_settings"] == {"options": {"loftq_iters": "2"}, "lora_alpha": 32.0}
-    assert rerun["layers"] == "exported/s/layers.yaml"
+    assert rerun["method_settings"] == {"options": {"loftq_iters": 2}, "lora_alpha": 32.0}
+    assert rerun["layers"] == str(f)
+    over = spec_from_args(build_parser().parse_args(["trial", "--layers", str(f), "--steps", "3", "--no-gradient-checkpointing"]))
+    assert (over["steps"], over["gradient_checkpointing"], over["method"]) == (3, False, "loftq")
+    plain = spec_from_args(build_parser().parse_args(["trial", "--bits", "4"]))  # no file: the defaults
+    assert (plain["method"], plain["steps"], plain["batch_size"], plain["gradient_checkpointing"]) == ("qlora", 50, 8, False)
 
 
 def test_export_rebuild_steps(tmp_path, capsys):

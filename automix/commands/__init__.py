@@ -12,9 +12,7 @@ import argparse
 import contextlib
 import os
 import shlex
-from typing import Any, Iterator, Mapping
-
-from automix.commands import trial as trial_cmd
+from typing import Any, Iterator
 
 
 # columns of a command's output when it goes to a pipe or a file (rich would wrap tables at 80)
@@ -52,36 +50,12 @@ def study_argument(args: argparse.Namespace) -> str:
     return given[0]
 
 
-# spec key -> `automix trial` flag, for the settings a recorded spec carries over to a re-run
-_TRIAL_FLAGS = {"data": "--data", "eval_data": "--eval-data", "prune_mode": "--prune-mode",
-                "steps": "--steps", "seed": "--seed", "lr": "--lr", "batch_size": "--batch-size",
-                "seq_len": "--seq-len", "eval_batches": "--eval-batches", "dtype": "--dtype",
-                "optimizer": "--optimizer", "grad_accum_steps": "--grad-accum-steps",
-                "quantizer": "--quantizer"}
-
-
-def trial_command(spec: Mapping[str, Any], layers: str, default_model: str = "builtin:tiny") -> str:
-    """`automix trial ...` re-running a recorded trial spec on a layer file: the model, task,
-    method and every training and evaluation setting where the spec differs from the command's
-    defaults (steps, batch, sequence length, learning rate, evaluation size, checkpointing, ...),
-    so the re-run trains and scores the way the study did."""
-    parser = argparse.ArgumentParser()
-    trial_cmd.add_parser(parser.add_subparsers(dest="command"))
-    default = trial_cmd.spec_from_args(parser.parse_args(["trial"]))
-    args = ["--model", str(spec.get("model") or default_model), "--task", str(spec.get("task") or "lm"),
-            "--method", str(spec.get("method")), "--layers", layers]
-    for key, flag in _TRIAL_FLAGS.items():
-        value = spec.get(key)
-        if value is not None and value != default.get(key):
-            args += [flag, str(value)]
-    if bool(spec.get("gradient_checkpointing")) != default["gradient_checkpointing"]:
-        args.append("--gradient-checkpointing" if spec.get("gradient_checkpointing") else "--no-gradient-checkpointing")
-    settings = spec.get("method_settings") or {}
-    for key, value in (settings.get("options") or {}).items():
-        args += ["--option", f"{key}={value}"]
-    if settings.get("lora_alpha") is not None:
-        args += ["--lora-alpha", str(settings["lora_alpha"])]
-    return "automix trial " + " ".join(shlex.quote(a) for a in args)
+def rerun_command(layers: str) -> str:
+    """`automix trial` re-running an exported trial: its layers.yaml carries the model, task,
+    method and every training and evaluation setting (steps, batch, sequence length, learning
+    rate, evaluation size, checkpointing, ...), so the file alone trains and scores the way the
+    study did."""
+    return f"automix trial --layers {shlex.quote(layers)}"
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from automix.commands import add_study_argument, output_console, study_argument, trial_threads
+from automix.commands import add_study_argument, output_console, rerun_command, study_argument, trial_threads
 from automix.config.registry import EXPORT_FORMATS
 
 
@@ -101,14 +101,15 @@ class RebuildProgress:
 
 def run(args: argparse.Namespace) -> int:
     from automix.config.study import format_size, parse_size  # lazy: CLI start-up (a command loads only what it runs)
+
+    console = output_console(highlight=False)
+    limit = parse_size(args.max_memory) if args.max_memory else None  # checked before the slow imports
     from automix.study.storage import open_study, study_from_ref  # lazy: CLI start-up (a command loads only what it runs)
     from automix.export import (ExportFormatError, export_trial, exportable, get_format, select_trial,  # lazy: CLI start-up
                                 staging_dir, trial_by_number)
 
-    console = output_console(highlight=False)
     cfg = study_from_ref(study_argument(args), args.storage)
     study = open_study(cfg, create=False)
-    limit = parse_size(args.max_memory) if args.max_memory else None
     if args.trial is not None:
         if args.max_memory or args.pick != "best":
             raise ValueError("--trial N names the trial itself: drop --max-memory / --pick")
@@ -144,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = json.loads((path / "manifest.json").read_text())
     for fmt, info in manifest.get("formats", {}).items():
         _print_format(fmt, info, path)
-    print(f"run it again with: automix trial --layers {path}/layers.yaml   (the file carries the method and "
-          "the trial's settings)")
+    print(f"run it again with: {rerun_command(f'{path}/layers.yaml')}   (the file carries the method and the "
+          "trial's settings)")
     return 0
 
 

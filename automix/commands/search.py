@@ -8,7 +8,7 @@ import shlex
 import warnings
 from typing import Any
 
-from automix.commands import output_console, trial_command, trial_threads
+from automix.commands import output_console, rerun_command, trial_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,13 +51,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace, console: Any) -> int:
+    from automix.config.study import format_size, load_study  # lazy: CLI start-up (a command loads only what it runs)
+
+    cfg = load_study(args.study, workers=args.workers)  # a typo in the file is reported before the slow imports
     from automix.study.loop import run_study  # lazy: CLI start-up (a command loads only what it runs)
     from automix.study.executors import LocalExecutor
-    from automix.config.study import format_size, load_study  # lazy: CLI start-up (a command loads only what it runs)
     from automix.study.backend import AutomixBackend, preflight  # lazy: CLI start-up (a command loads only what it runs)
     from automix.study.progress import end_step, show_step  # lazy: CLI start-up (a command loads only what it runs)
 
-    cfg = load_study(args.study, workers=args.workers)
     if args.n_trials:
         cfg.n_trials = args.n_trials
     if args.resume:
@@ -119,8 +120,7 @@ def _search(args: argparse.Namespace, console: Any) -> int:
         path = export_trial(study, cfg, trial, args.export)
         console.print(f"exported trial {trial.number} ({trial.user_attrs.get('method')}, "
                       f"{cfg.objectives.quality} {trial.values[0]:.4g}) to {path}/layers.yaml", soft_wrap=True)
-        spec = {"task": cfg.task, **(trial.user_attrs.get("spec") or {}), "method": trial.user_attrs.get("method")}
-        rerun = trial_command(spec, f"{path}/layers.yaml", cfg.model)
+        rerun = rerun_command(f"{path}/layers.yaml")
     console.print("next:")
     for line in next_commands(cfg, ref, rerun):
         say(console, f"  {line}")

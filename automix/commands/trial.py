@@ -22,13 +22,23 @@ METHODS = {
 }
 
 
+# Each option's value when neither the command line nor the layer file (--layers) gives one.
+DEFAULTS = {"model": "builtin:tiny", "task": "lm", "data": None, "eval_data": None, "method": "qlora",
+            "prune_mode": "structured", "steps": 50, "seed": 0, "lr": 1e-3, "batch_size": 8, "seq_len": 128,
+            "eval_batches": None, "dtype": "float32", "gradient_checkpointing": False, "optimizer": "adamw",
+            "grad_accum_steps": 1, "quantizer": None}
+VALID_BITS = (2, 3, 4, 8, 16)  # automix.config.layers.VALID_BITS (tests/test_cli_trial.py checks they agree)
+
+
 def _description() -> str:
     import textwrap
 
     intro = textwrap.fill(
         "Run one trial: prune, quantize per layer, initialise the method, fine-tune, evaluate and "
         "measure memory. Without --data the task's built-in synthetic data is used; --steps 0 "
-        "evaluates right after preparation.", 88)
+        "evaluates right after preparation. A layer file written by `automix export` also says how "
+        "the trial ran (model, task, method, steps, batch, ...): `automix trial --layers FILE` alone "
+        "re-runs it; an option given here wins over the file.", 88)
     methods = "\n".join(f"  {name:<9} {what}" for name, what in METHODS.items())
     return f"{intro}\n\nmethods (--method):\n{methods}"
 
@@ -36,42 +46,45 @@ def _description() -> str:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trial", help="run one trial: prepare, fine-tune, evaluate, measure memory",
                        description=_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="builtin:tiny",
-                   help="local save_pretrained directory or builtin:tiny|builtin:small (default: builtin:tiny)")
+    p.add_argument("--model", default=None,
+                   help="local save_pretrained directory or builtin:tiny|builtin:small (default: the layer "
+                        "file's, else builtin:tiny)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--layers", metavar="FILE.yaml", help="per-layer settings (default + glob overrides)")
-    src.add_argument("--bits", type=int, help="same bit width for every layer (2, 3, 4, 8 or 16)")
+    src.add_argument("--bits", type=int, choices=VALID_BITS, metavar="N",
+                     help="same bit width for every layer: 2, 3, 4, 8 or 16 (16 keeps it unquantized)")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank with --bits (default 8)")
     p.add_argument("--group-size", type=int, default=64, help="quantization group size with --bits")
     p.add_argument("--prune", type=float, default=0.0, help="prune ratio with --bits (default 0)")
-    p.add_argument("--prune-mode", default="structured", choices=["structured", "magnitude", "wanda"],
+    p.add_argument("--prune-mode", default=None, choices=["structured", "magnitude", "wanda"],
                    help="how --prune removes weights: structured (whole heads and MLP channels; "
                         "default), magnitude or wanda (unstructured)")
-    p.add_argument("--method", default="qlora", choices=list(METHODS), metavar="METHOD",
-                   help="fine-tuning method, one of: " + ", ".join(METHODS) + " (default qlora; see above)")
+    p.add_argument("--method", default=None, choices=list(METHODS), metavar="METHOD",
+                   help="fine-tuning method, one of: " + ", ".join(METHODS) + " (default: the layer file's, "
+                        "else qlora; see above)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable (e.g. --option loftq_iters=2)")
     p.add_argument("--lora-alpha", type=float, default=None,
                    help="LoRA scaling numerator: adapters are scaled by alpha / rank (default 16)")
-    p.add_argument("--task", default="lm", help="lm or boolq (default lm)")
+    p.add_argument("--task", default=None, help="lm or boolq (default lm)")
     p.add_argument("--data", help="JSONL file or datasets.save_to_disk directory")
     p.add_argument("--eval-data", help="separate evaluation data")
-    p.add_argument("--steps", type=int, default=50, help="fine-tuning steps (default 50; 0: evaluate only)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data order, initialisation and sampling (default 0)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the trainable parameters (default 1e-3)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per optimizer step (default 8)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per training row (default 128)")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 50; 0: evaluate only)")
+    p.add_argument("--seed", type=int, default=None, help="seed of data order, initialisation and sampling (default 0)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of the trainable parameters (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per optimizer step (default 8)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per training row (default 128)")
     p.add_argument("--eval-batches", type=int, default=None,
                    help="held-out batches scored (default: the task's own evaluation size)")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
+    p.add_argument("--dtype", default=None, choices=list(DTYPES),
                    help="float32; bfloat16 (pure bf16); float16 (fp16 autocast, fp32 trainable weights)")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute each decoder block in backward instead of keeping its activations "
                         "(default off for a single trial; studies turn it on)")
-    p.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS),
+    p.add_argument("--optimizer", default=None, choices=list(OPTIMIZERS),
                    help="adamw (default), sgd (momentum 0.9), or bitsandbytes' adamw-8bit, paged-adamw, "
                         "paged-adamw-8bit (pip install 'automix[bnb]')")
-    p.add_argument("--grad-accum-steps", type=int, default=1,
+    p.add_argument("--grad-accum-steps", type=int, default=None,
                    help="micro-batches per optimizer step (must divide --batch-size; default 1)")
     p.add_argument("--quantizer", choices=list(QUANTIZERS), default=None,
                    help="how base weights are quantized (default: automix.quant.DEFAULT_METHOD, rtn)")
@@ -82,8 +95,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def file_settings(path: str) -> dict:
+    """How the layer file says to run its trial (`model`, `method`, `trial: {steps, ...}`; {} when
+    it says nothing)."""
+    from automix.config.layers import LayerConfig  # lazy: CLI start-up (a command loads only what it runs)
+
+    return LayerConfig.from_yaml(path).run
+
+
 def spec_from_args(args: argparse.Namespace) -> dict:
-    """The trial spec (a `TrialSpec` dict) the parsed `automix trial` arguments describe."""
+    """The trial spec (a `TrialSpec` dict) the parsed `automix trial` arguments describe: each
+    setting from the command line, else from the layer file (--layers), else `DEFAULTS`."""
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
+    from_file = file_settings(args.layers) if args.layers else {}
+    settings = {**DEFAULTS, **{k: v for k, v in from_file.items() if k != "method_settings"}, **given}
     if args.layers:
         layers: dict | str = args.layers
     else:
@@ -95,17 +120,14 @@ def spec_from_args(args: argparse.Namespace) -> dict:
         if not eq:
             raise ValueError(f"--option expects KEY=VALUE, got {kv!r}")
         options[key] = value
-    method_settings: dict = {"options": options} if options else {}
+    method_settings: dict = dict(from_file.get("method_settings") or {}) if "method" not in given else {}
+    if options:
+        method_settings["options"] = {**method_settings.get("options", {}), **options}
     if args.lora_alpha is not None:
         method_settings["lora_alpha"] = args.lora_alpha
-    return {"model": args.model, "task": args.task, "data": args.data, "eval_data": args.eval_data,
-            "method": args.method, "method_settings": method_settings, "layers": layers,
-            "prune_mode": args.prune_mode, "steps": args.steps, "seed": args.seed, "lr": args.lr,
-            "batch_size": args.batch_size, "seq_len": args.seq_len, "eval_batches": args.eval_batches,
-            "dtype": args.dtype, "device": args.device, "save_state": args.save_state,
-            "gradient_checkpointing": args.gradient_checkpointing, "optimizer": args.optimizer,
-            "grad_accum_steps": args.grad_accum_steps,
-            **({"quantizer": args.quantizer} if args.quantizer else {})}
+    quantizer = settings.pop("quantizer")
+    return {**settings, "method_settings": method_settings, "layers": layers, "device": args.device,
+            "save_state": args.save_state, **({"quantizer": quantizer} if quantizer else {})}
 
 
 def _invalid(spec: dict) -> str | None:
@@ -126,28 +148,51 @@ def _invalid(spec: dict) -> str | None:
     return None
 
 
+def _layer_file_problem(args: argparse.Namespace) -> str | None:
+    """Why --layers FILE cannot be read, as one line (None when it can)."""
+    if not args.layers:
+        return None
+    from automix.config.layers import LayerConfigError  # lazy: CLI start-up (a command loads only what it runs)
+
+    try:
+        file_settings(args.layers)
+    except LayerConfigError as err:
+        return f"--layers: {err}"
+    return None
+
+
 def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.2f} MiB"
 
 
-def run(args: argparse.Namespace) -> int:
-    from automix.trial import run_trial  # lazy: CLI start-up (a command loads only what it runs)
+def _cheap_problem(spec: dict) -> str | None:
+    """What can be told wrong before torch is imported (a few seconds): the task's name."""
+    from automix.config.study import TASKS  # lazy: CLI start-up (a command loads only what it runs)
 
+    if spec["task"] not in TASKS:
+        return f"--task: unknown task {spec['task']!r}; available: {', '.join(sorted(TASKS))}"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
     try:
-        spec = spec_from_args(args)
+        problem = _layer_file_problem(args)
+        spec = spec_from_args(args) if problem is None else None
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    problem = _invalid(spec)
+    problem = problem or _cheap_problem(spec) or _invalid(spec)
     if problem:  # one line per wrong option, not pydantic's report
         if args.json:
             from automix.trial import TrialResult  # lazy: CLI start-up (a command loads only what it runs)
 
-            print(json.dumps(TrialResult(status="failed", method=args.method, task=args.task,
+            print(json.dumps(TrialResult(status="failed", method=args.method or "", task=args.task or "",
                                          failure_kind="invalid_input", failure_reason=problem).to_dict()))
         else:
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    from automix.trial import run_trial  # lazy: CLI start-up (a command loads only what it runs)
+
     result = run_trial(spec)
     if args.json:
         print(json.dumps(result.to_dict()))

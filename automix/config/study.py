@@ -26,6 +26,7 @@ __all__ = [
     "OPTIMIZERS",
     "QUANTIZERS",
     "DTYPES",
+    "TASKS",
     "micro_batch_size",
     "Resources",
     "Objectives",
@@ -69,7 +70,8 @@ def parse_size(value: str | int | float) -> int:
         raise ValueError(f"memory size must be positive, got {value!r}")
     if not m.group(2) and n < 1024:  # '10.5' meant as GiB or MiB would silently be 10 bytes
         raise ValueError(f"memory size {value!r} has no unit: write e.g. '{m.group(1)}GiB' or "
-                         f"'{m.group(1)}MiB' (a unitless value is a byte count)")
+                         f"'{m.group(1)}MiB' (a number without a unit is read as bytes, and counts "
+                         "below 1024 are refused as a likely missing unit)")
     return int(n)
 
 
@@ -117,6 +119,7 @@ class Objectives(_Strict):
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd")
 QUANTIZERS = ("rtn", "minmax", "hqq")
 DTYPES = ("float32", "bfloat16", "float16")
+TASKS = ("boolq", "lm")  # automix.trial.data's tasks (tests/config checks they agree)
 
 
 def micro_batch_size(batch_size: int, grad_accum_steps: int) -> int:
@@ -236,7 +239,7 @@ class StudyConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     model: str = "builtin:tiny"
-    task: Literal["lm", "boolq"] = "lm"
+    task: Literal[TASKS] = "lm"  # type: ignore[valid-type]
     data: str | None = None
     methods: list[str] = Field(min_length=1)
     search_space: SearchSpaceRef

@@ -7,7 +7,7 @@ from typing import get_args
 
 import pytest
 
-from automix.config.study import DTYPES, OPTIMIZERS, QUANTIZERS, StudyConfigError, TrialSettings, load_study
+from automix.config.study import DTYPES, OPTIMIZERS, QUANTIZERS, TASKS, StudyConfigError, TrialSettings, load_study
 
 GOOD = """\
 name: t1
@@ -75,7 +75,10 @@ def test_vocabulary_matches_the_trial_layer():
     from automix.trial.memory import OPTIMIZERS as TRIAL_OPTIMIZERS
     from automix.trial.spec import TrialSpec
 
+    from automix.trial.data import available_tasks
+
     assert QUANTIZERS == METHODS and OPTIMIZERS == TRIAL_OPTIMIZERS
+    assert list(TASKS) == sorted(available_tasks())
     assert DTYPES == get_args(TrialSpec.model_fields["dtype"].annotation)
     spec_fields = set(TrialSpec.model_fields)
     assert set(TrialSettings().spec_options()) | {"quantizer"} <= spec_fields
