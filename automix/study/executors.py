@@ -15,8 +15,10 @@ driver's `on_report` while it runs, and the driver may stop it there (a pruner's
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +26,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterator
 
 from automix.reporting import TrialStopped, reporting_to
 from automix.study import _session_reaper
@@ -196,12 +198,36 @@ def _reporting_job(fn: Callable[[Any], Any]) -> Callable[..., Any]:
             channel.post.remote(token, kind, step, value)
             return False  # the driver stops a job by cancelling its task
 
-        send(_STARTED, 0, 0.0)
-        with reporting_to(send):
-            return fn(payload)
+        with _interruptible():  # in place before the start marker: no stop comes before it
+            send(_STARTED, 0, 0.0)
+            with reporting_to(send):
+                return fn(payload)
 
     job.__name__ = job.__qualname__ = getattr(fn, "__name__", "job")
     return job
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Let a gentle stop reach the job running in this block.
+
+    Ray's gentle cancel (`ray.cancel(force=False)`) raises KeyboardInterrupt in a task through
+    Python's SIGINT handler. A worker has none when its Ray was started with SIGINT ignored
+    (a driver or `ray start` run in the background of a non-interactive shell, e.g. `nohup ... &`
+    in a script, inherits that, and so do the Ray workers): the stop is then silently lost, and
+    a job over its time limit or pruned runs on until `cancel_grace_s` has passed and its worker
+    is killed. So the job runs with Python's default handler (as in a worker of a Ray started
+    from a terminal), and the worker's own disposition is restored afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, signal.SIG_DFL):
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _probe_address(address: str, timeout_s: float) -> None:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -23,12 +24,12 @@ from automix.config.study import StudyConfig  # noqa: E402
 from automix.study.executors import LocalExecutor  # noqa: E402
 from automix.study.loop import run_study  # noqa: E402
 from automix.study.results import finished_trials  # noqa: E402
-from automix.study.storage import StudyBusyError, StudyLease  # noqa: E402
+from automix.study.storage import DRIVER_ATTR, StudyBusyError, StudyLease  # noqa: E402
 from automix.testing import SyntheticBackend  # noqa: E402
 
 # A driver in its own process: run_study on the synthetic objective, errors printed as the CLI does.
 DRIVER = """
-import sys
+import os, sys, time
 from automix.study.executors import LocalExecutor
 from automix.study.loop import run_study
 from automix.testing import SyntheticBackend
@@ -37,12 +38,20 @@ cfg = StudyConfig(name="lease", methods=["lora", "qlora"], task="boolq", search_
                   memory_budget=5000, n_trials={n}, workers=1, sampler="random",
                   storage="sqlite:///{d}/optuna.db", tracking_uri="sqlite:///{d}/mlflow.db")
 backend = SyntheticBackend(cfg.methods, n_blocks=2, cols=16, sleep={sleep})
+
+def trial(payload):  # each trial first waits for the test's go-ahead (a file; bounded)
+    until = time.time() + 300
+    while not os.path.exists({go!r}) and time.time() < until:
+        time.sleep(0.05)
+    return backend.function(payload)
+
 try:
-    run_study(cfg, backend, executor=LocalExecutor(backend.function), progress=False, write_artifacts=False)
+    run_study(cfg, backend, executor=LocalExecutor(trial), progress=False, write_artifacts=False)
 except ValueError as err:
     print(f"error: {{err}}", file=sys.stderr)
     sys.exit(2)
 """
+HUNG = 240.0  # seconds: only ends a hung test
 
 
 def make_cfg(tmp_path, **kw):
@@ -54,8 +63,9 @@ def make_cfg(tmp_path, **kw):
 
 
 def driver(tmp_path, n: int, sleep: float) -> subprocess.Popen:
+    """A driver process whose trials start once the file `tmp_path/go` exists."""
     script = tmp_path / f"driver{time.time_ns()}.py"
-    script.write_text(textwrap.dedent(DRIVER.format(d=tmp_path, n=n, sleep=sleep)))
+    script.write_text(textwrap.dedent(DRIVER.format(d=tmp_path, n=n, sleep=sleep, go=str(tmp_path / "go"))))
     return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
 
@@ -88,8 +98,11 @@ def test_lease_is_exclusive_until_released_or_taken_over(tmp_path):
             b.acquire()
         a.verify()
         beat = b.holder().heartbeat
-        time.sleep(0.6)
-        assert b.holder().heartbeat > beat  # the holder's heartbeat runs
+        t0 = time.time()  # the holder's heartbeat runs: it moves (every 0.2 s; 60 s ends a hung test)
+        while b.holder().heartbeat == beat:
+            assert time.time() - t0 < 60, "the holder's heartbeat never moved"
+            time.sleep(0.05)
+        assert b.holder().heartbeat > beat
         b.acquire(takeover=True)
         assert b.previous.owner == a.token
         with pytest.raises(StudyBusyError, match="taken over"):
@@ -130,7 +143,18 @@ def test_dead_or_expired_holder_is_taken_over_without_asking(tmp_path):
 @pytest.mark.slow
 def test_drivers_started_together_on_a_fresh_directory(tmp_path):
     procs = [driver(tmp_path, n=3, sleep=0.5) for _ in range(3)]
-    codes = [p.wait(timeout=240) for p in procs]
+    try:
+        # the lease's holder works only once the other two have stopped: they all contend for it
+        t0 = time.time()
+        while sum(p.poll() is not None for p in procs) < 2:
+            assert time.time() - t0 < HUNG, "two of the three drivers should stop at the lease"
+            time.sleep(0.1)
+        (tmp_path / "go").touch()
+        codes = [p.wait(timeout=HUNG) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     errors = [p.stderr.read() for p in procs]
     assert sorted(codes) == [0, 2, 2], errors
     for code, err in zip(codes, errors):
@@ -144,20 +168,31 @@ def test_drivers_started_together_on_a_fresh_directory(tmp_path):
 def test_second_driver_stops_before_writing_then_takeover(tmp_path):
     cfg = make_cfg(tmp_path, n_trials=6)
     backend = SyntheticBackend(cfg.methods, n_blocks=2, cols=16)
-    first = driver(tmp_path, n=6, sleep=1.5)
+    first = driver(tmp_path, n=6, sleep=0.5)  # its trials wait for `go`: one stays in flight
     try:
         wait_for_trial(tmp_path / "optuna.db", first)
+        first_token = StudyLease(cfg.storage_url, "lease").holder().owner
         study = optuna.load_study(study_name="lease", storage=cfg.storage_url)
-        before = [(t.number, t.state) for t in study.get_trials()]
+        t0 = time.time()  # its trial in flight is marked as its own (just after it was asked)
+        while not all(t.user_attrs.get(DRIVER_ATTR) for t in study.get_trials()):
+            assert time.time() - t0 < HUNG, "the first driver's trial was never marked as its own"
+            time.sleep(0.05)
+        before = [(t.number, t.state, t.user_attrs[DRIVER_ATTR]) for t in study.get_trials()]
+        assert {owner for _, _, owner in before} == {first_token}
         with pytest.raises(StudyBusyError, match="is being run by PID"):
             run_study(cfg, backend, executor=LocalExecutor(backend.function), progress=False)
-        after = [(t.number, t.state) for t in study.get_trials()]
-        assert not any(s == TrialState.FAIL for _, s in after)  # none of the live trials retired
-        assert len(after) - len(before) <= 1  # (only the first driver's own progress)
-        # --takeover: this driver owns the study now; the first one stops at its next result
+        after = [(t.number, t.state, t.user_attrs[DRIVER_ATTR]) for t in study.get_trials()]
+        assert after == before  # the second driver wrote nothing and retired no live trial
+        # --takeover: this driver owns the study now; the first one stops at its next result,
+        # which comes once the takeover has happened (the first driver's trial then goes on)
+        went = threading.Thread(target=_go_once_taken_over, args=(cfg.storage_url, first_token, tmp_path / "go"),
+                                daemon=True)
+        went.start()
         run = run_study(cfg, backend, executor=LocalExecutor(backend.function), progress=False,
                         write_artifacts=False, takeover=True)
-        assert first.wait(timeout=60) == 2
+        went.join(timeout=HUNG)
+        assert (tmp_path / "go").exists()
+        assert first.wait(timeout=HUNG) == 2
         err = first.stderr.read()
         assert "was taken over by PID" in err and "Traceback" not in err, err
     finally:
@@ -168,3 +203,14 @@ def test_second_driver_stops_before_writing_then_takeover(tmp_path):
     assert len(done) == 6 and run.done == 6
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
     assert StudyLease(cfg.storage_url, "lease").holder() is None
+
+
+def _go_once_taken_over(url: str, old_owner: str, go) -> None:
+    """Let the first driver's trials go on once another driver holds the study's lease."""
+    lease, t0 = StudyLease(url, "lease"), time.time()
+    while time.time() - t0 < HUNG:
+        h = lease.holder()
+        if h is not None and h.owner != old_owner:
+            break
+        time.sleep(0.05)
+    go.touch()

@@ -208,7 +208,8 @@ def test_unreachable_ray_address_fails_in_bounded_time_writing_nothing(tmp_path)
     cfg = load_study(study(tmp_path))
     backend = SyntheticBackend(["qlora"], n_blocks=2, cols=16)
     t0 = time.time()
+    # the error is the probe's, which gives up after --ray-timeout (ray.init itself would hang)
     with pytest.raises(ValueError, match=rf"cannot reach the Ray cluster at '127.0.0.1:{port}' within 3 s"):
         run_study(cfg, backend, ray_address=f"127.0.0.1:{port}", ray_timeout_s=3, progress=False)
-    assert time.time() - t0 < 10
+    assert time.time() - t0 < 60  # (ends a hung test only)
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +52,10 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
     # (whose Ray configuration is fixed when ray is imported) can join it. Real clusters keep
     # Ray's token authentication (see docs/running.md).
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen(["ray", "start", "--block", "--disable-usage-stats", *args],
+    # the `ray` of this test's environment (not found on PATH when its venv is not activated)
+    ray_cli = Path(sys.executable).with_name("ray")
+    return subprocess.Popen([str(ray_cli) if ray_cli.exists() else "ray", "start", "--block", "--disable-usage-stats",
+                             *args],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 

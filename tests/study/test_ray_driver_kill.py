@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -35,18 +36,51 @@ DRIVER = textwrap.dedent("""
     ex.submit(0, 1)
     while not ex.poll(0.5):
         pass
-    time.sleep(2.5)  # the watchdog has looked at the session at least once more
-    procs = [dict(pid=p.pid, name=p.name(), created=p.create_time())
-             for p in psutil.Process().children(recursive=True)]
+    procs = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            procs.append(dict(pid=p.pid, name=p.name(), created=p.create_time(), cmdline=p.cmdline()))
+        except psutil.Error:  # gone meanwhile
+            pass
     print(json.dumps(dict(session_dir=ex.session_dir, procs=procs)), flush=True)
     time.sleep(600)
 """)
+HUNG = 120.0  # seconds: only ends a hung test
 
 
 def _env() -> dict[str, str]:
     """The environment of a driver script: this checkout importable."""
     path = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+
+
+def _read_report(driver: subprocess.Popen) -> dict:
+    """The driver's JSON line (HUNG ends a driver that never writes it)."""
+    ready, _, _ = select.select([driver.stdout], [], [], HUNG)
+    line = driver.stdout.readline() if ready else ""
+    assert line, "the driver did not report its processes"
+    return json.loads(line)
+
+
+def _reaper_of(procs: list[dict]) -> dict:
+    (reaper,) = [p for p in procs if any("_session_reaper" in part for part in p["cmdline"])]
+    return reaper
+
+
+def _wait_for_a_fresh_scan(reaper: dict) -> None:
+    """Until the watchdog has noted the processes anew since this call. It scans /proc (its only
+    reads) at start and then every 2 s: a burst of reads after a quiet second began after this
+    call; two such bursts leave no doubt."""
+    p = psutil.Process(reaper["pid"])
+    reads, t0 = p.io_counters().read_chars, time.monotonic()
+    last_change, bursts = t0, 0
+    while bursts < 2:
+        assert time.monotonic() - t0 < HUNG, "the watchdog stopped scanning"
+        time.sleep(0.02)
+        now, t = p.io_counters().read_chars, time.monotonic()
+        if now != reads:
+            bursts += t - last_change >= 1.0
+            reads, last_change = now, t
 
 
 def _alive(proc: dict) -> bool:
@@ -66,17 +100,20 @@ def test_nothing_of_a_killed_drivers_local_ray_lingers(tmp_path):
                               text=True, env=env, cwd=tmp_path, start_new_session=True)
     procs: list[dict] = []
     try:
-        line = driver.stdout.readline()
-        assert line, "the driver did not start its Ray"
-        report = json.loads(line)
+        report = _read_report(driver)
         procs = report["procs"]
         names = {p["name"] for p in procs}
         assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, names
+        _wait_for_a_fresh_scan(_reaper_of(procs))  # the watchdog knows every process listed
 
         driver.send_signal(signal.SIGKILL)
         driver.wait()
+        # Without the watchdog the agents outlive the driver by ~62 s (their own give-up on the
+        # dead GCS); with it they get SIGTERM, then SIGKILL a second later. How soon they go is
+        # the point here, so this bound stays well below Ray's own linger, with a wide margin
+        # for a loaded machine.
         t0 = time.monotonic()
-        while any(map(_alive, procs)) and time.monotonic() - t0 < 15:  # without the watchdog: ~62 s
+        while any(map(_alive, procs)) and time.monotonic() - t0 < 30:
             time.sleep(0.2)
         left = [p["name"] for p in procs if _alive(p)]
         assert not left, f"still running {time.monotonic() - t0:.0f} s after kill -9 of the driver: {left}"
@@ -98,19 +135,20 @@ FAKE_DRIVER = textwrap.dedent("""
     from automix.study.executors import _start_reaper
 
     marker = sys.argv[1]
-    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+    sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
     spawn_grandchild = ("import subprocess, sys, time; "
-                        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)")
+                        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)")
     ours = subprocess.Popen([sys.executable, "-c", spawn_grandchild, marker])  # names the session: noted
     stranger = subprocess.Popen(sleep)  # the driver's child outside the session: left alone
-    time.sleep(1.0)  # the grandchild is up
+    until = time.time() + 120
+    while not psutil.Process(ours.pid).children() and time.time() < until:  # the grandchild is up
+        time.sleep(0.05)
     reaper = _start_reaper(marker)
-    time.sleep(1.0)  # the watchdog has looked once
-    info = lambda p: dict(pid=p.pid, name=p.name(), created=p.create_time())
+    info = lambda p: dict(pid=p.pid, name=p.name(), created=p.create_time(), cmdline=p.cmdline())
     ours = [psutil.Process(ours.pid)] + psutil.Process(ours.pid).children()
     print(json.dumps(dict(ours=[info(p) for p in ours], stranger=info(psutil.Process(stranger.pid)),
                           reaper=info(psutil.Process(reaper.pid)))), flush=True)
-    time.sleep(120)
+    time.sleep(600)
 """)
 
 
@@ -125,14 +163,15 @@ def test_watchdog_stops_the_session_and_nothing_else(tmp_path):
                               cwd=tmp_path, start_new_session=True)
     procs: list[dict] = []
     try:
-        report = json.loads(driver.stdout.readline())
+        report = _read_report(driver)
         ours, stranger, reaper = report["ours"], report["stranger"], report["reaper"]
         procs = ours + [stranger, reaper]
         assert len(ours) == 2 and all(map(_alive, procs))
+        _wait_for_a_fresh_scan(reaper)  # it has noted the session's processes
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-        t0 = time.monotonic()
-        while (any(map(_alive, ours)) or _alive(reaper)) and time.monotonic() - t0 < 10:
+        t0 = time.monotonic()  # (they would all sleep for 10 minutes)
+        while (any(map(_alive, ours)) or _alive(reaper)) and time.monotonic() - t0 < HUNG:
             time.sleep(0.1)
         assert not [p for p in ours if _alive(p)], "the session's processes outlived the driver"
         assert not _alive(reaper), "the watchdog did not exit"
