@@ -1,5 +1,6 @@
 """Benchmarks: scripts that print tables (`automix bench NAME`); results live in `benchmarks/`.
 
-Nothing in the library imports this package. The kernel benchmark stays beside its kernels
-(`automix.kernels.bench`), as Triton's tutorials keep theirs.
+Nothing in the library imports this package. Every benchmark program lives here (the kernels'
+too: `automix bench kernels`), every recorded result under `benchmarks/`, each with the command
+that made it.
 """

@@ -1,7 +1,6 @@
 """Benchmark of `quant_matmul` against a dense matmul, with a measured copy bandwidth.
 
-    python -m automix.kernels.bench [--quick] [--shapes 4096x4096 ...] [--m 1 16] [--bits 4]
-    automix bench kernels [same arguments]
+    automix bench kernels [--quick] [--shapes 4096x4096 ...] [--m 1 16] [--bits 4]
 
 Shapes are ``in_features x out_features`` of real layers (Llama-2-7B/70B: 4096 and 8192 square,
 4096x11008 MLP, 8192x28672 MLP); ``M`` is the number of activation rows (tokens). Reported:
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print(text)
     if args.out:
-        cmd = "python -m automix.kernels.bench " + " ".join(argv or [])
+        cmd = "automix bench kernels " + " ".join(argv or [])
         with open(args.out, "w") as f:
             f.write(f"# Dequantize-matmul benchmark\n\nCommand: `{cmd.strip()}`  \n"
                     f"Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC  \n"

@@ -1,9 +1,8 @@
 """Measure the built-in model's quantization sensitivity and task accuracies (markdown tables).
 
-    python benchmarks/tiny_model_sensitivity.py [--model builtin:tiny] [--bits-single 2]
+    automix bench tiny-model [--model builtin:tiny] [--bits-single 2]
 
-Round-to-nearest (min-max, asymmetric, group 64) through `automix.quant.quantize` when it is
-importable, else an equivalent local RTN. Perplexity is the `lm` task's held-out perplexity
+Round-to-nearest (min-max, asymmetric, group 64) through `automix.quant.quantize`. Perplexity is the `lm` task's held-out perplexity
 (the built-in mixture `corpus.LM_TASK_MIX`); a second table breaks it down per document kind.
 """
 
@@ -19,23 +18,20 @@ from datetime import datetime, timezone
 
 import torch
 
+from automix.arch import linear_weight, target_layers
+from automix.builtin import corpus
+from automix.builtin.pretrain import probe_accuracies
+from automix.quant import quantize
+from automix.trial.data import LMTask, get_task
+from automix.trial.models import load_model
+
 
 def rtn_dequant(w: torch.Tensor, bits: int, group_size: int = 64) -> tuple[torch.Tensor, str]:
-    try:
-        from automix.quant import quantize
-
-        return quantize(w, bits, group_size=group_size).dequantize(w.dtype), "automix.quant.quantize"
-    except ImportError:
-        out_f, in_f = w.shape
-        g = w.reshape(out_f, in_f // group_size, group_size)
-        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-        scale = (hi - lo).clamp_min(1e-8) / (2 ** bits - 1)
-        q = ((g - lo) / scale).round().clamp(0, 2 ** bits - 1)
-        return (q * scale + lo).reshape(out_f, in_f), "local RTN"
+    return quantize(w, bits, group_size=group_size).dequantize(w.dtype), "automix.quant.quantize"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="automix bench tiny-model", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="builtin:tiny")
     ap.add_argument("--bits-single", type=int, default=2)
     ap.add_argument("--group-size", type=int, default=64)
@@ -43,11 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from automix.trial.data import get_task
-    from automix.arch import linear_weight, target_layers
-    from automix.trial.models import load_model
-    from automix.builtin.pretrain import probe_accuracies
-
     t0 = time.perf_counter()
     model, tok = load_model(args.model)
     lm = get_task("lm")
@@ -71,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# Built-in model quantization sensitivity ({args.model})\n")
     print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()} "
           f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads")
-    print(f"command: `python benchmarks/{os.path.basename(__file__)} {' '.join(argv or sys.argv[1:])}`\n")
+    print(f"command: `automix bench tiny-model {' '.join(argv or sys.argv[1:])}`\n")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,}; target layers: {len(layers)}; held-out lm tokens: {int(base['tokens'])}\n")
 
@@ -94,9 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nquantizer: {how}\n")
 
     print("## Per corpus document kind, all layers (perplexity change on 24 rows of each kind)\n")
-    from automix.builtin import corpus
-    from automix.trial.data import LMTask
-
     kinds = list(corpus.DOC_KINDS)
     kind_tasks = {}
     for k in kinds:

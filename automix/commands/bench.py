@@ -1,4 +1,4 @@
-"""`automix bench kernels|search|fidelity|methods|trial|memory|orchestration|sensitivity|quant`: run a benchmark, print its table."""
+"""`automix bench NAME [ARGS]`: run a benchmark (`BENCHMARKS`), print its table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 
 # benchmark name -> module exposing main(argv) -> int
 BENCHMARKS = {
-    "kernels": "automix.kernels.bench",
+    "kernels": "automix.bench.kernels",
     "search": "automix.bench.search",
     "fidelity": "automix.bench.fidelity",
     "methods": "automix.bench.methods",
@@ -17,6 +17,8 @@ BENCHMARKS = {
     "sensitivity": "automix.bench.sensitivity",
     "reliability": "automix.bench.reliability",
     "quant": "automix.bench.quant",
+    "boolq": "automix.bench.boolq",
+    "tiny-model": "automix.bench.tiny_model",
 }
 
 

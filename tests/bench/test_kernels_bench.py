@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from automix.kernels import bench
+from automix.bench import kernels as bench
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -20,7 +20,7 @@ def test_bench_main_small(backend: str, capsys, tmp_path) -> None:
     for line in rows:
         err = float(line.rstrip(" |").split("|")[-1])
         assert err < 1e-3  # the benchmarked path agrees with the dequantized reference
-    assert "Command: `python -m automix.kernels.bench" in out.read_text()
+    assert "Command: `automix bench kernels" in out.read_text()
 
 
 def test_bad_shape_is_reported() -> None:
