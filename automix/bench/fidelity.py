@@ -40,6 +40,7 @@ from automix.bench.search_real import (TrialCache, add_trial_arguments, hv_bound
 from automix.config.study import PrunerSettings, format_size
 from automix.study.backend import AutomixBackend, make_sampler
 from automix.study.fidelity import FidelityLedger, make_pruner
+from automix.study.loop import ask_configuration
 from automix.trial.models import model_fingerprint
 
 # arm -> (study sampler, pruner, pruner options)
@@ -86,10 +87,7 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, backend: Any, cache: 
     out: list[dict] = []
     used = 0
     while (len(out) < args.trials if pruner is None else used < limit and len(out) < args.max_trials):
-        trial = study.ask(dict(backend.distributions))
-        params = dict(trial.params)
-        mem = float(backend.predicted_memory(params))
-        trial.set_constraint("memory_budget", mem - cfg.memory_budget)
+        trial, params, mem = ask_configuration(study, backend, cfg.memory_budget)
         r = cache.result(backend.payload(params))
         ppl = r.get("perplexity") if r.get("status") == "ok" else None
         curve = [list(p) for p in r.get("eval_curve") or []]

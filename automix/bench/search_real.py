@@ -39,6 +39,7 @@ from automix.search._codec import Codec
 from automix.search.pareto import normalized_hypervolume
 from automix.search.predictors import PerformancePredictor, kendall_tau
 from automix.study.backend import AutomixBackend, make_sampler
+from automix.study.loop import ask_configuration
 from automix.trial import TrialSpec, run_trial
 from automix.trial.models import model_fingerprint
 
@@ -146,11 +147,8 @@ def run_study(name: str, seed: int, n_trials: int, args: argparse.Namespace, bac
     out = []
     for _ in range(n_trials):
         t0 = time.process_time()
-        trial = study.ask(dict(backend.distributions))
+        trial, params, mem = ask_configuration(study, backend, cfg.memory_budget)
         ask_s = time.process_time() - t0
-        params = dict(trial.params)
-        mem = float(backend.predicted_memory(params))
-        trial.set_constraint("memory_budget", mem - cfg.memory_budget)
         if name in _VIOLATION_ONLY and mem > cfg.memory_budget:
             study.tell(trial, [1e9, mem])  # never read: see _VIOLATION_ONLY
             out.append({"params": params, "perplexity": None, "memory": mem, "ask_cpu_s": ask_s, "skipped": True})

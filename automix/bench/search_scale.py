@@ -35,6 +35,7 @@ import numpy as np
 from automix.bench.report import emit_report
 from automix.config.study import StudyConfig
 from automix.study.backend import AutomixBackend, make_sampler
+from automix.study.loop import ask_configuration
 
 _SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "llama-7b.yaml"
 SHAPES = {
@@ -113,12 +114,9 @@ def time_proposals(shape: str, memory: str, n_finished: int, n_proposals: int, s
         cpu, wall = [], []
         for _ in range(n_proposals):
             t0, c0 = time.perf_counter(), time.process_time()
-            trial = study.ask()
-            params = {n: trial.suggest_categorical(n, list(d.choices)) for n, d in dists.items()}
+            trial, params, m = ask_configuration(study, backend, budget)  # the driver's step (+1 memory call)
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - t0)
-            m = backend.predicted_memory(params)
-            trial.set_constraint("memory_budget", m - budget)
             study.tell(trial, [_loss(backend, params, rng), m])
         return {"n_params": len(dists), "cpu": cpu, "wall": wall, **build}
 

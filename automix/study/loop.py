@@ -27,8 +27,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
+from optuna import Study
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.trial import Trial, TrialState
 
 from automix.search._optuna_compat import storage_of, trial_id_of_number
 from automix.study.artifacts import write_study_artifacts
@@ -40,7 +41,7 @@ from automix.study.results import finished_trials, is_feasible, normalized_hyper
 from automix.study.storage import DRIVER_ATTR, StudyBusyError, StudyLease, open_study, requeue_stale
 from automix.study.tracking import Tracker
 
-__all__ = ["TrialBackend", "StudyRun", "run_study"]
+__all__ = ["TrialBackend", "StudyRun", "run_study", "ask_configuration"]
 
 
 class TrialBackend(Protocol):
@@ -87,6 +88,20 @@ def _summary_metrics(result: Mapping[str, Any], predicted: float, extra: Mapping
     m.setdefault("predicted_memory_bytes", predicted)
     m.update({k: v for k, v in extra.items() if isinstance(v, (int, float))})
     return m
+
+
+def ask_configuration(study: Study, backend: Any, budget: float) -> tuple[Trial, dict, float]:
+    """The driver's step before a trial runs: ask the sampler for a configuration of the
+    backend's space, predict its memory, and set the budget constraint on the trial (what TPE
+    and NSGA-II read; the prediction is kept as the trial's ``predicted_memory``). Returns the
+    trial, its parameters and the predicted memory. Benchmarks that drive a study themselves
+    take the same step."""
+    trial = study.ask(dict(backend.distributions))
+    params = dict(trial.params)
+    mem = float(backend.predicted_memory(params))
+    trial.set_user_attr("predicted_memory", mem)
+    trial.set_constraint("memory_budget", mem - budget)
+    return trial, params, mem
 
 
 def run_study(
@@ -190,12 +205,8 @@ def _drive(cfg: Any, backend: TrialBackend, executor: Any, sampler: Any, lease: 
                 while executor.free_slots() > 0 and run.done + len(pending) < run.target:
                     lease.verify()
                     t_ask = time.perf_counter()
-                    trial = study.ask(dict(backend.distributions))
+                    trial, params, mem = ask_configuration(study, backend, cfg.memory_budget)
                     trial.set_user_attr(DRIVER_ATTR, lease.token)
-                    params = dict(trial.params)
-                    mem = float(backend.predicted_memory(params))
-                    trial.set_user_attr("predicted_memory", mem)
-                    trial.set_constraint("memory_budget", mem - cfg.memory_budget)
                     method, summary, layers = backend.describe(params)
                     trial.set_user_attr("method", method)
                     trial.set_user_attr("summary", _readable(summary))
