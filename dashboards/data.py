@@ -24,6 +24,7 @@ from transformers import AutoConfig
 from automix.arch import target_layer_names
 from automix.builtin import builtin_model_dir
 from automix.config.layers import LayerConfig, LayerSettings, matching_layers
+from automix.config.locations import relocate_recorded_store
 from automix.config.study import default_storage_url, format_size
 from automix.study import results
 from automix.study.tracking import ROLE
@@ -70,6 +71,7 @@ class StudyData:
     methods: list[str]
     tracking_uri: str | None
     frame: pd.DataFrame
+    store_note: str = ""                # why the MLflow store is not the one the study recorded
     layers: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     breakdown: dict[int, dict[str, float]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
@@ -117,6 +119,7 @@ def load_study_data(name: str, storage: str | None = None) -> StudyData:
         raise ReportDataError(f"study {name!r} not found in {url}; studies there: {sorted(names) or 'none'}")
     study = optuna.load_study(study_name=name, storage=url)
     config = dict(study.user_attrs.get("config") or {})
+    tracking, store_note = relocate_recorded_store(config.get("tracking_uri"), config.get("storage"), url)
     directions = [d.name.lower() for d in study.directions]
     quality = (config.get("objectives") or {}).get("quality") or (
         "accuracy" if directions[0] == "maximize" else "perplexity")
@@ -126,7 +129,7 @@ def load_study_data(name: str, storage: str | None = None) -> StudyData:
     data = StudyData(
         name=name, storage=url, quality=quality, directions=directions, budget=budget,
         sampler=str(config.get("sampler") or type(study.sampler).__name__),
-        methods=list(config.get("methods") or []), tracking_uri=config.get("tracking_uri"),
+        methods=list(config.get("methods") or []), tracking_uri=tracking, store_note=store_note,
         frame=pd.DataFrame(),
     )
     if not any(t.state == TrialState.COMPLETE and t.values for t in trials):
@@ -137,7 +140,8 @@ def load_study_data(name: str, storage: str | None = None) -> StudyData:
         )
     data.exported = {int(n): str(p) for n, p in (study.user_attrs.get("exported") or {}).items()}
     data.devices = sorted({str((t.user_attrs.get("result") or {}).get("device") or "") for t in trials} - {""})
-    names = layer_names(config, [t.user_attrs.get("layers") for t in trials])
+    skipped: list[str] = []
+    names = layer_names(config, [t.user_attrs.get("layers") for t in trials], skipped)
     rows = []
     for i, t in enumerate(trials):
         rows.append(_row(t, i + 1, quality))
@@ -147,7 +151,9 @@ def load_study_data(name: str, storage: str | None = None) -> StudyData:
         part = (t.user_attrs.get("result") or {}).get("memory_predicted")
         if isinstance(part, Mapping) and any(k in part for k in BREAKDOWN_PARTS):
             data.breakdown[t.number] = {k: float(part.get(k) or 0) for k in BREAKDOWN_PARTS}
-    return finish(data, rows)
+    finish(data, rows)
+    data.missing.extend(skipped)
+    return data
 
 
 def finish(data: StudyData, rows: list[dict]) -> StudyData:
@@ -252,9 +258,10 @@ def _natural(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def layer_names(config: Mapping[str, Any], recorded: Sequence[Any]) -> list[str]:
+def layer_names(config: Mapping[str, Any], recorded: Sequence[Any], skipped: list[str] | None = None) -> list[str]:
     """All target layer names: from the model's config.json when it is on disk (cheap, no
-    weights) and names every layer the trials mention, else every exact name they mention."""
+    weights) and names every layer the trials mention, else every exact name they mention. A
+    model config that is there but cannot be read is noted in ``skipped``."""
     seen: dict[str, None] = {}
     for layers in recorded:
         if not isinstance(layers, Mapping):
@@ -265,8 +272,11 @@ def layer_names(config: Mapping[str, Any], recorded: Sequence[Any]) -> list[str]
                 seen[n] = None
     try:
         names = _names_from_model(str(config.get("model") or ""))
-    except Exception:  # noqa: BLE001 - a report should not fail on a moved model directory
+    except (OSError, ValueError) as err:  # a broken or unsupported config.json (ModelLoadError is a ValueError)
         names = []
+        if skipped is not None:
+            skipped.append(f"the model's layer names were not read ({type(err).__name__}: {err}); the layer "
+                           "views show the layers the trials name")
     if names and set(seen) <= set(names):  # not a different model now at that path
         return names
     return sorted(seen, key=_natural)

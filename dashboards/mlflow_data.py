@@ -24,14 +24,25 @@ from automix.study.tracking import ROLE, TRIAL
 __all__ = ["load_mlflow_study"]
 
 
-def _config(client: Any, parent: Any) -> dict:
+def _unreadable() -> tuple[type[BaseException], ...]:
+    """What reading a run's artifact can raise: MLflow's errors (no such artifact, a server that
+    refuses), the file system's, and an artifact that does not parse."""
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException, OSError, ValueError, yaml.YAMLError
+
+
+def _config(client: Any, parent: Any, skipped: list[str]) -> dict:
     import yaml
 
     try:
         with tempfile.TemporaryDirectory() as tmp, _quiet():
             path = client.download_artifacts(parent.info.run_id, "study.resolved.yaml", tmp)
             return dict(yaml.safe_load(Path(path).read_text()) or {})
-    except Exception:  # noqa: BLE001 - older runs: fall back to the parent's params
+    except _unreadable() as err:  # older runs have none: the parent's params say most of it
+        skipped.append(f"the study file logged on the parent run (study.resolved.yaml) was not read "
+                       f"({type(err).__name__}: {str(err)[:200]}); model, task and budget come from its params")
         params = dict(parent.data.params)
         out: dict[str, Any] = {k: params[k] for k in ("model", "task", "sampler") if k in params}
         if "memory_budget" in params:
@@ -44,11 +55,12 @@ def _config(client: Any, parent: Any) -> dict:
         return out
 
 
-def _layers(client: Any, run_id: str) -> Any:
+def _layers(client: Any, run_id: str, failed: list[str]) -> Any:
     try:
         with tempfile.TemporaryDirectory() as tmp, _quiet():
             return json.loads(Path(client.download_artifacts(run_id, "layers.json", tmp)).read_text())
-    except Exception:  # noqa: BLE001 - a run without the artifact simply has no layer view
+    except _unreadable() as err:  # that trial has no layer view; the report says how many
+        failed.append(f"{type(err).__name__}: {str(err)[:200]}")
         return None
 
 
@@ -103,7 +115,8 @@ def load_mlflow_study(name: str, tracking_uri: str | None = None) -> StudyData:
             break
     parents = sorted((r for r in runs if r.data.tags.get(ROLE) == "study"), key=lambda r: r.info.start_time)
     trials = [r for r in runs if r.data.tags.get(ROLE) == "trial"]
-    config = _config(client, parents[0]) if parents else {}
+    skipped: list[str] = []
+    config = _config(client, parents[0], skipped) if parents else {}
     quality = (config.get("objectives") or {}).get("quality") or (
         "perplexity" if config.get("task") == "lm" else "accuracy")
     budget = _num(config.get("memory_budget"))
@@ -132,13 +145,17 @@ def load_mlflow_study(name: str, tracking_uri: str | None = None) -> StudyData:
         raise NoFinishedTrialsError(f"study {name!r} in {uri} has no finished trials yet: nothing to report")
     finish(data, rows)
     front = set(data.frame[data.frame.front | data.frame.front_method].number)
-    recorded = {r_num: _layers(client, r.info.run_id) for r_num, r in
+    failed: list[str] = []
+    recorded = {r_num: _layers(client, r.info.run_id, failed) for r_num, r in
                 ((int(r.data.tags.get(TRIAL, -1)), r) for r in trials) if r_num in front}
-    names = layer_names(config, list(recorded.values()))
+    if failed:
+        skipped.append(f"layers.json of {len(failed)} front trial run(s) was not read (first: {failed[0]})")
+    names = layer_names(config, list(recorded.values()), skipped)
     data.layers = {n: resolved for n, rec in recorded.items() if (resolved := resolve_layers(rec, names))}
     data.missing = [m for m in data.missing if "per-layer" not in m and "breakdown" not in m]
     if not any(n in data.layers for n in data.front_frame.number) and not data.front_frame.empty:
         data.missing.append("no per-layer configuration (layers.json) is logged for the front trials")
     data.missing.append("memory breakdowns are kept in the Optuna storage only (read the study from "
                         "there for that view)")
+    data.missing.extend(skipped)
     return data

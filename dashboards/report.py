@@ -22,6 +22,7 @@ from automix.dashboards import views
 from automix.dashboards.data import (NoFinishedTrialsError, ReportDataError, StudyData, find_parent_run,
                                      load_study_data)
 from automix.config.study import default_tracking_uri
+from automix.study.tracking import adopt_artifact_roots
 from automix.dashboards.mlflow_data import load_mlflow_study
 
 __all__ = ["Report", "build_report", "study_figures", "render_html", "render_empty_html", "write_pngs"]
@@ -209,11 +210,13 @@ def _log_to_mlflow(report: Report, study: StudyData, tracking_uri: str | None, o
         report.mlflow_note = f"not logged to MLflow: {uri} has no parent run for study {study.name!r}"
         return
     client, run_id = found
+    adopted = adopt_artifact_roots(uri)  # a copied project logs into its own artifact directory
     where = ARTIFACT_DIR + ("/compare-" + "-".join(others) if others else "")
     for path in [report.html, *report.pngs]:
         client.log_artifact(run_id, str(path), where)
     report.mlflow_run_id, report.mlflow_path = run_id, where
-    report.mlflow_note = f"logged under '{where}/' of MLflow run {run_id} ({uri})"
+    notes = [n for n in (study.store_note if not tracking_uri else "", adopted) if n]
+    report.mlflow_note = "\n".join([*notes, f"logged under '{where}/' of MLflow run {run_id} ({uri})"])
 
 
 def build_report(

@@ -81,6 +81,11 @@ def _search(args: argparse.Namespace, console: Any) -> int:
                   soft_wrap=True)
     say(console, f"  Optuna: {cfg.storage_url}")
     say(console, f"  MLflow: {cfg.tracking}")
+    from automix.study.tracking import adopt_artifact_roots  # lazy: CLI start-up (a command loads only what it runs)
+
+    adopted = adopt_artifact_roots(cfg.tracking)  # a copied project logs into its own artifact directory
+    if adopted:
+        say(console, f"  note: {adopted}")
     if args.local:
         show_step(console, "running the trials in this process, one at a time ...")
     elif args.ray_address:

@@ -17,6 +17,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
                       model_validator)
 
 from automix.config._yaml import Lines, format_errors, read_yaml
+from automix.config.locations import resolve_store
 from automix.config.registry import SAMPLER_ALIASES, SAMPLERS
 
 __all__ = [
@@ -324,11 +325,14 @@ class StudyConfig(_Strict):
 
     @property
     def storage_url(self) -> str:
-        return self.storage or default_storage_url()
+        """The Optuna storage: as the file gives it (a relative SQLite path from the study file's
+        directory), else the working directory's."""
+        return resolve_store(self.storage, self.base_dir) if self.storage else default_storage_url()
 
     @property
     def tracking(self) -> str:
-        return self.tracking_uri or default_tracking_uri()
+        """The MLflow tracking store, resolved as `storage_url`."""
+        return resolve_store(self.tracking_uri, self.base_dir) if self.tracking_uri else default_tracking_uri()
 
     @property
     def directions(self) -> list[str]:

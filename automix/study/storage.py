@@ -31,6 +31,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.pool import NullPool
 
+from automix.config.locations import relocate_recorded_store
 from automix.config.study import StudyConfig, StudyConfigError, default_storage_url, load_study
 from automix.search._optuna_compat import storage_of, trial_id
 
@@ -355,5 +356,7 @@ def study_from_ref(ref: str, storage: str | None = None) -> StudyConfig:
     if "config" not in attrs:
         raise StudyConfigError(f"study {ref!r} in {url} was not created by automix (no config recorded)")
     data = dict(attrs["config"])
+    # a copied or moved project reads its own MLflow store, never the one it was copied from
+    data["tracking_uri"], _ = relocate_recorded_store(data.get("tracking_uri"), data.get("storage"), url)
     data["storage"] = url
     return StudyConfig.model_validate(data)

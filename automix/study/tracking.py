@@ -20,6 +20,7 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -27,7 +28,7 @@ from typing import Any, Iterable, Mapping
 from automix.config.layers import compact_layers
 from automix.study.storage import sqlite_lock
 
-__all__ = ["TrackingError", "check_tracking_uri", "artifact_root_for", "Tracker"]
+__all__ = ["TrackingError", "check_tracking_uri", "artifact_root_for", "adopt_artifact_roots", "Tracker"]
 
 ROLE, STUDY, TRIAL = "automix.role", "automix.config.study", "automix.trial"
 
@@ -89,6 +90,70 @@ def artifact_root_for(uri: str, experiment: str) -> str | None:
     return (db.parent / "automix-mlartifacts" / experiment).resolve().as_uri()
 
 
+ARTIFACTS_DIR = "automix-mlartifacts"
+
+
+def adopt_artifact_roots(uri: str) -> str:
+    """Make a local SQLite MLflow store that was copied or moved from another directory write its
+    artifacts beside itself. Returns a note ('' when nothing changed).
+
+    automix creates each experiment with the artifact location ``<db dir>/automix-mlartifacts/<name>``
+    (`artifact_root_for`), an absolute path MLflow keeps in the database, and every run's artifact
+    URI under it: in a copy of a project the copied database still points at the original's
+    directory, and logging there would write into the original project. Experiments laid out that
+    way under another directory (and their runs) are pointed at this database's own
+    ``automix-mlartifacts/``; other locations, chosen by the user, are left alone."""
+    db = _sqlite_path(uri)
+    if db is None or not db.is_file():
+        return ""
+    import sqlalchemy
+
+    here = (db.resolve().parent / ARTIFACTS_DIR).as_uri()
+    engine = sqlalchemy.create_engine(f"sqlite:///{db.resolve()}")
+    moved: list[tuple[str, str]] = []
+    try:
+        with sqlite_lock(uri), engine.begin() as c:
+            tables = {r[0] for r in c.execute(sqlalchemy.text("SELECT name FROM sqlite_master WHERE type='table'"))}
+            if not {"experiments", "runs"} <= tables:
+                return ""
+            for eid, name, loc in c.execute(sqlalchemy.text(
+                    "SELECT experiment_id, name, artifact_location FROM experiments")).all():
+                root = (loc or "").rsplit("/", 1)[0]
+                if not loc or not root.startswith("file://") or not root.endswith("/" + ARTIFACTS_DIR) or root == here:
+                    continue
+                was = Path(urllib.parse.unquote(urllib.parse.urlparse(root).path)).parent
+                if artifact_root_for(f"sqlite:///{was}/x.db", name) != loc:
+                    continue  # not automix's own layout for this experiment: the user's choice
+                new = artifact_root_for(uri, name)
+                c.execute(sqlalchemy.text("UPDATE experiments SET artifact_location = :new WHERE experiment_id = :e"),
+                          {"new": new, "e": eid})
+                c.execute(sqlalchemy.text(
+                    "UPDATE runs SET artifact_uri = :new || substr(artifact_uri, :n) "
+                    "WHERE experiment_id = :e AND substr(artifact_uri, 1, :m) = :old"),
+                    {"new": new, "old": loc, "n": len(loc) + 1, "m": len(loc), "e": eid})
+                moved.append((name, root))
+    finally:
+        engine.dispose()
+    if not moved:
+        return ""
+    _forget_artifact_repos()
+    roots = sorted({r for _, r in moved})
+    return (f"the MLflow store {db} was made in another directory: its artifacts of "
+            f"{', '.join(repr(n) for n, _ in moved)} now go to {here} (they pointed at {', '.join(roots)})")
+
+
+def _forget_artifact_repos() -> None:
+    """MLflow keeps each run's artifact repository per process, by run id: a process that used the
+    original store must not keep writing there after the locations changed."""
+    try:
+        from mlflow.tracking._tracking_service import utils as mlflow_utils
+    except ImportError:
+        return
+    cache = getattr(mlflow_utils, "_artifact_repos_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
 def _fmt(v: Any) -> str:
     """A parameter's value as MLflow shows it: floats to 4 significant digits."""
     if isinstance(v, float) and v == v and abs(v) != float("inf"):
@@ -125,6 +190,20 @@ def _layers_yaml(layers: Mapping[str, Any]) -> str:
 
 EXPERIMENT_KIND = "mlflow.experimentKind"          # MLflow 3: which view the experiment opens in
 CLASSIC_ML = "custom_model_development"            # runs, metrics, compare (not GenAI traces)
+# A saved runs-page view (MLflow's "share view": an experiment tag the page's viewStateShareKey
+# names): the Pareto front's trial runs, sorted by memory, with the objectives' columns shown.
+SHARED_VIEW = "mlflow.sharedViewState."
+FRONT_VIEW = "automix-pareto-front"
+
+
+def front_view_state(quality: str) -> dict[str, Any]:
+    """The saved view of the front: filter, sort and the columns that matter (MLflow's default
+    view lists attribute columns only and hides every metric)."""
+    cols = [f"tags.`method`", f"metrics.`{quality}`", "metrics.`memory_mib`", "metrics.`peak_memory_mib`",
+            "metrics.`predicted_memory_mib`", "params.`avg_bits`", "metrics.`avg_bits`", "params.`avg_prune`",
+            "params.`avg_rank`", "metrics.`trainable_params`"]
+    return {"searchFilter": "tags.pareto = 'true'", "orderByKey": "metrics.`memory_mib`", "orderByAsc": True,
+            "selectedColumns": ["attributes.`Run Name`", *cols]}
 
 
 class Tracker:
@@ -137,6 +216,7 @@ class Tracker:
         check_tracking_uri(tracking_uri)
         self.uri = tracking_uri
         self.study_name = study_name
+        self.adopted = adopt_artifact_roots(tracking_uri)  # a copied project writes into its own store
         mlflow.set_tracking_uri(tracking_uri)
         with sqlite_lock(tracking_uri):  # MLflow creates its schema on first use: one process at a time
             self.client = MlflowClient(tracking_uri)
@@ -218,6 +298,11 @@ class Tracker:
             self.client.log_text(self.parent_id, Path(source).read_text(), "study.yaml")
         self.client.log_text(self.parent_id, yaml.safe_dump(dict(config), sort_keys=False),
                              "study.resolved.yaml")
+        quality = (config.get("objectives") or {}).get("quality") or "perplexity"
+        view = json.dumps(front_view_state(str(quality)), sort_keys=True)
+        exp = self.client.get_experiment(self.experiment_id)
+        if exp.tags.get(SHARED_VIEW + FRONT_VIEW) != view:
+            self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW + FRONT_VIEW, view)
         params = {k: _fmt(v) for k, v in config.items()
                   if k in ("model", "task", "data", "methods", "memory_budget", "n_trials",
                            "sampler", "workers") and v is not None}
