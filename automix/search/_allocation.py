@@ -123,11 +123,12 @@ class Additive:
 
 def solve(n_levels: Sequence[int], objective: Additive, costs: Sequence[tuple[Additive, float]] = (),
           hold: Mapping[int, int] | None = None, exclude: Sequence[np.ndarray] = (),
-          time_limit: float = 20.0) -> np.ndarray | None:
+          time_limit: float = 20.0, allowed: Mapping[int, Sequence[int]] | None = None) -> np.ndarray | None:
     """The level vector minimising ``objective`` (its component 0) with every ``cost <= bound``;
     None when no configuration satisfies them (or HiGHS found none within ``time_limit`` s).
 
     ``hold``: parameter index -> level, kept fixed. ``exclude``: level vectors not to return.
+    ``allowed``: parameter index -> the only levels it may take.
     Past ``time_limit`` seconds, the best configuration HiGHS has found (exact before that)."""
     hold = dict(hold or {})
     P = len(n_levels)
@@ -212,6 +213,10 @@ def solve(n_levels: Sequence[int], objective: Additive, costs: Sequence[tuple[Ad
     lb, ub = np.zeros(n), np.ones(n)
     for k in m_at.values():
         lb[k], ub[k] = -np.inf, np.inf
+    for j, levels in (allowed or {}).items():
+        if j in z_at:
+            ub[z_at[j]:z_at[j] + int(n_levels[j])] = 0.0
+            ub[[z_at[j] + int(level) for level in levels]] = 1.0
     if not n:
         x = np.array([hold.get(j, 0) for j in range(P)])
         ok = all(float(cf(x[None])[0]) <= b + 1e-9 * max(abs(b), 1.0) for cf, b in costs)

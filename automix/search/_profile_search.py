@@ -6,7 +6,8 @@ known memory objective), the search is built on the one-shot allocation instead 
 space-filling design:
 
 * **start**: the one-shot allocation at the budget (``automix.search.oneshot``), one per method;
-  then, for each family of parameters the profile cannot score (prune ratios, ranks), the
+  the same with the profile trusted only between the two bit widths around the budget (where a
+  profile extrapolates least); then, for each family of parameters the profile cannot score (prune ratios, ranks), the
   allocation with that family moved off its held level and the budget re-filled -- the trade a
   user would try by hand ("rank 4 everywhere, and spend what it saves on bits"); for a front
   (memory an objective), allocations at budgets down the cost axis. A user has the one-shot
@@ -81,6 +82,10 @@ class ProfileSearch:
         top = self.budget if self.budget is not None else a.cost_range()[1]
         for cond in conds:
             p = a.allocate(top, cond)
+            if p is not None:
+                out.append(p)
+        if self.budget is not None:  # the profile trusted only between the two values around the budget
+            p = a.allocate(top, first, exclude=out, bracketed=True)
             if p is not None:
                 out.append(p)
         for _, moved in self._family_moves():

@@ -78,13 +78,23 @@ class ResidualModel:
         for j in self.unscored:
             fams.setdefault(family_of(allocator.names[j]), []).append(j)
         self.families = list(fams.items())
+        # per value of the scored parameters (but the lowest): which levels take it, weighted by
+        # the parameter's size (its span in the memory tables): the share of the model at that
+        # value, whose coefficient corrects a profile biased at one value for every layer alike
+        # (e.g. a quadratic estimate that over-rates 8-bit upgrades)
+        cost = allocator.cost_tables(allocator.condition_values()[0])
+        size = {j: float(np.ptp(cost.first[j][:, 0])) for j in self.scored}
+        mean = np.mean([v for v in size.values() if v > 0]) if any(v > 0 for v in size.values()) else 1.0
+        values = sorted({f for j in self.scored for c in allocator.choices[j] for f in [_as_float(c)] if f is not None})
+        self.level_tables = [{j: np.array([size[j] / mean if _as_float(c) == v else 0.0 for c in allocator.choices[j]])
+                              for j in self.scored} for v in values[1:]]
         self.conds = allocator.condition_values()
         self.log = False
         self.fitted = False
 
     # ----------------------------------------------------------------- design
     def _parts(self, X: np.ndarray, conds: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
-        """(base columns: 1, S, V_F..., method dummies; correction columns: s_j, v_j)."""
+        """(base columns: 1, S, V_F..., value shares, method dummies; correction columns: s_j, v_j)."""
         n = len(X)
         S = np.empty(n)
         fj = np.empty((n, len(self.scored)))
@@ -94,10 +104,12 @@ class ResidualModel:
             fj[k] = [t.first[j][x[j], 0] for j in self.scored]
         V = np.stack([sum(self.values[j][X[:, j]] for j in js) for _, js in self.families], axis=1) \
             if self.families else np.zeros((n, 0))
+        shares = np.stack([sum(t[j][X[:, j]] for j in self.scored) for t in self.level_tables], axis=1) \
+            if self.level_tables else np.zeros((n, 0))
         D = np.array([[1.0 if c == cc else 0.0 for cc in self.conds[1:]] for c in conds]).reshape(n, -1)
         vj = np.stack([self.values[j][X[:, j]] for j in self.unscored], axis=1) if self.unscored \
             else np.zeros((n, 0))
-        return np.hstack([np.ones((n, 1)), S[:, None], V, D]), np.hstack([fj, vj])
+        return np.hstack([np.ones((n, 1)), S[:, None], V, shares, D]), np.hstack([fj, vj])
 
     # ----------------------------------------------------------------- fit
     def fit(self, params: Sequence[Mapping[str, Any]], losses: Sequence[float]) -> bool:
@@ -125,6 +137,7 @@ class ResidualModel:
         # range the trials show)
         ranges = [1.0, max(float(np.ptp(B[:, 1])), 1e-12)]
         ranges += [sum(float(np.ptp(self.values[j])) for j in js) or 1.0 for _, js in self.families]
+        ranges += [sum(float(t[j].max()) for j in self.scored) or 1.0 for t in self.level_tables]
         ranges += [1.0] * (B.shape[1] - len(ranges))
         base_std = np.array([1e3 * spread, 10.0 * spread / ranges[1]] + [2.0 * spread / r for r in ranges[2:]])
         # a preliminary fit of the base terms gives the scale the corrections are relative to
@@ -179,13 +192,17 @@ class ResidualModel:
         nb = self.n_base
         P = len(self.a.names)
         first = [np.zeros((self.a.n_levels[j], 1)) for j in range(P)]
+        n_fam, n_lvl = len(self.families), len(self.level_tables)
         dummy = [k for k, cc in enumerate(self.conds[1:]) if cc == tuple(condition)]
-        v0 = th[0] + th[1] * float(s.v0[0]) + (th[2 + len(self.families) + dummy[0]] if dummy else 0.0)
+        v0 = th[0] + th[1] * float(s.v0[0]) + (th[2 + n_fam + n_lvl + dummy[0]] if dummy else 0.0)
         for k, j in enumerate(self.scored):
             first[j][:, 0] = (th[1] + th[nb + k]) * s.first[j][:, 0]
         for f, (_, js) in enumerate(self.families):
             for j in js:
                 first[j][:, 0] += th[2 + f] * self.values[j]
+        for v, t in enumerate(self.level_tables):
+            for j in self.scored:
+                first[j][:, 0] += th[2 + n_fam + v] * t[j]
         for k, j in enumerate(self.unscored):
             first[j][:, 0] += th[nb + len(self.scored) + k] * self.values[j]
         second = {key: (th[1] + 0.0) * t for key, t in s.second.items()}

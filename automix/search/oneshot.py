@@ -64,6 +64,10 @@ def _total(fn: Callable[[Mapping[str, Any]], Any]) -> Callable[[Mapping[str, Any
     return lambda params: float(np.ravel(np.asarray(fn(params), dtype=float))[-1])
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
 def _nearest_level(choices: Sequence[Any], value: Any) -> int:
     if value in choices:
         return list(choices).index(value)
@@ -143,11 +147,12 @@ class OneShotAllocator:
     # ----------------------------------------------------------------- allocation
     def solve(self, budget: float, condition: tuple, objective: Additive | None = None,
               hold: Mapping[int, int] | None = None, exclude: Sequence[Mapping[str, Any]] = (),
-              time_limit: float = 20.0) -> dict[str, Any] | None:
+              time_limit: float = 20.0, allowed: Mapping[int, Sequence[int]] | None = None) -> dict[str, Any] | None:
         """The best configuration of one condition under ``budget`` by ``objective`` (default:
         the scores), ``hold`` (level per parameter index; default: the unscored parameters at
         their held levels), none of ``exclude``; checked against the cost function itself.
-        ``time_limit``: seconds per solve (past it, the best configuration found so far)."""
+        ``time_limit``: seconds per solve (past it, the best configuration found so far);
+        ``allowed``: parameter index -> the only levels it may take."""
         objective = objective if objective is not None else self.score_tables(condition)
         hold = self.hold if hold is None else hold
         cuts = []
@@ -158,7 +163,8 @@ class OneShotAllocator:
         tables = self.cost_tables(condition)
         bound = float(budget)
         for _ in range(6):
-            x = solve(self.n_levels, objective, [(tables, bound)], hold=hold, exclude=cuts, time_limit=time_limit)
+            x = solve(self.n_levels, objective, [(tables, bound)], hold=hold, exclude=cuts, time_limit=time_limit,
+                      allowed=allowed)
             if x is None:
                 return None
             params = self.params(x, condition)
@@ -168,13 +174,38 @@ class OneShotAllocator:
             bound -= excess + 1e-6 * abs(float(budget))  # approximate tables: tighten and solve again
         return None
 
+    def bracket(self, budget: float, condition: tuple) -> dict[int, list[int]] | None:
+        """The two choices of the scored parameters between which ``budget`` falls when every
+        one of them takes the same value (all 3-bit fits, all 4-bit does not: 3 and 4), as
+        allowed levels per parameter; None when no such pair exists (the budget fits every
+        value, or none)."""
+        values = sorted({float(c) for j in np.flatnonzero(self.scored) for c in self.choices[j]
+                         if _is_number(c)})
+        fits = []
+        for v in values:
+            x = np.array([self.hold.get(j, _nearest_level(self.choices[j], v)) for j in range(len(self.names))])
+            fits.append(float(self.cost(self.params(x, condition))) <= budget)
+        for k in range(len(values) - 1):
+            if fits[k] and not fits[k + 1]:
+                lo, hi = values[k], values[k + 1]
+                return {j: [level for level, c in enumerate(self.choices[j]) if _is_number(c) and lo <= float(c) <= hi]
+                        for j in np.flatnonzero(self.scored)}
+        return None
+
     def allocate(self, budget: float, condition: tuple | None = None,
-                 exclude: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
+                 exclude: Sequence[Mapping[str, Any]] = (), bracketed: bool = False) -> dict[str, Any] | None:
         """The one-shot allocation within ``budget``: of one condition (a method), or the best
-        by score over all of them (ties: the first); None when nothing fits."""
+        by score over all of them (ties: the first); None when nothing fits. ``bracketed``:
+        the scored parameters take only the two values that bracket the budget
+        (:meth:`bracket`): an allocation that trusts the profile only between two
+        neighbouring values, never where it extrapolates (a quadratic Fisher estimate is least
+        reliable for the largest errors, at 2 bits: see benchmarks/search_smollm2.md)."""
         best, best_score = None, np.inf
         for cond in ([tuple(condition)] if condition is not None else self.condition_values()):
-            p = self.solve(budget, cond, exclude=exclude)
+            allowed = self.bracket(budget, cond) if bracketed else None
+            if bracketed and allowed is None:
+                continue
+            p = self.solve(budget, cond, exclude=exclude, allowed=allowed)
             if p is None:
                 continue
             s = float(self.score(p))

@@ -130,3 +130,14 @@ def test_without_a_budget_the_sweep_spans_the_costs() -> None:
 def test_rejects_continuous_parameters() -> None:
     with pytest.raises(ValueError, match="not categorical"):
         OneShotAllocator(score=_score, cost=_cost, search_space={"x": optuna.distributions.FloatDistribution(0, 1)})
+
+
+def test_bracketed_allocation_uses_only_the_two_widths_around_the_budget() -> None:
+    budget = _cost({k: 3 for k in SPACE}) + 0.5
+    a = OneShotAllocator(score=_score, cost=_cost, search_space=SPACE)
+    assert a.bracket(budget, ()) == {j: [1, 2] for j in range(N)}  # the levels of 3 and 4 bits
+    p = a.allocate(budget, bracketed=True)
+    assert set(p.values()) <= {3, 4} and _cost(p) <= budget + 1e-9
+    within = [q for q in GRID if set(q.values()) <= {3, 4} and _cost(q) <= budget + 1e-9]
+    assert _score(p)[-1] == pytest.approx(min(_score(q)[-1] for q in within))
+    assert a.bracket(_cost({k: 8 for k in SPACE}) + 1.0, ()) is None  # every width fits: no bracket

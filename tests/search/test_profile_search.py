@@ -59,13 +59,15 @@ def _study(n: int, seed: int = 0) -> optuna.Study:
 
 
 def test_the_first_trials_are_the_one_shot_per_method_then_the_family_trade() -> None:
-    study = _study(4)
+    study = _study(5)
     alloc = OneShotAllocator(score=_profile, cost=_memory, search_space=SPACE, hold={"rank.all": 8})
     params = [t.params for t in study.trials]
     assert params[0] == alloc.allocate(BUDGET, ("qlora",))
     assert params[1] == alloc.allocate(BUDGET, ("loftq",))
+    # the profile trusted only between the two widths around the budget (3 and 4 bits here)
+    assert set(_bits(params[2])) <= {3, 4} and params[2] != params[0]
     # the profile cannot score the rank: one trial trades it (one level down) for bits
-    assert params[2]["rank.all"] == 4 and _bits(params[2]).sum() > _bits(params[0]).sum()
+    assert params[3]["rank.all"] == 4 and _bits(params[3]).sum() > _bits(params[0]).sum()
     assert all(_memory(p) <= BUDGET + 1e-9 for p in params)
 
 
