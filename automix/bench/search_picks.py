@@ -5,7 +5,9 @@ against the one-shot allocation and the uniform configuration (``automix bench s
 * **one-shot**: the profile's scores and an exact integer program under the budget
   (:class:`automix.search.oneshot.OneShotAllocator`, as a study builds it: prune ratios and
   ranks held at the search space's ``fixed`` values), one trial per method; its pick is the better
-  of them (what a user who tries each method once gets).
+  of them (what a user who tries each method once gets). **oneshot-bracketed**: the same with the
+  bit widths limited to the two around the budget (3 and 4 bits between the all-3-bit and
+  all-4-bit memory). A search's lead is over the best of both.
 * **uniform**: every linear at the same bit width, the highest that fits the budget (prune and
   rank as above), one trial per method.
 * **a search's pick**: its trial with the lowest perplexity on the study's held-out split among
@@ -38,14 +40,15 @@ def _held(backend: Any) -> dict[str, Any]:
     return backend.space.held_values()
 
 
-def oneshot_configs(backend: Any, budget: float) -> list[dict[str, Any]]:
-    """The one-shot allocation within ``budget`` for each of the study's methods."""
+def oneshot_configs(backend: Any, budget: float, bracketed: bool = False) -> list[dict[str, Any]]:
+    """The one-shot allocation within ``budget`` for each of the study's methods (``bracketed``:
+    with the profile trusted only between the two bit widths around the budget)."""
     scores = backend.sensitivity_scores()
     alloc = OneShotAllocator(score=backend.space.feature_fn(scores), cost=backend.memory_function(),
                              search_space=dict(backend.distributions), hold=_held(backend))
     out = []
     for method in backend.cfg.methods:
-        p = alloc.allocate(budget, (method,))
+        p = alloc.allocate(budget, (method,), bracketed=bracketed)
         if p is not None:
             out.append(p)
     return out

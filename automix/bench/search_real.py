@@ -43,11 +43,11 @@ from automix.study.loop import ask_configuration
 from automix.trial import TrialSpec, run_trial
 from automix.trial.models import model_fingerprint
 
-SAMPLERS = ("automix", "oneshot", "uniform", "random", "tpe", "nsgaii", "gp")
+SAMPLERS = ("automix", "oneshot", "oneshot-bracketed", "uniform", "random", "tpe", "nsgaii", "gp")
 _STUDY_SAMPLER = {"automix": "automix", "oneshot": "oneshot", "random": "random", "tpe": "tpe",
                   "nsgaii": "nsga2"}
 # baselines of one trial per method, not studies (automix.bench.search_picks)
-_BASELINES = ("oneshot", "uniform")
+_BASELINES = ("oneshot", "oneshot-bracketed", "uniform")
 # samplers whose choices never read an infeasible trial's objective values (Optuna 5's TPE,
 # NSGA-II and random rank infeasible trials by their constraint violation alone): their
 # configurations over the budget are told a placeholder instead of being trained
@@ -366,6 +366,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                 if k not in ("seeds", "trials", "samplers", "short", "cache", "out", "threads", "budget", "budgets",
                              "merge", "disjoint_batches", "only_runs", "tag")}
     for budget in budgets:
+        for s in samplers:  # the baselines first: one trial per method each
+            if s in _BASELINES:
+                configs = (uniform_configs(backend, budget) if s == "uniform" else
+                           oneshot_configs(backend, budget, bracketed=s == "oneshot-bracketed"))
+                runs[(budget, s, 0)] = [_baseline_trial(cache, backend, p) for p in configs]
         for s in studies:
             for seed in range(args.seeds):
                 key = json.dumps([fp, settings, s, seed, n_for[s], budget] + ([args.tag] if args.tag else []),
@@ -379,10 +384,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                     cache.save()
                 runs[(budget, s, seed)] = [t for t in cache.runs[key] if "params" in t]
                 secs.setdefault((budget, s), []).append(sum(t.get("ask_cpu_s", 0.0) for t in runs[(budget, s, seed)]))
-        for s in samplers:
-            if s in _BASELINES:
-                configs = oneshot_configs(backend, budget) if s == "oneshot" else uniform_configs(backend, budget)
-                runs[(budget, s, 0)] = [_baseline_trial(cache, backend, p) for p in configs]
     if args.only_runs:
         print(f"(ran {cache.new_trials} new trials in {(time.perf_counter() - t_start) / 60:.1f} min)", file=sys.stderr)
         return 0
@@ -507,12 +508,13 @@ def _picks_section(runs: dict, budgets: list[float], samplers: list[str], args: 
                 f"{info['units']} source units that share none with the study's evaluation rows "
                 f"({info['documents']} documents, {info['tokens']} tokens; the pick's trial run again with that "
                 "evaluation data). " if disjoint is not None else "")
-             + "Lead: how much lower the pick's perplexity is than the one-shot pick's (positive: better).", "",
+             + "Lead: how much lower the pick's perplexity is than the best one-shot's, full or bracketed "
+               "(positive: better).", "",
              "| budget | sampler | trials | seed | held-out | disjoint | lead held-out | lead disjoint | pick |",
              "|---|---|---|---|---|---|---|---|---|"]
     leads: dict[tuple[str, int], list[tuple[float, float | None]]] = {}
     for budget in budgets:
-        base = pick(runs.get((budget, "oneshot", 0), []), budget)
+        base = pick(runs.get((budget, "oneshot", 0), []) + runs.get((budget, "oneshot-bracketed", 0), []), budget)
         b1 = base["perplexity"] if base else None
         b2 = second(base["params"]) if base else None
         for s in samplers:
@@ -565,7 +567,7 @@ def _cost_section(runs: dict, budgets: list[float], samplers: list[str], args: a
             minutes.append(sum(trial_s(t) for t in trained) / 60)
         if counts:
             lines.append(f"| {s} | {statistics.median(counts):g} | {statistics.median(minutes):.1f} | "
-                         f"{'yes' if s in ('automix', 'oneshot') else 'no'} |")
+                         f"{'yes' if s == 'automix' or s.startswith('oneshot') else 'no'} |")
     return lines + [""]
 
 
