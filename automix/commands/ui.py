@@ -33,18 +33,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _optuna_dashboard() -> list[str]:
-    """How to start optuna-dashboard with this Python: its script next to this interpreter (a
-    virtual environment that is not activated has its bin/ off PATH), else its entry point run by
-    this interpreter, else one on PATH."""
+    """How to start optuna-dashboard: when this Python has it, its script next to this interpreter
+    (a virtual environment that is not activated has its bin/ off PATH) or its entry point run by
+    this interpreter; else one on PATH."""
     import importlib.util
     import shutil
 
-    beside = Path(sys.executable).parent / "optuna-dashboard"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return [str(beside)]
     if importlib.util.find_spec("optuna_dashboard") is not None:
+        beside = Path(sys.executable).parent / "optuna-dashboard"
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return [str(beside)]
         return [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())"]
-    if shutil.which("optuna-dashboard"):
+    if shutil.which("optuna-dashboard"):  # installed elsewhere (e.g. with pipx)
         return [str(shutil.which("optuna-dashboard"))]
     raise SystemExit("optuna-dashboard is not installed: `pip install optuna-dashboard` "
                      "(or `make setup`), then run `automix ui --optuna` again")

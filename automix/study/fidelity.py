@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from automix.config.study import StudyConfig, StudyConfigError
 from automix.search._optuna_compat import storage_of
 from automix.search.pruners import ParetoPruner
+from automix.study.storage import dashboard_note, fidelity_note
 
 __all__ = ["make_pruner", "FidelityLedger", "fidelity_study_name"]
 
@@ -66,6 +67,7 @@ class FidelityLedger:
         self.study = optuna.create_study(
             storage=storage_of(study), study_name=fidelity_study_name(cfg.name), direction=cfg.directions[0],
             pruner=pruner, sampler=optuna.samplers.RandomSampler(seed=0), load_if_exists=True)
+        dashboard_note(self.study, fidelity_note(cfg))  # optuna-dashboard lists it beside the search
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             self.study.tell(t.number, state=TrialState.FAIL)  # left by a driver that died
         self._trials: dict[int, optuna.Trial] = {}

@@ -38,7 +38,8 @@ from automix.study.executors import RayExecutor
 from automix.study.fidelity import FidelityLedger, make_pruner
 from automix.study.progress import StudyProgress
 from automix.study.results import finished_trials, is_feasible, normalized_hypervolume, objective_values, pareto_numbers
-from automix.study.storage import DRIVER_ATTR, StudyBusyError, StudyLease, open_study, requeue_stale
+from automix.study.storage import (DRIVER_ATTR, StudyBusyError, StudyLease, dashboard_note, open_study, requeue_stale,
+                                   study_note)
 from automix.study.tracking import Tracker
 
 __all__ = ["TrialBackend", "StudyRun", "run_study", "ask_configuration"]
@@ -183,6 +184,7 @@ def _drive(cfg: Any, backend: TrialBackend, executor: Any, sampler: Any, lease: 
     config = {**cfg.model_dump(mode="json"), "storage": cfg.storage_url, "tracking_uri": cfg.tracking}
     if study.user_attrs.get("config") != config:
         study.set_user_attr("config", config)  # status / export work from the name alone
+    dashboard_note(study, study_note(cfg))  # what optuna-dashboard cannot say: units, the companion study
     run.requeued = requeue_stale(study, keep_driver=lease.token)
     tracker = Tracker(cfg.tracking, cfg.name)
     pending: dict[int, dict] = {}
@@ -319,6 +321,7 @@ def _finish(study: Any, tracker: Any, cfg: Any, outcome: Any, info: dict, run: S
             study.tell(outcome.key, state=TrialState.FAIL)
         else:
             storage.set_trial_user_attr(tid, "memory_objective", values[1])
+            storage.set_trial_user_attr(tid, "memory_mib", round(values[1] / 2**20, 4))  # optuna-dashboard's view
             study.tell(outcome.key, values)
     except UpdateFinishedTrialError:
         if lease is not None:

@@ -32,10 +32,10 @@ from optuna.trial import TrialState
 from sqlalchemy.pool import NullPool
 
 from automix.config.locations import relocate_recorded_store
-from automix.config.study import StudyConfig, StudyConfigError, default_storage_url, load_study
+from automix.config.study import StudyConfig, StudyConfigError, default_storage_url, format_size, load_study
 from automix.search._optuna_compat import storage_of, trial_id
 
-__all__ = ["open_study", "metric_names", "requeue_stale", "study_from_ref", "sqlite_lock", "StudyLease", "LeaseHolder",
+__all__ = ["open_study", "metric_names", "dashboard_note", "study_note", "requeue_stale", "study_from_ref", "sqlite_lock", "StudyLease", "LeaseHolder",
            "StudyBusyError", "LEASE_HEARTBEAT_S", "LEASE_EXPIRY_S", "DRIVER_ATTR"]
 
 LEASE_TABLE = "automix_study_lease"
@@ -105,6 +105,47 @@ def open_study(cfg: Any, sampler: Any = None, *, create: bool = True) -> Any:
 def metric_names(cfg: Any) -> list[str]:
     """The objectives' names as optuna-dashboard shows them (memory is in bytes)."""
     return [{"memory": "memory_bytes"}.get(n, n) for n in cfg.objective_names]
+
+
+def dashboard_note(study: Any, text: str) -> bool:
+    """Put ``text`` (Markdown) in optuna-dashboard's note of ``study``, once: a note already there
+    (ours, or one the user wrote in the dashboard) is kept. False when nothing was written
+    (optuna-dashboard not installed, or a note there)."""
+    try:
+        from optuna_dashboard import get_note, save_note  # lazy: optional; only the dashboard reads notes
+    except ImportError:
+        return False
+    if get_note(study):
+        return False
+    save_note(study, text)
+    return True
+
+
+def study_note(cfg: Any) -> str:
+    """What optuna-dashboard cannot say about a study: the units of its objectives, and what its
+    companion study is."""
+    memory = "predicted by the analytic memory model" if cfg.objectives.memory == "predicted" else "measured"
+    lines = [f"## {cfg.name} (an automix study)", "",
+             f"Objectives: **{cfg.objectives.quality}** ({cfg.directions[0]}) and **memory_bytes**, the "
+             f"training step's peak memory in bytes ({memory}); the budget is {format_size(cfg.memory_budget)} "
+             f"({cfg.memory_budget} bytes). Each trial's user attribute `memory_mib` is the same memory in MiB.",
+             "", f"`automix status {cfg.name}` lists the trials and the front, `automix export {cfg.name}` "
+             "writes a pick, `automix ui` opens the MLflow runs."]
+    if cfg.pruner.enabled:
+        lines += ["", f"The study **{cfg.name}.fidelity** beside this one is its companion, not a search: "
+                  f"the one-objective study through which the `{cfg.pruner.name}` pruner stops hopeless trials."]
+    return "\n".join(lines)
+
+
+def fidelity_note(cfg: Any) -> str:
+    """optuna-dashboard's note of the companion study of a search with a pruner."""
+    return "\n".join([
+        f"## {cfg.name}.fidelity (companion of the automix study {cfg.name})", "",
+        f"Not a search of its own: the one-objective study whose `{cfg.pruner.name}` pruner judges the running "
+        f"trials of **{cfg.name}** on their held-out {cfg.objectives.quality} after 0, "
+        f"{cfg.pruner.report_every(cfg.trial.steps)}, ... training steps. One trial here per trial there "
+        f"(user attribute `trial`, memory in bytes in `memory`); results, memory and the front are in "
+        f"**{cfg.name}**."])
 
 
 # -- the lease ---------------------------------------------------------------------------------

@@ -142,6 +142,22 @@ def adopt_artifact_roots(uri: str) -> str:
             f"{', '.join(repr(n) for n, _ in moved)} now go to {here} (they pointed at {', '.join(roots)})")
 
 
+def _spread(steps: list[int], start_ms: int, end_ms: int) -> list[int]:
+    """A timestamp per point of a metric history: a trial reports no wall time per step, so its
+    steps are placed in proportion over the run (start to end), each later than the one before;
+    with one timestamp for all, MLflow's time axis draws the curve as a vertical line."""
+    if not steps:
+        return []
+    last = max(max(steps), 1)
+    span = max(end_ms - start_ms, len(steps))
+    out, prev = [], start_ms - 1
+    for s in steps:
+        at = max(start_ms + int(span * max(s, 0) / last), prev + 1)
+        out.append(at)
+        prev = at
+    return out
+
+
 def _forget_artifact_repos() -> None:
     """MLflow keeps each run's artifact repository per process, by run id: a process that used the
     original store must not keep writing there after the locations changed."""
@@ -351,7 +367,9 @@ class Tracker:
         ms = [Metric(k, float(v), ts, 0) for k, v in _with_mib(metrics).items()
               if v is not None and v == v and abs(float(v)) != float("inf")]
         logged = {m.key for m in ms}  # a value given both ways is logged once, as a metric
-        ms += [Metric(k, float(v), ts, int(step)) for k, pairs in (histories or {}).items() for step, v in pairs
+        start = int(started * 1000) if started else ts
+        ms += [Metric(k, float(v), at, int(step)) for k, pairs in (histories or {}).items()
+               for (step, v), at in zip(pairs, _spread([s for s, _ in pairs], start, ts))
                if v is not None and v == v and abs(float(v)) != float("inf")]
         ps = [Param(k, _fmt(v)) for k, v in params.items() if v is not None and k not in logged]
         if len(ps) > 300:  # per-layer raw params of a big model: the JSON artifact holds them
