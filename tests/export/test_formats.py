@@ -251,3 +251,20 @@ def test_all_legacy_types_are_written_directly_and_read_back(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())["formats"]["llama-cpp"]
     assert manifest["quantized"] == "model-automix.gguf" and manifest["gguf_perplexity"] > 0
     assert os.access(lc / "quantize.sh", os.X_OK)
+
+
+def test_cli_refusal_names_the_reason_and_the_trials_that_can(tmp_path, capsys, monkeypatch):
+    import automix.export as export
+    from automix.cli import main
+
+    cfg, study = study_of(tmp_path, [spec(MIXED, "qst"), spec(MIXED, "qeft"), spec(MIXED)])
+    study.set_user_attr("config", {**cfg.model_dump(mode="json"), "storage": cfg.storage_url})
+    monkeypatch.setattr(export, "run_trial", lambda *a, **k: pytest.fail("re-ran a refused trial"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "fx", "--storage", cfg.storage_url, "--trial", "0", "--format", "peft"]) == 2
+    err = capsys.readouterr().err
+    assert "trial 0 (qst) cannot be exported as peft: method 'qst' has no LoRA adapter" in err
+    assert "front trials that can: 2 (`automix export fx --trial N`); nothing was re-run or written" in err
+    assert not (tmp_path / "exported").exists()
+    assert main(["export", "fx", "--storage", cfg.storage_url, "--trial", "1", "--pick", "memory"]) == 2
+    assert "--trial N names the trial itself" in capsys.readouterr().err
