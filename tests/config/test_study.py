@@ -71,7 +71,7 @@ def test_unknown_key_names_file_line_and_key(tmp_path):
     p = write(tmp_path, GOOD + "trial:\n  steps: 5\n  stpes: 3\n")
     with pytest.raises(StudyConfigError) as e:
         load_study(p)
-    assert f"{p}:11: trial.stpes: unknown key" in str(e.value)
+    assert f"{p}:11: trial.stpes: unknown key; did you mean 'steps'?" in str(e.value)
 
 
 def test_bad_values_and_missing_keys(tmp_path):
