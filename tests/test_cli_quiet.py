@@ -221,3 +221,16 @@ def test_search_is_quiet_shows_progress_and_ends_with_next_commands(tmp_path):
     # the commands it names work as written
     assert main(shlex.split(nxt[0])[1:]) == 0
     assert main([*shlex.split(nxt[3])[1:], "--dry-run"]) == 0
+
+
+def test_resume_says_when_the_store_cannot_be_read(tmp_path):
+    """--resume on a storage that is not an Optuna database names it and stops; it is not taken
+    for 'no such study' (or a new one)."""
+    (tmp_path / "optuna.db").write_text("this is not a database\n" * 100)
+    study = (REPO / "studies" / "quickstart.yaml").read_text()
+    space = REPO / "search_spaces" / "quickstart.yaml"
+    (tmp_path / "s.yaml").write_text(study.replace("search_spaces/quickstart.yaml", str(space))
+                                     + f"storage: sqlite:///{tmp_path}/optuna.db\n")
+    r = automix("search", "s.yaml", "--resume", cwd=tmp_path)
+    assert r.returncode != 0
+    assert "--resume: cannot read the studies of sqlite:///" in r.stderr and "optuna.db" in r.stderr

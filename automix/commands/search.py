@@ -65,11 +65,13 @@ def _search(args: argparse.Namespace, console: Any) -> int:
         import optuna
         from pathlib import Path
 
+        import sqlalchemy.exc
+
         db = cfg.storage_url[len("sqlite:///"):] if cfg.storage_url.startswith("sqlite:///") else None
         try:  # (a missing SQLite file is not created just to be asked)
             names = [] if db is not None and not Path(db).is_file() else optuna.get_all_study_names(cfg.storage_url)
-        except Exception:
-            names = []
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+            raise SystemExit(f"--resume: cannot read the studies of {cfg.storage_url}: {err}") from None
         if cfg.name not in names:
             raise SystemExit(f"--resume: no study {cfg.name!r} in {cfg.storage_url}")
     backend = AutomixBackend(cfg)
