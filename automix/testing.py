@@ -12,6 +12,7 @@ that Ray workers importing the doubles do not load it).
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Mapping
@@ -28,10 +29,11 @@ _PROBLEMS = ("KINDS", "ProblemCase", "SUITE", "SyntheticProblem")
 
 
 def __getattr__(name: str) -> Any:
-    if name in _PROBLEMS:  # the generated problems: automix.bench.problems, loaded on first use
-        import automix.bench.problems as problems  # lazy: Ray workers import this module for the doubles
-
-        return getattr(problems, name)
+    """The generated problems' names, for code written when they lived here: they are
+    `automix.bench.problems`' (looked up by name on first use, so that the doubles, which Ray
+    workers import, depend on nothing of the benchmarks)."""
+    if name in _PROBLEMS:
+        return getattr(importlib.import_module("automix.bench.problems"), name)
     raise AttributeError(f"module 'automix.testing' has no attribute {name!r}")
 
 

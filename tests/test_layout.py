@@ -11,6 +11,9 @@ Strings (lazy registries, importlib.import_module) are not followed. Checked:
      study reaches trial only through the `automix.trial` package entry point);
   5. every nested import of our own modules has a `# lazy: <reason>` comment on its line or the
      line above;
+  6. no cycle between packages either (the layers below, e.g. quant -> kernels -> quant);
+  7. a dependency's private attributes (`study._get_trials`: any `obj._name` whose name no module
+     of ours defines) are read only in the compat modules (COMPAT);
 plus: every import of `automix...` resolves to a module of the tree.
 
 Run:  python -m pytest tests/test_layout.py -q     or     python tests/test_layout.py  (report)
@@ -40,7 +43,7 @@ ALLOWED = {
     "quant": {"config", "arch", "kernels"},
     "kernels": {"config", "arch", "quant"},
     "methods": {"config", "arch", "quant", "kernels"},
-    "builtin": {"config", "arch", "trial"},
+    "builtin": {"config", "arch"},  # a leaf below trial (pretraining, which reads trial.data, is in trial/)
     "trial": {"config", "reporting", "arch", "quant", "kernels", "methods", "builtin"},
     "study": {"config", "reporting", "arch", "search", "builtin", "trial"},
     "export": ALL - {"bench", "testing"},
@@ -54,6 +57,8 @@ ALLOWED = {
 ENTRY_POINT_ONLY = {("study", "trial")}  # (importer, imported): only the package __init__ itself
 NO_TORCH = {"search"}
 OPTUNA_COMPAT = "automix.search._optuna_compat"
+# the modules that may use dependencies' private API (one per dependency)
+COMPAT = {"automix/search/_optuna_compat.py", "automix/study/_ray_compat.py", "automix/trial/_torch_compat.py"}
 LAZY_NOTE = re.compile(r"#\s*lazy:\s*\S")
 
 
@@ -120,12 +125,18 @@ def build(files: dict[str, tuple[str, str]]) -> tuple[set[str], list[Imp]]:
 
 
 @lru_cache(maxsize=None)
-def tree() -> tuple[set[str], list[Imp]]:
+def sources() -> dict[str, tuple[str, str]]:
+    """relative path -> (module prefix, source) of every file of the tree."""
     files = {}
     for prefix, folder in SOURCES.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
             files[path.relative_to(ROOT).as_posix()] = (prefix, path.read_text(encoding="utf-8"))
-    return build(files)
+    return files
+
+
+@lru_cache(maxsize=None)
+def tree() -> tuple[set[str], list[Imp]]:
+    return build(sources())
 
 
 def target(imp: Imp, modules: set[str]) -> str:
@@ -143,7 +154,9 @@ def own_edges(modules: set[str], imports: list[Imp]) -> list[tuple[Imp, str]]:
 
 def layer(mod: str) -> str:
     parts = mod.split(".")
-    return "automix" if len(parts) == 1 or parts[1] == "__main__" else parts[1]
+    if len(parts) > 1 and parts[1] == "__main__":
+        return "cli"  # `python -m automix` is the command line
+    return "automix" if len(parts) == 1 else parts[1]
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -233,8 +246,57 @@ def check_resolved(modules, imports) -> list[str]:
             for i in imports if i.module.split(".")[0] == "automix" and target(i, modules) not in modules]
 
 
+def package_graph(modules, imports) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for imp, t in own_edges(modules, imports):
+        if layer(imp.src) != layer(t):
+            graph.setdefault(layer(imp.src), set()).add(layer(t))
+    return graph
+
+
+def check_package_cycles(modules, imports) -> list[str]:
+    graph = package_graph(modules, imports)
+    out = []
+    for c in find_cycles(graph):
+        where = [next(i.where for i, t in own_edges(modules, imports) if layer(i.src) == a and layer(t) == b)
+                 for a, b in zip(c, c[1:])]
+        out.append("package cycle: " + " -> ".join(c) + "  (" + ", ".join(where) + ")")
+    return out
+
+
+def private_reads(files: dict[str, tuple[str, str]]) -> list[str]:
+    """`obj._name` reads of names no module of ours defines, outside the compat modules."""
+    ours: set[str] = set()
+    trees = {rel: ast.parse(src, filename=rel) for rel, (_, src) in files.items()}
+    for t in trees.values():
+        for node in ast.walk(t):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                ours.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                ours.add(node.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                ours.add(node.attr)
+            elif isinstance(node, ast.arg):
+                ours.add(node.arg)
+            elif isinstance(node, ast.alias):
+                ours.add(node.asname or node.name.split(".")[-1])
+    bad = []
+    for rel, t in trees.items():
+        if rel in COMPAT:
+            continue
+        for node in ast.walk(t):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and _private(node.attr) \
+                    and node.attr not in ours:
+                bad.append(f"{rel}:{node.lineno}: .{node.attr} is a dependency's private API (only in {sorted(COMPAT)})")
+    return bad
+
+
+def check_private_attributes(modules, imports) -> list[str]:
+    return private_reads(sources())
+
+
 CHECKS = [check_cycles, check_bench_and_testing, check_optuna_private, check_layers,
-          check_lazy_notes, check_resolved]
+          check_lazy_notes, check_resolved, check_package_cycles, check_private_attributes]
 
 
 def _run(check) -> None:
@@ -249,6 +311,8 @@ def test_optuna_private_api_only_in_compat_module(): _run(check_optuna_private)
 def test_layering(): _run(check_layers)
 def test_nested_own_imports_say_why(): _run(check_lazy_notes)
 def test_own_imports_resolve(): _run(check_resolved)
+def test_no_package_cycles(): _run(check_package_cycles)
+def test_dependencies_private_api_only_in_compat_modules(): _run(check_private_attributes)
 
 
 def test_checker_on_synthetic_sources():
@@ -295,6 +359,15 @@ def f():
         "automix/study/run.py:2", "kernels/a.py:3"], layers
     assert "torch" in layers[-1] and "uses only automix.trial" in layers[-2]
     assert find_cycles({"a": {"a"}}) == [["a", "a"]] and find_cycles({"a": {"b"}, "b": set()}) == []
+    # package cycles: config -> search -> config (through space.py)
+    assert any("config -> search -> config" in m for m in check_package_cycles(modules, imports))
+    reads = private_reads({"automix/search/s.py": ("automix", "class A:\n    def __init__(self): self._x = 1\n"
+                                                              "    def _own(self): return self._x\n"
+                                                              "def f(study, a):\n    a._own()\n"
+                                                              "    return study._get_trials()\n"),
+                           "automix/search/_optuna_compat.py": ("automix", "def g(s):\n    return s._storage\n")})
+    assert reads == ["automix/search/s.py:6: ._get_trials is a dependency's private API "
+                     f"(only in {sorted(COMPAT)})"], reads
 
 
 def main() -> int:

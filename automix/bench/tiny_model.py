@@ -20,7 +20,7 @@ import torch
 
 from automix.arch import linear_weight, target_layers
 from automix.builtin import corpus
-from automix.builtin.pretrain import probe_accuracies
+from automix.trial.pretrain import probe_accuracies
 from automix.quant import quantize
 from automix.trial.data import LMTask, get_task
 from automix.trial.models import load_model

@@ -3,7 +3,8 @@
 `builtin_model_dir` is the one place that knows where a built-in model lives: shipped in the
 package (``assets/tiny``) or trained by ``automix pretrain --size SIZE`` into the user cache.
 Loading never trains: a missing model is an error that says which command makes it.
-`corpus` generates the documents and the BoolQ-style examples; `pretrain` trains the model.
+`corpus` generates the documents and the BoolQ-style examples; `automix.trial.pretrain` trains
+the model.
 """
 
 from __future__ import annotations

@@ -12,7 +12,14 @@ import argparse
 import contextlib
 import os
 import shlex
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
+
+
+class Subparsers(Protocol):
+    """What `ArgumentParser.add_subparsers()` returns, as the commands use it (argparse's own
+    class for it is private)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 # columns of a command's output when it goes to a pipe or a file (rich would wrap tables at 80)

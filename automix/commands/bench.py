@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from automix.commands import Subparsers
+
 # benchmark name -> module exposing main(argv) -> int
 BENCHMARKS = {
     "kernels": "automix.bench.kernels",
@@ -22,7 +24,7 @@ BENCHMARKS = {
 }
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("bench", help="run a benchmark and print its table")
     p.add_argument("which", choices=sorted(BENCHMARKS), help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark (see its --help)")

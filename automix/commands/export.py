@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from automix.commands import add_study_argument, output_console, rerun_command, study_argument, trial_threads
+from automix.commands import Subparsers, add_study_argument, output_console, rerun_command, study_argument, trial_threads
 from automix.config.registry import EXPORT_FORMATS
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("export", help="export the best configuration of a study under a memory limit")
     add_study_argument(p)
     p.add_argument("--max-memory", default=None,

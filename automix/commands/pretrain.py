@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from automix.commands import Subparsers
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+
+def add_parser(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "pretrain",
         help="train the built-in tiny/small model (cached in the user cache dir and reused)",
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from automix.builtin import cached_model_dir  # lazy: CLI start-up (a command loads only what it runs)
-    from automix.builtin.pretrain import pretrain, probe_accuracies
+    from automix.trial.pretrain import pretrain, probe_accuracies
 
     if args.steps is not None and args.steps < 1:
         raise SystemExit(f"automix pretrain: --steps must be >= 1, got {args.steps}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 
+from automix.commands import Subparsers
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "profile", help="measure per-layer quantization sensitivity (cached per model and data)",
         description="Estimate, for every linear layer and bit width, how much quantizing that layer "

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from automix.commands import add_study_argument, study_argument
+from automix.commands import Subparsers, add_study_argument, study_argument
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "report", help="HTML + PNG report of a study's fronts, hypervolume, calibration and configurations",
         description="Write a self-contained HTML report (plotly, opens offline) and one PNG per view, "

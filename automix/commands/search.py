@@ -8,10 +8,10 @@ import shlex
 import warnings
 from typing import Any
 
-from automix.commands import output_console, rerun_command, trial_threads
+from automix.commands import Subparsers, output_console, rerun_command, trial_threads
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("search", help="run or resume a study (Ray trials, Optuna + MLflow tracking)",
                        description="Run a study: the driver asks the sampler for configurations, runs "
                        "them as Ray tasks and records results in Optuna and MLflow. Re-running the "

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from automix.commands import add_study_argument, output_console, study_argument
+from automix.commands import Subparsers, add_study_argument, output_console, study_argument
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("status", help="table of a study's trials and its Pareto front",
                        description="The trials of a study (finished, interrupted, waiting, running), "
                                    "its Pareto front, and which driver runs it.")

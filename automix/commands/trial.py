@@ -7,6 +7,7 @@ import json
 import sys
 
 from automix.config.study import DTYPES, OPTIMIZERS, QUANTIZERS
+from automix.commands import Subparsers
 
 # The fine-tuning methods of automix.methods.REGISTRY (which imports torch: `automix --help` must
 # not), with what each does; tests/test_cli_trial.py checks they agree.
@@ -43,7 +44,7 @@ def _description() -> str:
     return f"{intro}\n\nmethods (--method):\n{methods}"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("trial", help="run one trial: prepare, fine-tune, evaluate, measure memory",
                        description=_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,

@@ -18,8 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from automix.commands import Subparsers
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("ui", help="open the MLflow UI (or optuna-dashboard) on the tracking stores")
     p.add_argument("--tracking-uri", default=None, help="MLflow backend (default: the working dir's SQLite file)")
     p.add_argument("--optuna", action="store_true", help="open optuna-dashboard on the Optuna storage instead")

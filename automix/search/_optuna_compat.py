@@ -18,13 +18,19 @@ from optuna.trial import FrozenTrial
 
 __all__ = [
     "compute_hypervolume", "get_non_dominated_box_bounds", "process_constraints_after_trial",
-    "storage_of", "study_id", "trial_id", "trial_id_of_number",
+    "storage_of", "study_id", "trial_id", "trial_id_of_number", "trials_of",
 ]
 
 
 def process_constraints_after_trial(constraints_func: Any, study: Study, trial: FrozenTrial, state: Any) -> None:
     """Evaluate an old-style ``constraints_func`` and store its values as Optuna's samplers do."""
     _process_constraints_after_trial(constraints_func, study, trial, state)
+
+
+def trials_of(study: Study) -> list[FrozenTrial]:
+    """The study's trials as Optuna's own samplers read them while sampling: not copied, from
+    the storage's cache (``Study.get_trials`` copies each, or reads the storage again)."""
+    return study._get_trials(deepcopy=False, use_cache=True)
 
 
 def storage_of(study: Study) -> BaseStorage:

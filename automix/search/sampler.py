@@ -38,7 +38,7 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from automix.search._optuna_compat import process_constraints_after_trial, storage_of, study_id, trial_id
+from automix.search._optuna_compat import process_constraints_after_trial, storage_of, study_id, trial_id, trials_of
 from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._acquisition import ModelPrediction, ehvi_pick, reference_point
 from automix.search._candidates import greedy_path, nsga2_candidates
@@ -173,7 +173,7 @@ class AutoMixSampler(BaseSampler):
             return {}
         with self._lock:
             codec = self._get_codec(search_space)
-            trials = study._get_trials(deepcopy=False, use_cache=True)
+            trials = trials_of(study)
             complete, taken, pending, pruned = self._collect(study, trials, codec, trial)
             if not self._started(complete, pruned):
                 genome = self._next_design_point(codec, taken)

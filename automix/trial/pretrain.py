@@ -1,5 +1,8 @@
 """Train the built-in Llama-architecture model on the synthetic corpus (`automix pretrain`).
 
+(It lives in `trial/`, not `builtin/`, because it trains with the trial layer's BoolQ task:
+`builtin` stays a leaf that `trial` reads.)
+
 The model must really learn the corpus' in-context tasks (see `automix.builtin.corpus`), otherwise its
 quantization sensitivity is fake. What makes that happen in a few CPU minutes: a tiny BPE
 vocabulary (digits split, so arithmetic is per digit), documents packed whole into short
@@ -20,6 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from automix.builtin import cached_model_dir, corpus
+from automix.trial._torch_compat import cpu_has_bf16
 from automix.trial.data import BoolQTask
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
@@ -130,14 +134,6 @@ def build_model(cfg: PretrainConfig, tokenizer: Any) -> torch.nn.Module:
     return LlamaForCausalLM(mc)
 
 
-def _cpu_has_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 / AMX); elsewhere autocast would be slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def lr_at(step: int, cfg: PretrainConfig, steps: int) -> float:
     """Linear warm-up then cosine decay to `min_lr_frac` of the peak."""
     warm = max(1, int(cfg.warmup_frac * steps))
@@ -172,7 +168,7 @@ def pretrain(size: str = "tiny", out: str | Path | None = None, steps: int | Non
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    bf16 = cfg.bf16_autocast and _cpu_has_bf16()
+    bf16 = cfg.bf16_autocast and cpu_has_bf16()
     batches = packed_batches(tokenizer, corpus.documents(corpus.TRAIN_SEED_BASE + seed), cfg.batch_size,
                              cfg.seq_len)
     history: list[tuple[int, float]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from automix import builtin
-from automix.builtin import pretrain
+from automix.trial import pretrain
 from automix.trial import models
 
 

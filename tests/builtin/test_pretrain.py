@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from automix import arch
-from automix.builtin import corpus, pretrain
+from automix.builtin import corpus
+from automix.trial import pretrain
 
 from automix.trial import models
 

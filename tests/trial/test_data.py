@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from automix.trial import data
-from automix.builtin.pretrain import build_tokenizer
+from automix.trial.pretrain import build_tokenizer
 
 
 @pytest.fixture(scope="module")

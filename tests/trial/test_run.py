@@ -11,7 +11,7 @@ from automix.trial import TrialResult, TrialSpec, run_trial
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from automix.builtin.pretrain import build_tokenizer
+    from automix.trial.pretrain import build_tokenizer
 
     out = tmp_path_factory.mktemp("model")
     tok = build_tokenizer(256, seed=0, n_docs=1500)
