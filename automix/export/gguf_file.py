@@ -5,9 +5,10 @@ GGUF architecture ``llama``, with q/k rows permuted for its rotary layout) and `
 permutation; q/k/v biases): the architecture's hyper-parameters, a byte-level BPE tokenizer
 (``tokenizer.ggml.model = gpt2``: tokens, merges, token types, special ids; the pre-tokenizer is
 named from ``tokenizer.json``), and every tensor under its GGUF name. 2-D weights are written in
-16 bits (``F16``) or, given ``types``, quantized by `gguf`'s own quantizers, which compute what
-llama.cpp's reference quantizers do (``Q4_0``, ``Q4_1``, ``Q5_0``, ``Q5_1``, ``Q8_0``); norms
-and biases stay ``F32``, as llama.cpp keeps them. :func:`read_types` reads a file back.
+16 bits (``F16``) or, given ``types``, quantized by `gguf`'s own quantizers from the 16-bit
+values, which gives the bytes ``llama-quantize`` writes from the F16 file (``Q4_0``, ``Q4_1``,
+``Q5_0``, ``Q5_1``, ``Q8_0``; checked against llama.cpp's build); norms and biases stay ``F32``,
+as llama.cpp keeps them. :func:`read_types` reads a file back.
 """
 
 from __future__ import annotations
@@ -196,8 +197,10 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, types: Mapping[str,
         elif kind == "f32":
             w.add_tensor(gname, data.astype(np.float32))
         else:
+            # from the 16-bit values, as llama-quantize reads them from the F16 file: the same bytes
             qtype = gguf.GGMLQuantizationType[kind.upper()]
-            w.add_tensor(gname, gguf.quants.quantize(data.astype(np.float32), qtype), raw_dtype=qtype)
+            w.add_tensor(gname, gguf.quants.quantize(data.astype(np.float16).astype(np.float32), qtype),
+                         raw_dtype=qtype)
         written[gname] = kind
     w.add_file_type(_file_type(written))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
