@@ -27,7 +27,7 @@ import numpy as np
 
 from automix.search._residual import ResidualModel, family_of
 from automix.search.batch import Shifted
-from automix.search.oneshot import OneShotAllocator
+from automix.search.oneshot import OneShotAllocator, van_der_corput
 
 __all__ = ["ProfileSearch"]
 
@@ -116,6 +116,28 @@ class ProfileSearch:
     # ----------------------------------------------------------------- guided proposals
     def fit(self, params: Sequence[Mapping[str, Any]], losses: Sequence[float]) -> bool:
         return self.model.fit(params, losses)
+
+    def turn(self, params: Sequence[Mapping[str, Any]], losses: Sequence[float], taken: Sequence[Mapping[str, Any]],
+             n_asked: int, n_guided: int, memory_objective: bool) -> dict[str, Any] | None:
+        """The proposal of the guided phase's ``n_guided``-th turn (``n_asked`` trials asked so
+        far, ``params`` / ``losses`` the finished ones), in turns of three: the exact optimum
+        within the budget of the model's posterior mean, then of a posterior draw (Thompson
+        sampling), then -- when memory is also an objective -- the mean's optimum at a budget
+        down the cost axis (the front below the budget), else None: the learned predictors'
+        turn (EHVI and their exploitation steps). Without a budget (a front), every turn's
+        budget is spread along the cost axis. None also when the model cannot be fitted yet."""
+        turn = n_guided % 3
+        front_turn = turn == 2 and memory_objective and self.budget is not None
+        if turn == 2 and not front_turn:
+            return None
+        if not self.fit(params, losses):
+            return None
+        budget = None
+        if self.budget is None or front_turn:  # budgets spread along the cost axis, turn by turn
+            lo, hi = self.allocator.cost_range()
+            hi = min(hi, self.budget) if self.budget is not None else hi
+            budget = lo + (1.0 - van_der_corput(n_asked if self.budget is None else n_asked // 3 + 1)) * (hi - lo)
+        return self.propose(taken, draw=turn == 1, budget=budget)
 
     def propose(self, taken: Sequence[Mapping[str, Any]], draw: bool, budget: float | None = None
                 ) -> dict[str, Any] | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import threading
 import zlib
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -43,11 +42,11 @@ from automix.search._candidates import UNIFORM_FRACTIONS as _UNIFORM_FRACTIONS
 from automix.search._acquisition import ModelPrediction, ehvi_pick, reference_point
 from automix.search._candidates import greedy_path, nsga2_candidates
 from automix.search._codec import Codec
-from automix.search._exploit import boundary_fills, exploit_proposal, profile_model
+from automix.search._design import Design
+from automix.search._exploit import exploit_proposal, profile_model
 from automix.search._fidelity import LINE_PAIRS, curve_of, impute_final
 from automix.search._profile_search import ProfileSearch
 from automix.search.batch import evaluate_batch
-from automix.search.oneshot import van_der_corput
 from automix.search.predictors import PerformancePredictor
 
 __all__ = ["AutoMixSampler"]
@@ -151,7 +150,7 @@ class AutoMixSampler(BaseSampler):
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # key -> (feats, known)
         self._last: tuple[np.ndarray, np.ndarray, tuple] | None = None  # _evaluate's last genomes,
         # a copy of them and the result
-        self._design: list[np.ndarray] | None = None
+        self._design: Design | None = None
 
     # ----------------------------------------------------------------- BaseSampler API
     def reseed_rng(self) -> None:
@@ -295,119 +294,28 @@ class AutoMixSampler(BaseSampler):
     def _feasible(self, codec: Codec, genome: np.ndarray) -> bool:
         return bool(self._evaluate(codec, genome[None])[2][0])
 
-    def _next_design_point(self, codec: Codec, taken: set[tuple]) -> np.ndarray:
+    def _designer(self, codec: Codec) -> Design:
+        """The start-up design and feasible-point maker of the current codec (built once)."""
         if self._design is None:
-            self._design = self._make_design(codec)
-        for genome in self._design:
+            self._design = Design(codec, lambda G, features=True: self._evaluate(codec, G, features), self._rng)
+        return self._design
+
+    def _next_design_point(self, codec: Codec, taken: set[tuple]) -> np.ndarray:
+        d = self._designer(codec)
+        if d.points is None:
+            if self._profile_configs:  # the one-shot start replaces the space-filling design
+                d.points = d.fixed(self._profile_configs)
+            else:
+                d.points = d.space_filling(self._startup_configs[: self._n_startup],
+                                           self._uniform_count(max(codec.max_levels(), 2)), self._n_startup,
+                                           bool(self._known_constraints))
+        for genome in d.points:
             if codec.key(genome) not in taken:
                 return genome
-        return self._random_feasible(codec, taken)
-
-    def _anchor(self, codec: Codec) -> np.ndarray | None:
-        """A feasible uniform configuration (the cheapest first) to repair others towards."""
-        for frac in _UNIFORM_FRACTIONS:
-            g = codec.uniform(frac)
-            if self._feasible(codec, g):
-                return g
-        return None
-
-    def _repair(self, codec: Codec, pool: np.ndarray) -> np.ndarray:
-        """Make infeasible rows feasible by copying a random subset of genes from the anchor:
-        the smallest such subset found by bisection (random configurations under a tight
-        memory budget are mostly infeasible; repaired ones sit near the budget)."""
-        ok = self._evaluate(codec, pool)[2]
-        if ok.all():
-            return pool
-        anchor = self._anchor(codec)
-        if anchor is None:
-            return pool[ok]
-        out = [g for g in pool[ok]]
-        for g in pool[~ok]:
-            order = self._rng.permutation(codec.dim)
-            lo, hi = 0, codec.dim  # replacing all `hi` genes gives the (feasible) anchor
-            while lo < hi:
-                mid = (lo + hi) // 2
-                trial = g.copy()
-                trial[order[:mid]] = anchor[order[:mid]]
-                if self._feasible(codec, trial):
-                    hi = mid
-                else:
-                    lo = mid + 1
-            fixed = g.copy()
-            fixed[order[:hi]] = anchor[order[:hi]]
-            if self._feasible(codec, fixed):
-                out.append(fixed)
-        return np.array(out).reshape(-1, codec.dim)
-
-    def _make_design(self, codec: Codec) -> list[np.ndarray]:
-        from scipy.stats import qmc
-
-        design: list[np.ndarray] = []
-        seen: set[tuple] = set()
-        if self._profile_configs:  # the one-shot start replaces the space-filling design
-            for params in self._profile_configs:
-                g = codec.encode(params)
-                if codec.key(g) not in seen and self._feasible(codec, g):
-                    design.append(g)
-                    seen.add(codec.key(g))
-            return design
-        for params in self._startup_configs[: self._n_startup]:
-            if set(codec.names) <= params.keys():
-                g = codec.encode(params)
-                if codec.key(g) not in seen and self._feasible(codec, g):
-                    design.append(g)
-                    seen.add(codec.key(g))
-        for frac in _UNIFORM_FRACTIONS[: self._uniform_count(max(codec.max_levels(), 2))]:
-            g = codec.uniform(frac)
-            if codec.key(g) not in seen and self._feasible(codec, g):
-                design.append(g)
-                seen.add(codec.key(g))
-        n_lhs = max(0, self._n_startup - len(design))
-        if n_lhs and codec.dim:
-            seed = int(self._rng.integers(2**31))
-            pool = codec.from_unit(qmc.LatinHypercube(d=codec.dim, seed=seed).random(8 * n_lhs))
-            pool = self._repair(codec, pool)
-            anchor = self._anchor(codec) if self._known_constraints else None
-            if anchor is not None and not self._feasible(codec, codec.uniform(1.0)):
-                # a budget that binds: half the points spread the budget over random subsets
-                def evaluate(g: np.ndarray) -> tuple[bool, float]:
-                    _, _, ok, cons = self._evaluate(codec, g[None])
-                    return bool(ok[0]), float(cons[0].sum())
-
-                fills = boundary_fills(codec, anchor, evaluate, 4 * n_lhs, self._rng)
-                self._spread(codec, fills, design, seen, len(design) + n_lhs // 2)
-            self._spread(codec, pool, design, seen, self._n_startup)
-        return design
-
-    def _spread(self, codec: Codec, pool: np.ndarray, design: list, seen: set, size: int) -> None:
-        """Add points of `pool` to `design` (up to `size`) by greedy max-min distance."""
-        feats = codec.features(pool)
-        used = np.zeros(len(pool), dtype=bool)
-        while len(design) < size and not used.all():
-            if design:
-                ref = codec.features(np.array(design))
-                d = np.min(((feats[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
-            else:
-                d = self._rng.random(len(pool))
-            d[used] = -np.inf
-            i = int(np.argmax(d))
-            used[i] = True
-            if codec.key(pool[i]) not in seen:
-                design.append(pool[i])
-                seen.add(codec.key(pool[i]))
+        return d.random_feasible(taken)
 
     def _random_feasible(self, codec: Codec, taken: set[tuple]) -> np.ndarray:
-        pool = np.empty((0, codec.dim))
-        for _ in range(20):
-            pool = self._repair(codec, codec.from_unit(self._rng.random((64, codec.dim))))
-            for g in pool:
-                if codec.key(g) not in taken:
-                    return g
-        # nothing new and feasible: the least violating configuration, with a warning
-        warnings.warn("AutoMixSampler: no new configuration satisfies known_constraints")
-        pool = codec.from_unit(self._rng.random((256, codec.dim)))
-        violation = np.clip(self._evaluate(codec, pool)[3], 0, None).sum(axis=1)
-        return pool[int(np.argmin(violation))]
+        return self._designer(codec).random_feasible(taken)
 
     def _evaluate(self, codec: Codec, genomes: np.ndarray, features: bool = True):
         """Features, known objective values, known-constraint feasibility and the constraint
@@ -587,29 +495,15 @@ class AutoMixSampler(BaseSampler):
 
     def _profile_proposal(self, codec: Codec, complete: list, pending: list, pruned: list, taken: set[tuple],
                           objective: int, signs: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The profile-residual model's proposals, in turns of three: the exact optimum within the
-        budget of its posterior mean, then of a posterior draw (Thompson sampling), then -- when
-        memory is also an objective -- the mean's optimum at a budget down the cost axis (the
-        front below the budget), else None: the learned predictors' turn (EHVI and their
-        exploitation steps). Without a budget (a front), every turn's budget is spread along the
-        cost axis. None also when the model cannot be fitted yet."""
-        turn = (len(complete) + len(pending) + len(pruned) - self._n_start) % 3
+        """The profile-residual model's proposal when it is its turn
+        (``automix.search._profile_search.ProfileSearch.turn``), with its predicted values;
+        None on the learned predictors' turn or when the model cannot be fitted yet."""
         profile = self._profile
-        front_turn = turn == 2 and bool(self._known) and profile.budget is not None
-        if turn == 2 and not front_turn:
-            return None
-        params = [codec.decode(g) for _, g in complete]
-        losses = [float(t.values[objective]) * signs[objective] for t, _ in complete]
-        if not profile.fit(params, losses):
-            return None
-        budget = None
-        k = len(complete) + len(pending) + len(pruned)
-        if profile.budget is None or front_turn:  # budgets spread along the cost axis, turn by turn
-            lo, hi = profile.allocator.cost_range()
-            hi = min(hi, profile.budget) if profile.budget is not None else hi
-            budget = lo + (1.0 - van_der_corput(k if profile.budget is None else k // 3 + 1)) * (hi - lo)
-        taken_params = [codec.decode(np.array(key, dtype=float)) for key in taken]
-        p = profile.propose(taken_params, draw=turn == 1, budget=budget)
+        n = len(complete) + len(pending) + len(pruned)
+        p = profile.turn([codec.decode(g) for _, g in complete],
+                         [float(t.values[objective]) * signs[objective] for t, _ in complete],
+                         [codec.decode(np.array(key, dtype=float)) for key in taken],
+                         n, n - self._n_start, memory_objective=bool(self._known))
         if p is None:
             return None
         genome = codec.encode(p)
