@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 
 from automix.bench.report import emit_report
-from automix.bench.search_picks import (disjoint_eval_file, fmt_params, lead, memory_at, oneshot_configs, pick,
-                                        uniform_configs)
+from automix.bench.search_picks import cost_section, memory_at, oneshot_configs, picks_section, uniform_configs
 from automix.config.study import StudyConfig, format_size, load_study, parse_size
 from automix.search._codec import Codec
 from automix.search.pareto import normalized_hypervolume
@@ -420,8 +419,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         ""]
     for budget in budgets:
         lines += _front_section(runs, budget, studies, n_for, args, checkpoints, secs)
-    lines += _picks_section(runs, budgets, samplers, args, backend, cache)
-    lines += _cost_section(runs, budgets, samplers, args, backend, cache, trial_s)
+    lines += picks_section(runs, budgets, samplers, args, backend, cache, _BASELINES)
+    lines += cost_section(runs, samplers, backend, trial_s)
     subject = "automix" if "automix" in studies else studies[0] if studies else None
     if subject is not None:
         others = [t for r in runs.values() for t in r if not t.get("skipped")]
@@ -479,95 +478,6 @@ def _front_section(runs: dict, budget: float, studies: list[str], n_for: dict, a
         lines.append(f"| {s} | " + " | ".join("-" if np.isnan(v) else f"{v:.3f}" for v in med)
                      + f" | {min(last):.3f}..{max(last):.3f} | {statistics.mean(feas):.0%} | "
                      f"{format_best(bests)} | {statistics.median(secs[(budget, s)]):.2f} |")
-    return lines + [""]
-
-
-def _picks_section(runs: dict, budgets: list[float], samplers: list[str], args: argparse.Namespace, backend: Any,
-                   cache: TrialCache) -> list[str]:
-    """Each way of choosing under each budget: the pick's perplexity on the study's held-out split
-    and on the disjoint held-out set, and the search's lead over the one-shot."""
-    disjoint = None
-    if args.disjoint_batches and args.data == "builtin:python-docs":
-        n_rows = (args.eval_batches or 4) * 16
-        disjoint, info = disjoint_eval_file(backend.model_dir, n_rows, args.seq_len,
-                                            (args.cache or Path("benchmarks")).parent / "bench-data")
-    ns = sorted({n for n in (8, args.trials) if n <= args.trials})
-
-    def second(p: dict) -> float | None:
-        if disjoint is None:
-            return None
-        spec = {**backend.payload(p), "eval_data": str(disjoint), "eval_batches": args.disjoint_batches}
-        r = cache.result(spec)
-        return r.get("perplexity") if r.get("status") == "ok" else None
-
-    lines = ["## The pick under each budget against the one-shot and uniform baselines", "",
-             "Pick: a search's feasible trial with the lowest perplexity on the study's held-out split after n "
-             "trials; the one-shot and uniform rows are one trial per method, and their pick the better of "
-             "them. *held-out*: the study's split (what every trial is scored on and the pick chosen by); "
-             + (f"*disjoint*: {args.disjoint_batches} x 16 rows of {args.seq_len} tokens of held-out documents from "
-                f"{info['units']} source units that share none with the study's evaluation rows "
-                f"({info['documents']} documents, {info['tokens']} tokens; the pick's trial run again with that "
-                "evaluation data). " if disjoint is not None else "")
-             + "Lead: how much lower the pick's perplexity is than the best one-shot's, full or bracketed "
-               "(positive: better).", "",
-             "| budget | sampler | trials | seed | held-out | disjoint | lead held-out | lead disjoint | pick |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    leads: dict[tuple[str, int], list[tuple[float, float | None]]] = {}
-    for budget in budgets:
-        base = pick(runs.get((budget, "oneshot", 0), []) + runs.get((budget, "oneshot-bracketed", 0), []), budget)
-        b1 = base["perplexity"] if base else None
-        b2 = second(base["params"]) if base else None
-        for s in samplers:
-            seeds = [0] if s in _BASELINES else list(range(args.seeds))
-            for n in ([None] if s in _BASELINES else ns):
-                for seed in seeds:
-                    t = pick(runs.get((budget, s, seed), []), budget, n)
-                    if t is None:
-                        lines.append(f"| {format_size(budget)} | {s} | {n or '-'} | {seed} | none feasible | | | | |")
-                        continue
-                    d = second(t["params"])
-                    l1 = lead(t["perplexity"], b1) if b1 else None
-                    l2 = lead(d, b2) if d and b2 else None
-                    if s not in _BASELINES:
-                        leads.setdefault((s, n), []).append((l1, l2))
-                    trials = len(runs[(budget, s, seed)]) if s in _BASELINES else n
-                    lines.append(f"| {format_size(budget)} | {s} | {trials} | {seed if s not in _BASELINES else '-'} | "
-                                 f"{t['perplexity']:.2f} | {'-' if d is None else f'{d:.2f}'} | "
-                                 f"{'-' if l1 is None else f'{l1:+.1%}'} | {'-' if l2 is None else f'{l2:+.1%}'} | "
-                                 f"{fmt_params(t['params'])} |")
-    lines += ["", "Lead over the one-shot pick, over budgets and seeds (median; worst):", "",
-              "| sampler | trials | held-out | disjoint |", "|---|---|---|---|"]
-    for (s, n), vals in sorted(leads.items()):
-        a = [v for v, _ in vals if v is not None]
-        b = [v for _, v in vals if v is not None]
-        cell = lambda v: f"{np.median(v):+.1%} ({min(v):+.1%})" if v else "-"  # noqa: E731
-        lines.append(f"| {s} | {n} | {cell(a)} | {cell(b)} |")
-    return lines + [""]
-
-
-def _cost_section(runs: dict, budgets: list[float], samplers: list[str], args: argparse.Namespace, backend: Any,
-                  cache: TrialCache, trial_s: Any) -> list[str]:
-    """What each way of choosing costs: trials, their minutes, and the profile."""
-    path, _ = backend.profile_file()
-    profile = json.loads(path.read_text()) if path is not None and path.is_file() else {}
-    lines = ["## Cost", "",
-             f"Sensitivity profile (once per model and data, cached): {profile.get('seconds', 0) / 60:.1f} min wall, "
-             f"{profile.get('cpu_seconds', 0) / 60:.1f} CPU min. Per study: trials trained (configurations over "
-             "the budget that TPE, NSGA-II or random proposed are not counted: not trained here), and the minutes "
-             "of preparation, fine-tuning and evaluation they took (median over seeds and budgets; this "
-             "machine, shared).", "",
-             "| sampler | trials trained | trial minutes | needs the profile |", "|---|---|---|---|"]
-    for s in samplers:
-        counts, minutes = [], []
-        for (b, ss, seed), r in runs.items():
-            if ss != s:
-                continue
-            trained = [t for t in r if not t.get("skipped")]
-            counts.append(len(trained))
-            minutes.append(sum(trial_s(t) for t in trained) / 60)
-        if counts:
-            lines.append(f"| {s} | {statistics.median(counts):g} | {statistics.median(minutes):.1f} | "
-                         f"{'yes' if s == 'automix' or s.startswith('oneshot') else 'no'} |")
     return lines + [""]
 
 
