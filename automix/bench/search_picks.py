@@ -7,7 +7,11 @@ against the one-shot allocation and the uniform configuration (``automix bench s
   ranks held at the search space's ``fixed`` values), one trial per method; its pick is the better
   of them (what a user who tries each method once gets). **oneshot-bracketed**: the same with the
   bit widths limited to the two around the budget (3 and 4 bits between the all-3-bit and
-  all-4-bit memory). A search's lead is over the best of both.
+  all-4-bit memory). **oneshot-lowest**: the unscored parameters at their first choices (no
+  pruning, the smallest rank) instead of the space's fixed values: not the baseline the target is
+  set against (a one-shot has no score that says a smaller rank is harmless), shown to say how
+  much of a search's lead is that trade. A search's lead is over the best of the one-shot and the
+  bracketed one.
 * **uniform**: every linear at the same bit width, the highest that fits the budget (prune and
   rank as above), one trial per method.
 * **a search's pick**: its trial with the lowest perplexity on the study's held-out split among
@@ -43,12 +47,14 @@ def _held(backend: Any) -> dict[str, Any]:
     return backend.space.held_values()
 
 
-def oneshot_configs(backend: Any, budget: float, bracketed: bool = False) -> list[dict[str, Any]]:
+def oneshot_configs(backend: Any, budget: float, bracketed: bool = False, lowest: bool = False) -> list[dict[str, Any]]:
     """The one-shot allocation within ``budget`` for each of the study's methods (``bracketed``:
-    with the profile trusted only between the two bit widths around the budget)."""
+    with the profile trusted only between the two bit widths around the budget; ``lowest``: the
+    parameters the profile cannot score held at their first choices -- no pruning, the smallest
+    rank -- instead of the space's fixed values)."""
     scores = backend.sensitivity_scores()
     alloc = OneShotAllocator(score=backend.space.feature_fn(scores), cost=backend.memory_function(),
-                             search_space=dict(backend.distributions), hold=_held(backend))
+                             search_space=dict(backend.distributions), hold=None if lowest else _held(backend))
     out = []
     for method in backend.cfg.methods:
         p = alloc.allocate(budget, (method,), bracketed=bracketed)

@@ -42,11 +42,11 @@ from automix.study.loop import ask_configuration
 from automix.trial import TrialSpec, run_trial
 from automix.trial.models import model_fingerprint
 
-SAMPLERS = ("automix", "oneshot", "oneshot-bracketed", "uniform", "random", "tpe", "nsgaii", "gp")
+SAMPLERS = ("automix", "oneshot", "oneshot-bracketed", "oneshot-lowest", "uniform", "random", "tpe", "nsgaii", "gp")
 _STUDY_SAMPLER = {"automix": "automix", "oneshot": "oneshot", "random": "random", "tpe": "tpe",
                   "nsgaii": "nsga2"}
 # baselines of one trial per method, not studies (automix.bench.search_picks)
-_BASELINES = ("oneshot", "oneshot-bracketed", "uniform")
+_BASELINES = ("oneshot", "oneshot-bracketed", "oneshot-lowest", "uniform")
 # samplers whose choices never read an infeasible trial's objective values (Optuna 5's TPE,
 # NSGA-II and random rank infeasible trials by their constraint violation alone): their
 # configurations over the budget are told a placeholder instead of being trained
@@ -368,7 +368,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         for s in samplers:  # the baselines first: one trial per method each
             if s in _BASELINES:
                 configs = (uniform_configs(backend, budget) if s == "uniform" else
-                           oneshot_configs(backend, budget, bracketed=s == "oneshot-bracketed"))
+                           oneshot_configs(backend, budget, bracketed=s == "oneshot-bracketed",
+                                           lowest=s == "oneshot-lowest"))
                 runs[(budget, s, 0)] = [_baseline_trial(cache, backend, p) for p in configs]
         for s in studies:
             for seed in range(args.seeds):
