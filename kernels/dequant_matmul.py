@@ -1,6 +1,6 @@
 """Triton dequantize-matmul ``y = x @ dequant(W).T + b`` for 2/3/4/8-bit packed weights.
 
-Weights use the layout of :mod:`automix.quant.packing`: codes packed along K as a bitstream,
+Weights use the layout of :mod:`automix.kernels.packing`: codes packed along K as a bitstream,
 ``packed[word, n]`` int32, per-group ``scales[g, n]`` / ``zeros[g, n]``. Each kernel loads, for
 a tile of (k, n), the word holding code k (``(k * BITS) >> 5``), shifts and masks it (3-bit codes
 that straddle two words also read the next word). When the K tile lies inside one group (group

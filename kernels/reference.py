@@ -4,7 +4,33 @@ from __future__ import annotations
 
 import torch
 
-from automix.quant.weight import dequantize_kn
+from automix.kernels.packing import unpack_int32
+
+
+def dequantize_kn(
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    k: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Dequantize to the transposed weight ``(K, N)`` — the operand of ``x @ W.T``.
+
+    This is the torch path used on CPU (and the reference the Triton kernels are tested
+    against): unpack, subtract the zero point and scale, group by group, in fp32.
+    """
+    codes = unpack_int32(packed, bits, k).to(torch.float32)
+    n_groups, n = scales.shape
+    padded = n_groups * group_size
+    if padded != k:
+        codes = torch.cat([codes, codes.new_zeros(padded - k, n)], dim=0)
+    s = scales.to(torch.float32)
+    zs = zeros.to(torch.float32) * s
+    # (q - z) * s computed as q * s - z * s: one fused pass over the codes
+    w = torch.addcmul(-zs.unsqueeze(1), codes.view(n_groups, group_size, n), s.unsqueeze(1))
+    return w.view(padded, n)[:k].to(dtype)
 
 
 def dequantize_reference(qweight, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -41,7 +41,7 @@ ALLOWED = {
     "search": {"config"},
     "arch": {"config"},
     "quant": {"config", "arch", "kernels"},
-    "kernels": {"config", "arch", "quant"},
+    "kernels": {"config", "arch"},
     "methods": {"config", "arch", "quant", "kernels"},
     "builtin": {"config", "arch"},  # a leaf below trial (pretraining, which reads trial.data, is in trial/)
     "trial": {"config", "reporting", "arch", "quant", "kernels", "methods", "builtin"},

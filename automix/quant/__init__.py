@@ -3,9 +3,10 @@ the frozen `QuantLinear` layer whose forward runs the `automix.kernels` dequanti
 
 from automix.quant.grid import CLIP_LOGIT_INIT, clip_logits_init, fake_quantize, num_groups
 from automix.quant.linear import QuantLinear
-from automix.quant.packing import SUPPORTED_BITS, pack, packed_words, unpack
+from automix.kernels.packing import SUPPORTED_BITS, pack, packed_words, unpack
 from automix.quant.quantizer import DEFAULT_METHOD, METHODS, check_method, quantize
-from automix.quant.weight import QuantizedWeight, dequantize_kn
+from automix.kernels.reference import dequantize_kn
+from automix.quant.weight import QuantizedWeight
 
 __all__ = [
     "CLIP_LOGIT_INIT",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from automix.quant.packing import check_bits
+from automix.kernels.packing import check_bits
 
 CLIP_LOGIT_INIT = 4.0
 GRIDS = ("rtn", "minmax")  # the grid rules that take clipping logits (hqq refines "minmax")

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from automix.arch import linear_weight
+from automix.kernels import quant_matmul
+from automix.kernels.packing import check_bits, packed_words
 from automix.quant.grid import check_group_size, num_groups
 from automix.quant.quantizer import DEFAULT_METHOD, quantize
-from automix.quant.packing import check_bits, packed_words
 from automix.quant.weight import QuantizedWeight
 
 
@@ -113,8 +114,6 @@ class QuantLinear(nn.Module):
         return self.qweight.nbytes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from automix.kernels import quant_matmul  # lazy: automix.kernels imports automix.quant
-
         return quant_matmul(x, self.qweight, self.bias)
 
     def extra_repr(self) -> str:

@@ -25,7 +25,7 @@ from automix.quant.grid import (
     quantize_codes,
 )
 from automix.quant.hqq import refine_grid
-from automix.quant.packing import check_bits, pack
+from automix.kernels.packing import check_bits, pack
 from automix.quant.weight import QuantizedWeight
 
 METHODS = ("rtn", "minmax", "hqq")

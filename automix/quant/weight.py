@@ -1,6 +1,6 @@
 """`QuantizedWeight`: packed codes plus per-group scale and zero point of one linear weight.
 
-Storage (the layout the kernels read, see :mod:`automix.quant.packing`):
+Storage (the layout the kernels read, see :mod:`automix.kernels.packing`):
 
 * ``packed``  int32 ``(n_words, N)`` — codes packed along K (input features);
 * ``scales``  ``(G, N)`` and ``zeros`` ``(G, N)`` in ``meta_dtype`` (fp16 by default), where
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from automix.quant.packing import check_bits, packed_words, unpack, unpack_int32
+from automix.kernels.packing import check_bits, packed_words, unpack
+from automix.kernels.reference import dequantize_kn
 
 _FORMAT = "automix.quantized_weight/1"
 _DTYPES = {
@@ -30,32 +31,6 @@ _DTYPES = {
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
-
-
-def dequantize_kn(
-    packed: torch.Tensor,
-    scales: torch.Tensor,
-    zeros: torch.Tensor,
-    bits: int,
-    group_size: int,
-    k: int,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Dequantize to the transposed weight ``(K, N)`` — the operand of ``x @ W.T``.
-
-    This is the torch path used on CPU (and the reference the Triton kernels are tested
-    against): unpack, subtract the zero point and scale, group by group, in fp32.
-    """
-    codes = unpack_int32(packed, bits, k).to(torch.float32)
-    n_groups, n = scales.shape
-    padded = n_groups * group_size
-    if padded != k:
-        codes = torch.cat([codes, codes.new_zeros(padded - k, n)], dim=0)
-    s = scales.to(torch.float32)
-    zs = zeros.to(torch.float32) * s
-    # (q - z) * s computed as q * s - z * s: one fused pass over the codes
-    w = torch.addcmul(-zs.unsqueeze(1), codes.view(n_groups, group_size, n), s.unsqueeze(1))
-    return w.view(padded, n)[:k].to(dtype)
 
 
 class QuantizedWeight:

@@ -84,7 +84,7 @@ def dtype_bytes(dtype: Any) -> int:
 
 
 def _packed_bytes(out_f: int, in_f: int, bits: int, group_size: int) -> tuple[int, int]:
-    """(code bytes, metadata bytes) of a QuantLinear weight (see automix.quant.packing)."""
+    """(code bytes, metadata bytes) of a QuantLinear weight (see automix.kernels.packing)."""
     words = ((in_f + 31) // 32) * bits
     groups = (in_f + group_size - 1) // group_size
     return words * out_f * 4, 2 * groups * out_f * META_BYTES

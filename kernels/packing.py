@@ -1,6 +1,6 @@
 """Bit-packing of quantized integer codes into int32 words.
 
-Layout (shared with the Triton kernels in ``automix.kernels``): a code matrix ``q`` of shape
+Layout (the contract between the quantizers in ``automix.quant`` and the Triton kernels here): a code matrix ``q`` of shape
 ``(K, N)`` — K is the reduction (input-feature) axis, N the output features — is packed along
 K as a *bitstream* per column. Code ``k`` of a column starts at bit ``k * bits`` of the stream;
 bit ``j`` of the stream lives in word ``j // 32`` at position ``j % 32``. Words are stored as
