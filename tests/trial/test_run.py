@@ -128,8 +128,9 @@ def test_cli_json(model_dir, capsys):
     for key in ("accuracy", "perplexity", "peak_memory_bytes", "predicted_memory_bytes", "trainable_params",
                 "avg_bits", "first_loss", "last_loss", "train_seconds", "eval_seconds", "failure_reason"):
         assert key in out
-    rc = main(["trial", "--model", model_dir, "--bits", "5", "--steps", "1"])
-    assert rc == 2 and "bits must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # a width with no kernel is refused before any work
+        main(["trial", "--model", model_dir, "--bits", "5", "--steps", "1"])
+    assert stop.value.code == 2 and "--bits: invalid choice: 5 (choose from 2, 3, 4, 8, 16)" in capsys.readouterr().err
 
 
 def test_training_options_keep_the_losses_and_the_prediction_exact(model_dir):
