@@ -3,7 +3,9 @@
 A study file, the CLI and the trial spec validate names against these tables, so they live here,
 in the torch-free and Optuna-free layer; the implementation is imported only when it is used
 (:func:`load`). Adding a sampler is one new module plus one line in ``SAMPLERS``; adding an export
-format is one module under ``automix/export/`` (its ``FORMAT``) plus one line in ``EXPORT_FORMATS``.
+format is one module under ``automix/export/`` (its ``FORMAT``) plus one line in ``EXPORT_FORMATS``;
+adding a quantizer is one module under ``automix/quant/`` (its grid function, see
+:func:`automix.quant.quantize`) plus one line in ``QUANTIZERS``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["SAMPLERS", "SAMPLER_ALIASES", "EXPORT_FORMATS", "load"]
+__all__ = ["DEFAULT_QUANTIZER", "EXPORT_FORMATS", "QUANTIZERS", "SAMPLERS", "SAMPLER_ALIASES", "load"]
 
 # sampler name -> factory (automix.search.factory.SamplerInputs, options) -> optuna sampler
 SAMPLERS: dict[str, str] = {
@@ -31,6 +33,16 @@ EXPORT_FORMATS: dict[str, str] = {
     "peft": "automix.export.peft_adapter:FORMAT",
     "llama-cpp": "automix.export.llama_cpp:FORMAT",
 }
+
+# quantizer name -> grid function (wg, bits, *, clip_max_logit, clip_min_logit, round_zero, k, **options)
+# -> (scale, zero) per group; automix.quant.quantize rounds and packs with that grid
+QUANTIZERS: dict[str, str] = {
+    "rtn": "automix.quant.grid:rtn_quantizer_grid",
+    "minmax": "automix.quant.grid:minmax_quantizer_grid",
+    "hqq": "automix.quant.hqq:hqq_grid",
+}
+# the one every default in automix follows (benchmarks/quant_error.md records why)
+DEFAULT_QUANTIZER = "rtn"
 
 
 def load(table: dict[str, str], name: str) -> Any:

@@ -18,6 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from automix.config._yaml import Lines, format_errors, read_yaml
 from automix.config.locations import resolve_store
+from automix.config.registry import QUANTIZERS as _REGISTERED_QUANTIZERS
 from automix.config.registry import SAMPLER_ALIASES, SAMPLERS
 
 __all__ = [
@@ -115,10 +116,10 @@ class Objectives(_Strict):
     throughput: bool = False
 
 
-# What a trial can be asked to train with; the same names as automix.trial.memory.OPTIMIZERS and
-# automix.quant.METHODS (this layer imports no torch; tests/config checks they agree).
+# What a trial can be asked to train with; the same names as automix.trial.memory.OPTIMIZERS
+# (this layer imports no torch; tests/config checks they agree). Quantizers: the registry's names.
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd")
-QUANTIZERS = ("rtn", "minmax", "hqq")
+QUANTIZERS = tuple(_REGISTERED_QUANTIZERS)
 DTYPES = ("float32", "bfloat16", "float16")
 TASKS = ("boolq", "lm")  # automix.trial.data's tasks (tests/config checks they agree)
 

@@ -165,6 +165,20 @@ def clipped_grid(
     return minmax_grid(wg, bits, clip_max_logit, clip_min_logit, round_zero)
 
 
+def rtn_quantizer_grid(wg: torch.Tensor, bits: int, *, clip_max_logit: torch.Tensor | None = None,
+                       clip_min_logit: torch.Tensor | None = None, round_zero: bool = False,
+                       k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantizer ``rtn`` (``automix.config.registry.QUANTIZERS``): the :func:`rtn_grid`."""
+    return clipped_grid(wg, bits, "rtn", clip_max_logit, clip_min_logit, round_zero)
+
+
+def minmax_quantizer_grid(wg: torch.Tensor, bits: int, *, clip_max_logit: torch.Tensor | None = None,
+                          clip_min_logit: torch.Tensor | None = None, round_zero: bool = False,
+                          k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantizer ``minmax``: the :func:`minmax_grid` (``round_zero=True`` rounds its zero point)."""
+    return clipped_grid(wg, bits, "minmax", clip_max_logit, clip_min_logit, round_zero)
+
+
 def check_meta_dtype(meta_dtype: torch.dtype) -> torch.dtype:
     """Raise ValueError unless ``meta_dtype`` (the dtype scales and zeros are stored in) is floating."""
     if meta_dtype not in _FLOAT_DTYPES:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from automix.quant.grid import dequantize_codes, quantize_codes
+from automix.quant.grid import clipped_grid, dequantize_codes, quantize_codes
 
 SHRINK_RATIOS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
 
@@ -110,3 +110,12 @@ def refine_grid(
         if bool((best_err >= before).all()):
             break
     return best_s, best_z
+
+
+def hqq_grid(wg: torch.Tensor, bits: int, *, clip_max_logit: torch.Tensor | None = None,
+             clip_min_logit: torch.Tensor | None = None, round_zero: bool = False, k: int | None = None,
+             **options: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantizer ``hqq`` (``automix.config.registry.QUANTIZERS``): the (optionally clipped)
+    min/max grid refined by :func:`refine_grid` (``options`` are its keyword arguments)."""
+    scale, zero = clipped_grid(wg, bits, "minmax", clip_max_logit, clip_min_logit, round_zero)
+    return refine_grid(wg, bits, scale, zero, k=k, **options)

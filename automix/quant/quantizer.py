@@ -1,12 +1,14 @@
-"""Quantizers, packed into a `QuantizedWeight`:
+"""Quantizers, packed into a `QuantizedWeight`. Each is a grid function registered by name in
+:data:`automix.config.registry.QUANTIZERS` (the one list of names, torch-free, that study files and
+the CLI validate against):
 
 * ``rtn`` — standard asymmetric round-to-nearest (integer zero point, 0 on the grid), as GPTQ-style
   formats store it;
 * ``minmax`` — round-to-nearest on each group's exact min/max grid (fractional zero point);
 * ``hqq`` — the min/max grid refined without calibration data (half-quadratic + least squares).
 
-``DEFAULT_METHOD`` is the one every default in automix follows (method settings, profiles,
-benchmarks); ``benchmarks/quant_error.md`` records why it was chosen.
+``DEFAULT_METHOD`` (the registry's ``DEFAULT_QUANTIZER``) is the one every default in automix
+follows (method settings, profiles, benchmarks); ``benchmarks/quant_error.md`` records why.
 
 The grid primitives (groups, min/max grid, codes, fake quantization) are :mod:`automix.quant.grid`;
 :mod:`automix.quant.hqq` refines a grid without calibration data.
@@ -14,28 +16,32 @@ The grid primitives (groups, min/max grid, codes, fake quantization) are :mod:`a
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
-from automix.quant.grid import (
-    check_group_size,
-    check_meta_dtype,
-    check_weight,
-    clipped_grid,
-    grouped,
-    quantize_codes,
-)
-from automix.quant.hqq import refine_grid
+from automix.config.registry import DEFAULT_QUANTIZER, QUANTIZERS, load
 from automix.kernels.packing import check_bits, pack
+from automix.quant.grid import check_group_size, check_meta_dtype, check_weight, grouped, quantize_codes
 from automix.quant.weight import QuantizedWeight
 
-METHODS = ("rtn", "minmax", "hqq")
-DEFAULT_METHOD = "rtn"
+METHODS = tuple(QUANTIZERS)
+DEFAULT_METHOD = DEFAULT_QUANTIZER
+_COMMON = frozenset({"clip_max_logit", "clip_min_logit", "round_zero", "k"})  # every grid function takes these
+
+
+def _options_of(grid_fn) -> set[str] | None:
+    """The extra keyword options a quantizer's grid function takes (None: any)."""
+    params = inspect.signature(grid_fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY} - _COMMON
 
 
 def check_method(method: object) -> str:
-    """Raise ValueError unless ``method`` names a quantizer (see :data:`METHODS`)."""
-    if method not in METHODS:
-        raise ValueError(f"quantizer method must be one of {', '.join(METHODS)}; got {method!r}")
+    """Raise ValueError unless ``method`` names a registered quantizer (see :data:`METHODS`)."""
+    if method not in QUANTIZERS:
+        raise ValueError(f"quantizer method must be one of {', '.join(QUANTIZERS)}; got {method!r}")
     return method  # type: ignore[return-value]
 
 
@@ -80,7 +86,8 @@ def quantize(
     both accept learned clipping logits, and :func:`automix.quant.grid.fake_quantize` with the
     same ``grid`` and logits is this quantizer's differentiable twin. ``method="hqq"`` refines the
     min/max grid with half-quadratic / least-squares iterations (:mod:`automix.quant.hqq`, kwargs
-    go there).
+    go there). Any other name registered in ``QUANTIZERS`` works the same way: its grid function
+    gives the scale and zero point per group, this function rounds and packs.
     ``group_size`` need not divide ``in_features``: the last group is then shorter.
     Scales and zeros are stored in ``meta_dtype`` (fp16 by default).
     """
@@ -89,12 +96,13 @@ def quantize(
     check_weight(weight)
     check_method(method)
     check_meta_dtype(meta_dtype)
-    if method != "hqq" and method_kwargs:
-        raise ValueError(f"method={method!r} takes no extra options, got {sorted(method_kwargs)}")
+    grid_fn = load(QUANTIZERS, method)
+    accepted = _options_of(grid_fn)
+    if accepted is not None and set(method_kwargs) - accepted:
+        raise ValueError(f"method={method!r} takes " + (f"only the options {sorted(accepted)}" if accepted else
+                         "no extra options") + f", got {sorted(method_kwargs)}")
     with torch.no_grad():
         wg = grouped(weight.detach(), group_size)
-        grid = "rtn" if method == "rtn" else "minmax"  # hqq refines the min/max grid
-        scale, zero = clipped_grid(wg, bits, grid, clip_max_logit, clip_min_logit, round_zero)
-        if method == "hqq":
-            scale, zero = refine_grid(wg, bits, scale, zero, k=weight.shape[1], **method_kwargs)
+        scale, zero = grid_fn(wg, bits, clip_max_logit=clip_max_logit, clip_min_logit=clip_min_logit,
+                              round_zero=round_zero, k=weight.shape[1], **method_kwargs)
         return pack_quantized(weight, scale, zero, bits, group_size, meta_dtype)
