@@ -114,7 +114,7 @@ def run_one(method_name: str, bits: int, args: argparse.Namespace, opts: dict[st
         row["eval_s"] = time.perf_counter() - t0
         return row
     method = get_method(method_name)
-    quant = {"quant_method": args.quantizer} if args.quantizer else {}
+    quant = {"quantizer": args.quantizer} if args.quantizer else {}
     settings = method.check_settings(MethodSettings(calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
                                                     options=opts.get(method_name, {}), **quant))
     if not getattr(method, "quantize_base", True):

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from automix.config.study import DTYPES, OPTIMIZERS, QUANTIZERS
+from automix.config.training import DTYPES, OPTIMIZERS, QUANTIZERS, TrainingSettings
 from automix.commands import Subparsers
 
 # The fine-tuning methods of automix.methods.REGISTRY (which imports torch: `automix --help` must
@@ -23,11 +23,10 @@ METHODS = {
 }
 
 
-# Each option's value when neither the command line nor the layer file (--layers) gives one.
+# Each option's value when neither the command line nor the layer file (--layers) gives one: the
+# training settings' one-off defaults (automix.config.training, where a study's differ and why).
 DEFAULTS = {"model": "builtin:tiny", "task": "lm", "data": None, "eval_data": None, "method": "qlora",
-            "prune_mode": "structured", "steps": 50, "seed": 0, "lr": 1e-3, "batch_size": 8, "seq_len": 128,
-            "eval_batches": None, "dtype": "float32", "gradient_checkpointing": False, "optimizer": "adamw",
-            "grad_accum_steps": 1, "quantizer": None}
+            **{k: f.default for k, f in TrainingSettings.model_fields.items()}}
 VALID_BITS = (2, 3, 4, 8, 16)  # automix.config.layers.VALID_BITS (tests/test_cli_trial.py checks they agree)
 
 
@@ -70,11 +69,11 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--task", default=None, help="lm or boolq (default lm)")
     p.add_argument("--data", help="JSONL file or datasets.save_to_disk directory")
     p.add_argument("--eval-data", help="separate evaluation data")
-    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 50; 0: evaluate only)")
-    p.add_argument("--seed", type=int, default=None, help="seed of data order, initialisation and sampling (default 0)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate of the trainable parameters (default 1e-3)")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per optimizer step (default 8)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per training row (default 128)")
+    p.add_argument("--steps", type=int, default=None, help=f"fine-tuning steps (default {DEFAULTS['steps']}; 0: evaluate only)")
+    p.add_argument("--seed", type=int, default=None, help=f"seed of data order, initialisation and sampling (default {DEFAULTS['seed']})")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate of the trainable parameters (default {DEFAULTS['lr']:g})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"rows per optimizer step (default {DEFAULTS['batch_size']})")
+    p.add_argument("--seq-len", type=int, default=None, help=f"tokens per training row (default {DEFAULTS['seq_len']})")
     p.add_argument("--eval-batches", type=int, default=None,
                    help="held-out batches scored (default: the task's own evaluation size)")
     p.add_argument("--dtype", default=None, choices=list(DTYPES),

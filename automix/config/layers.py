@@ -28,7 +28,7 @@ import fnmatch
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Mapping
+from typing import Annotated, Any, Iterable, Mapping
 
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
@@ -36,7 +36,7 @@ from pydantic.dataclasses import dataclass
 from typing_extensions import TypedDict
 
 from automix.config._yaml import Expect, Lines, describe, error_text, format_errors, read_yaml
-from automix.config.study import DTYPES, OPTIMIZERS, QUANTIZERS
+from automix.config.training import RunSettings
 
 VALID_BITS = (2, 3, 4, 8, 16)
 COMMON_GROUP_SIZES = (32, 64, 128)
@@ -110,30 +110,6 @@ class SettingsPatch(TypedDict, total=False):
     group_size: GroupSize
     prune: Prune
     rank: Rank
-
-
-class RunSettings(BaseModel):
-    """How the trial of a layer file trains and evaluates (the ``trial:`` section): the
-    ``automix.trial.TrialSpec`` fields of the same names; only the keys given apply."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prune_mode: Literal["structured", "magnitude", "wanda"] | None = None
-    prune_calib_samples: int | None = Field(None, ge=1)
-    steps: int | None = Field(None, ge=0)
-    seed: int | None = None
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, ge=0)
-    grad_clip: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, ge=1)
-    seq_len: int | None = Field(None, ge=2)
-    eval_batches: int | None = Field(None, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
-    dtype: Literal[DTYPES] | None = None  # type: ignore[valid-type]
-    gradient_checkpointing: bool | None = None
-    optimizer: Literal[OPTIMIZERS] | None = None  # type: ignore[valid-type]
-    grad_accum_steps: int | None = Field(None, ge=1)
-    quantizer: Literal[QUANTIZERS] | None = None  # type: ignore[valid-type]
 
 
 # the trial-spec keys a layer file carries outside `trial:` (model and data, method)

@@ -18,8 +18,9 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from automix.config._yaml import Lines, format_errors, read_yaml
 from automix.config.locations import resolve_store
-from automix.config.registry import QUANTIZERS as _REGISTERED_QUANTIZERS
 from automix.config.registry import SAMPLER_ALIASES, SAMPLERS
+from automix.config.training import (DTYPES, OPTIMIZERS, QUANTIZERS, STUDY_DEFAULTS, TrainingSettings,
+                                      micro_batch_size, with_defaults)
 
 __all__ = [
     "StudyConfigError",
@@ -116,68 +117,40 @@ class Objectives(_Strict):
     throughput: bool = False
 
 
-# What a trial can be asked to train with; the same names as automix.trial.memory.OPTIMIZERS
-# (this layer imports no torch; tests/config checks they agree). Quantizers: the registry's names.
-OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd")
-QUANTIZERS = tuple(_REGISTERED_QUANTIZERS)
-DTYPES = ("float32", "bfloat16", "float16")
 TASKS = ("boolq", "lm")  # automix.trial.data's tasks (tests/config checks they agree)
 
 
-def micro_batch_size(batch_size: int, grad_accum_steps: int) -> int:
-    """Rows per forward/backward when ``batch_size`` rows per optimizer step are accumulated over
-    ``grad_accum_steps`` micro-batches; ValueError unless it divides (the one rule, used by the
-    study file, the trial spec and the memory model)."""
-    if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) or grad_accum_steps < 1 \
-            or batch_size % grad_accum_steps:
-        raise ValueError(f"grad_accum_steps ({grad_accum_steps}) must divide batch_size ({batch_size}): each "
-                         "optimizer step runs batch_size / grad_accum_steps rows per micro-batch")
-    return batch_size // grad_accum_steps
-
-
-class TrialSettings(_Strict):
-    """How one trial fine-tunes and evaluates (shared by every trial of the study).
-
-    The training set-up keys mirror ``automix.trial.TrialSpec`` (same names, same values):
-    ``dtype`` (float32; bfloat16 = pure bf16; float16 = fp16 autocast with fp32 trainable
-    weights), ``gradient_checkpointing`` per decoder block, ``optimizer``, ``grad_accum_steps``
-    (``batch_size`` rows per optimizer step in micro-batches of ``batch_size / grad_accum_steps``)
-    and ``quantizer`` (rtn, minmax, hqq; unset: automix's default, rtn). Both the trials and the
-    memory objective the search optimises follow them.
-
-    Gradient checkpointing is on by default in studies: it is how quantized models are fine-tuned
-    in practice (PEFT's ``prepare_model_for_kbit_training`` turns it on, as do the QLoRA recipes),
-    and only then do the quantized weights, not the activations, dominate memory, which is what
-    searching bits per layer is for. It costs one extra block forward per block in backward
-    (``benchmarks/memory_model.md`` measures the step time).
+class TrialSettings(with_defaults("StudyTrainingSettings", STUDY_DEFAULTS, "")):
+    """How every trial of the study fine-tunes and evaluates: the
+    :class:`automix.config.training.TrainingSettings` keys (the same names and values as
+    ``automix trial``'s flags and ``automix.trial.TrialSpec``), with a study's defaults
+    (:data:`automix.config.training.STUDY_DEFAULTS`: fewer, shorter steps and gradient checkpointing
+    on; the reason is written there). Both the trials and the memory objective the search
+    optimises follow them. ``extra``: further ``TrialSpec`` keys every trial gets (not a training
+    setting: those are keys of this section).
     """
 
-    steps: int = Field(20, ge=0)
-    seed: int = 0
-    lr: float = Field(2e-4, gt=0)
-    batch_size: int = Field(4, ge=1)
-    seq_len: int = Field(64, ge=2)
-    eval_batches: int | None = Field(None, ge=1)
-    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
-    gradient_checkpointing: bool = True
-    optimizer: Literal[OPTIMIZERS] = "adamw"  # type: ignore[valid-type]
-    grad_accum_steps: int = Field(1, ge=1)
-    quantizer: Literal[QUANTIZERS] | None = None  # type: ignore[valid-type]
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
     extra: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _accumulation_divides_batch(self) -> "TrialSettings":
-        micro_batch_size(self.batch_size, self.grad_accum_steps)
-        return self
+    @field_validator("extra")
+    @classmethod
+    def _not_a_setting(cls, v: dict[str, Any]) -> dict[str, Any]:
+        both = sorted(set(v) & set(TrainingSettings.model_fields))
+        if both:
+            raise ValueError(f"{', '.join(both)}: a key of the trial section itself, not of trial.extra")
+        return v
 
-    def memory_options(self) -> dict[str, Any]:
-        """The keywords ``automix.trial.estimate`` takes for this training set-up."""
-        return {"gradient_checkpointing": self.gradient_checkpointing, "optimizer": self.optimizer,
-                "grad_accum_steps": self.grad_accum_steps}
-
-    def spec_options(self) -> dict[str, Any]:
-        """The ``TrialSpec`` fields for this training set-up (``quantizer`` only when set)."""
-        return {**self.memory_options(), **({"quantizer": self.quantizer} if self.quantizer else {})}
+    def spec_fields(self) -> dict[str, Any]:
+        """The ``TrialSpec`` training fields of every trial of the study: each setting, except
+        ``eval_batches`` and ``quantizer`` when unset (the task's size, the default quantizer) and
+        the pruning settings when left at their defaults."""
+        out = self.model_dump(include=set(TrainingSettings.model_fields), exclude_none=True)
+        for k in ("prune_mode", "prune_calib_samples", "weight_decay", "grad_clip", "eval_batch_size"):
+            if k not in self.model_fields_set:
+                out.pop(k, None)
+        return out
 
 
 PRUNERS = ("none", "pareto", "median", "percentile", "successive-halving", "hyperband")

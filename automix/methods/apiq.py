@@ -342,7 +342,7 @@ class ApiQ(LowRankInitMethod):
 
     def initialise(self, model, layer_settings, settings, calib):
         opts = settings.options
-        grid = clipping_grid(settings.quant_method)
+        grid = clipping_grid(settings.quantizer)
         plans = {n: ApiQPlan(s.bits, s.group_size, s.rank, settings.lora_alpha / max(s.rank, 1), grid)
                  for n, s in layer_settings.items() if s.bits < 16 or s.rank > 0}
         try:

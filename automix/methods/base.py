@@ -18,7 +18,7 @@ Writing a new method (e.g. ``automix/methods/qst.py``)::
             settings = self.check_settings(settings)     # MethodSettings with options resolved
             opts = settings.options                      # e.g. opts["reduction"]
             freeze(model)
-            quantize_layers(model, layer_settings, method=settings.quant_method)
+            quantize_layers(model, layer_settings, method=settings.quantizer)
             ...                                          # build and attach the side network
             return wrapped                               # forward(input_ids, attention_mask=None,
                                                          #         labels=None) -> .loss, .logits
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
 from automix.config.layers import LayerSettings
@@ -59,8 +59,9 @@ class MethodSettings(BaseModel):
     """Settings shared by all methods; method-specific ones go in ``options``.
 
     ``lora_alpha``: LoRA scaling is ``lora_alpha / rank`` per layer (rank from the layer settings).
-    ``quant_method``: ``automix.quant.quantize`` method for quantized layers: "rtn" (the default,
-    ``automix.quant.DEFAULT_METHOD``), "minmax" or "hqq".
+    ``quantizer``: the ``automix.quant.quantize`` method for quantized layers: "rtn" (the default,
+    ``automix.quant.DEFAULT_METHOD``), "minmax", "hqq" or any other registered one (files written
+    before it had this name say ``quant_method``, which is read the same).
     ``calib_samples`` / ``calib_seq_len``: calibration set size for methods with
     ``needs_calibration`` (the trial samples it with ``automix.trial.data.calibration_batches``).
     ``options``: per-method knobs, validated against the method's ``option_defaults``.
@@ -73,12 +74,12 @@ class MethodSettings(BaseModel):
 
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    quant_method: str = DEFAULT_QUANT_METHOD
+    quantizer: str = Field(DEFAULT_QUANT_METHOD, validation_alias=AliasChoices("quantizer", "quant_method"))
     calib_samples: int = Field(128, ge=1)
     calib_seq_len: int = Field(256, ge=2)
     options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("quant_method")
+    @field_validator("quantizer")
     @classmethod
     def _quantizer(cls, v: str) -> str:
         if v not in QUANT_METHODS:

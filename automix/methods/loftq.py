@@ -105,7 +105,7 @@ def loftq_init(
     rank: int,
     scaling: float = 1.0,
     iters: int = 1,
-    quant_method: str = DEFAULT_METHOD,
+    quantizer: str = DEFAULT_METHOD,
     svd: str = "randomized",
 ) -> tuple[Any, Tensor, Tensor]:
     """LoftQ initialisation of one ``[out, in]`` weight.
@@ -126,7 +126,7 @@ def loftq_init(
     b = w.new_zeros(out_f, rank)
     qweight = None
     for _ in range(iters):
-        qweight = quantize(w - scaling * (b @ a), bits, group_size, quant_method)
+        qweight = quantize(w - scaling * (b @ a), bits, group_size, quantizer)
         residual = w - qweight.dequantize(torch.float32)
         a, b = lowrank_factors(residual, rank, scaling, svd)
     return qweight, a, b
@@ -166,7 +166,7 @@ class LowRankInitMethod(Method):
             layer.requires_grad_(False)
             replace_module(model, name, layer)
         # layers the initialiser left alone (e.g. rank 0 for LoftQ) get plain quantization
-        quantize_layers(model, layer_settings, method=settings.quant_method)
+        quantize_layers(model, layer_settings, method=settings.quantizer)
         adapters = inject_lora(model, layer_settings, alpha=settings.lora_alpha, dropout=settings.lora_dropout)
         with torch.no_grad():
             for name, wrapper in adapters.items():
@@ -199,7 +199,7 @@ class LoftQ(LowRankInitMethod):
             weight = linear_weight(model.get_submodule(name))
             try:
                 out[name] = loftq_init(weight, s.bits, s.group_size, s.rank, settings.lora_alpha / s.rank,
-                                       iters, settings.quant_method, svd)
+                                       iters, settings.quantizer, svd)
             except ValueError as err:
                 raise MethodError(f"loftq: layer {name}: {err}") from err
         return out

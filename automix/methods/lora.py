@@ -27,7 +27,7 @@ class LoRA(Method):
         settings = self.check_settings(settings)
         freeze(model)
         if self.quantize_base:
-            quantize_layers(model, layer_settings, method=settings.quant_method)
+            quantize_layers(model, layer_settings, method=settings.quantizer)
         inject_lora(model, layer_settings, alpha=settings.lora_alpha, dropout=settings.lora_dropout)
         return model
 

@@ -236,7 +236,7 @@ class QST(Method):
         settings = self.check_settings(settings)
         opts = settings.options
         freeze(model)
-        quantize_layers(model, layer_settings, method=settings.quant_method)
+        quantize_layers(model, layer_settings, method=settings.quantizer)
         info = arch_info(model)
         return QSTModel(model, info.block_prefix, info.hidden_size, info.n_heads, info.intermediate_size,
                         int(opts["reduction"]), int(opts["downsample_rank"]), float(opts["out_gate_init"]))

@@ -167,11 +167,11 @@ def quailora_init(
     iters: int = 10,
     loftq_iters: int = 1,
     damp: float = 0.01,
-    quant_method: str = DEFAULT_METHOD,
+    quantizer: str = DEFAULT_METHOD,
     loftq_svd: str = "randomized",
 ) -> tuple[Any, Tensor, Tensor]:
     """LoftQ start then calibrated ALS refinement; returns ``(qweight, A, B)``."""
-    qweight, a, b = loftq_init(weight, bits, group_size, rank, scaling, loftq_iters, quant_method, loftq_svd)
+    qweight, a, b = loftq_init(weight, bits, group_size, rank, scaling, loftq_iters, quantizer, loftq_svd)
     residual = weight.detach().float() - qweight.dequantize(torch.float32)
     a, b = quailora_refine(residual, a, b, hessian.to(residual.device), scaling, iters, damp)
     return qweight, a, b
@@ -203,7 +203,7 @@ class QuAILoRA(LowRankInitMethod):
             try:
                 out[name] = quailora_init(linear_weight(module), hessians[name], s.bits, s.group_size, s.rank,
                                           settings.lora_alpha / s.rank, int(opts["als_iters"]),
-                                          int(opts["loftq_iters"]), float(opts["damp"]), settings.quant_method,
+                                          int(opts["loftq_iters"]), float(opts["damp"]), settings.quantizer,
                                           svd)
             except ValueError as err:
                 raise MethodError(f"quailora: layer {name}: {err}") from err

@@ -153,7 +153,7 @@ class AutomixBackend:
         spec = {**self._spec_fields(), **self.cfg.trial.extra}
         payload: dict[str, Any] = {"model_spec": str(self.model_dir), "task": spec["task"], "data": spec["data"],
                                    "device": "cuda" if self.cfg.resources.gpus else "cpu"}
-        quantizer = (spec.get("method_settings") or {}).get("quant_method")
+        quantizer = spec.get("quantizer") or (spec.get("method_settings") or {}).get("quantizer")
         if quantizer:
             payload["method"] = quantizer
         path, _ = profile_path(**{k: v for k, v in payload.items() if k != "device"})
@@ -249,13 +249,9 @@ class AutomixBackend:
         t, cfg = self.cfg.trial, self.cfg
         spec = {
             "model": cfg.model if is_named_model(cfg.model) else str(self.model_dir),  # a name: each worker resolves its own cache
-            "task": cfg.task, "data": _data_spec(cfg),
-            "steps": t.steps, "seed": t.seed, "lr": t.lr, "batch_size": t.batch_size, "seq_len": t.seq_len,
-            "dtype": t.dtype, **t.spec_options(),
+            "task": cfg.task, "data": _data_spec(cfg), **t.spec_fields(),
             "device": "cuda" if cfg.resources.gpus else "cpu",
         }
-        if t.eval_batches is not None:
-            spec["eval_batches"] = t.eval_batches
         if cfg.pruner.enabled:  # intermediate evaluations for the pruner to judge
             spec["report_every"] = cfg.pruner.report_every(t.steps)
             spec["report_eval_batches"] = cfg.pruner.eval_batches

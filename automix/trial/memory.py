@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from automix.config.layers import LayerSettings
-from automix.config.study import micro_batch_size
+from automix.config.training import micro_batch_size
 from automix.arch import as_arch_info, block_index, kept_units, layer_kind, layer_shapes
 from automix.methods import get_method
 from automix.methods.base import MemoryProfile

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from automix.config.study import micro_batch_size
+from automix.config.training import TrainingSettings
 from automix.methods import available_methods
 from automix.quant import METHODS as QUANTIZERS
 from automix.trial.data import available_tasks
@@ -19,33 +19,21 @@ from automix.trial.memory import OPTIMIZERS
 __all__ = ["FailureKind", "OPTIMIZERS", "QUANTIZERS", "TrialSpec", "TrialResult", "TrialFailure"]
 
 FailureKind = Literal["", "invalid_input", "nan", "oom", "error"]
-Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
-Quantizer = Literal[QUANTIZERS]  # type: ignore[valid-type]
 
 
-class TrialSpec(BaseModel):
+class TrialSpec(TrainingSettings):
     """Everything a trial needs; plain JSON types only so it crosses process boundaries.
 
-    ``layers`` is a LayerConfig dict (``default`` / ``layers``), a resolved
-    ``{layer: {bits, group_size, prune, rank}}`` dict, or the path of a layer YAML file.
-    ``method_settings`` are :class:`automix.methods.MethodSettings` fields (``lora_alpha``,
-    ``lora_dropout``, ``quant_method``, ``calib_samples``, ``calib_seq_len``, ``options``).
-    ``eval_batches`` x ``eval_batch_size`` held-out rows (lm) or examples (boolq) are scored;
-    ``None`` uses the task's default size.
+    What it runs on: ``model``, ``task``, ``data`` / ``eval_data``, ``method`` with its
+    ``method_settings`` (:class:`automix.methods.MethodSettings` fields: ``lora_alpha``,
+    ``lora_dropout``, ``calib_samples``, ``calib_seq_len``, ``options``), and ``layers``: a
+    LayerConfig dict (``default`` / ``layers``), a resolved ``{layer: {bits, group_size, prune,
+    rank}}`` dict, or the path of a layer YAML file.
 
-    How it trains (each also a study ``trial:`` key and an ``automix trial`` flag):
-
-    * ``dtype``: float32; bfloat16 (pure bf16: weights, trainable parameters, optimizer states);
-      float16 (fp16 autocast over fp16 frozen weights with fp32 trainable parameters and a
-      gradient scaler — pure fp16 training diverges, so float16 always means mixed precision).
-    * ``gradient_checkpointing``: keep only each decoder block's input and recompute the block in
-      backward (``automix.trial.checkpoint``); off here, on in studies (``TrialSettings``).
-    * ``optimizer``: adamw (torch, states in the parameter dtype), sgd (momentum 0.9), or through
-      bitsandbytes (``pip install 'automix[bnb]'``) adamw-8bit, paged-adamw, paged-adamw-8bit.
-    * ``grad_accum_steps``: ``batch_size`` rows per optimizer step, in micro-batches of
-      ``batch_size / grad_accum_steps`` rows (must divide).
-    * ``quantizer``: how base weights are quantized (rtn, minmax, hqq; default
-      ``automix.quant.DEFAULT_METHOD``); the same as ``method_settings.quant_method``.
+    How it trains: the :class:`automix.config.training.TrainingSettings` fields (each also a study
+    ``trial:`` key, an ``automix trial`` flag and a layer file ``trial:`` key), with a one-off
+    trial's defaults (a study's are in ``automix.config.training.STUDY_DEFAULTS``). The quantizer
+    is ``quantizer`` (``method_settings`` may name it too, as ``quantizer``, only if they agree).
 
     Intermediate reports (`automix.reporting`): the training loss after every step, and
     with ``report_every`` > 0 a held-out evaluation of ``report_eval_batches`` x
@@ -62,41 +50,26 @@ class TrialSpec(BaseModel):
     method: str = "qlora"
     method_settings: dict[str, Any] = Field(default_factory=dict)
     layers: dict[str, Any] | str = Field(default_factory=lambda: {"default": {"bits": 4, "rank": 8}})
-    prune_mode: Literal["structured", "magnitude", "wanda"] = "structured"
-    prune_calib_samples: int = Field(16, ge=1)
-    steps: int = Field(50, ge=0)
-    seed: int = 0
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float | None = Field(1.0, gt=0)
-    batch_size: int = Field(8, ge=1)
-    seq_len: int = Field(128, ge=2)
-    eval_batches: int | None = Field(None, ge=1)
-    eval_batch_size: int = Field(16, ge=1)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    gradient_checkpointing: bool = False
-    optimizer: Optimizer = "adamw"
-    grad_accum_steps: int = Field(1, ge=1)
-    quantizer: Quantizer | None = None
     device: str = "auto"
     save_state: str | None = None
     report_every: int = Field(0, ge=0)
     report_eval_batches: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _micro_batch(self) -> "TrialSpec":
-        micro_batch_size(self.batch_size, self.grad_accum_steps)
-        given = (self.method_settings or {}).get("quant_method")
+    def _one_quantizer(self) -> "TrialSpec":
+        given = self.method_settings_dict().get("quantizer") if self.method_settings else None
         if self.quantizer is not None and given is not None and given != self.quantizer:
-            raise ValueError(f"quantizer {self.quantizer!r} and method_settings.quant_method {given!r} disagree; "
+            raise ValueError(f"quantizer {self.quantizer!r} and method_settings.quantizer {given!r} disagree; "
                              "set one of them")
         return self
 
     def method_settings_dict(self) -> dict[str, Any]:
-        """``method_settings`` with ``quantizer`` folded in as ``quant_method``."""
+        """``method_settings`` with ``quantizer`` folded in (and its old name, ``quant_method``, read)."""
         out = dict(self.method_settings or {})
-        if self.quantizer is not None:
-            out["quant_method"] = self.quantizer
+        if "quant_method" in out:
+            out.setdefault("quantizer", out.pop("quant_method"))
+        if self.quantizer is not None and "quantizer" not in out:
+            out["quantizer"] = self.quantizer
         return out
 
     @field_validator("task")

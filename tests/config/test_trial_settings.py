@@ -33,10 +33,10 @@ def test_defaults_are_the_practitioners_set_up():
     assert t.gradient_checkpointing is True and t.optimizer == "adamw" and t.grad_accum_steps == 1
     assert t.quantizer is None  # automix.quant.DEFAULT_METHOD
     assert t.memory_options() == {"gradient_checkpointing": True, "optimizer": "adamw", "grad_accum_steps": 1}
-    assert "quantizer" not in t.spec_options()
+    assert "quantizer" not in t.spec_fields()
 
 
-def test_values_round_trip_to_spec_options(tmp_path):
+def test_values_round_trip_to_the_trial_spec(tmp_path):
     cfg = load_study(write(tmp_path, """\
         batch_size: 8
         grad_accum_steps: 4
@@ -45,8 +45,9 @@ def test_values_round_trip_to_spec_options(tmp_path):
         dtype: float16
         quantizer: hqq
         """))
-    assert cfg.trial.spec_options() == {"gradient_checkpointing": False, "optimizer": "paged-adamw-8bit",
-                                        "grad_accum_steps": 4, "quantizer": "hqq"}
+    assert cfg.trial.spec_fields() == {"steps": 20, "seed": 0, "lr": 2e-4, "batch_size": 8, "seq_len": 64,
+                                       "dtype": "float16", "gradient_checkpointing": False,
+                                       "optimizer": "paged-adamw-8bit", "grad_accum_steps": 4, "quantizer": "hqq"}
 
 
 @pytest.mark.parametrize("body,line,key,words", [
@@ -81,4 +82,22 @@ def test_vocabulary_matches_the_trial_layer():
     assert list(TASKS) == sorted(available_tasks())
     assert DTYPES == get_args(TrialSpec.model_fields["dtype"].annotation)
     spec_fields = set(TrialSpec.model_fields)
-    assert set(TrialSettings().spec_options()) | {"quantizer"} <= spec_fields
+    assert set(TrialSettings().spec_fields()) | {"quantizer"} <= spec_fields
+
+
+def test_training_settings_are_declared_once():
+    """A study, a one-off trial and a layer file share one declaration; only the defaults
+    named in STUDY_DEFAULTS differ, and a training key cannot hide in trial.extra."""
+    from automix.config.training import STUDY_DEFAULTS, RunSettings, TrainingSettings
+    from automix.trial.spec import TrialSpec
+
+    names = set(TrainingSettings.model_fields)
+    assert names <= set(TrialSpec.model_fields) and names <= set(TrialSettings.model_fields)
+    assert set(RunSettings.model_fields) == names
+    study, one_off = TrialSettings(), TrialSpec()
+    differ = {k for k in names if getattr(study, k) != getattr(one_off, k)}
+    assert differ == set(STUDY_DEFAULTS)
+    for k in names:  # same bounds: what one rejects, the other rejects
+        assert TrialSettings.model_fields[k].metadata == TrialSpec.model_fields[k].metadata
+    with pytest.raises(ValueError, match="steps: a key of the trial section itself"):
+        TrialSettings(extra={"steps": 3})

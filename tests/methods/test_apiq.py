@@ -107,7 +107,7 @@ def test_apiq_bakes_on_the_trials_quantizer_grid(quantizer, integer_zeros):
 
     model = tiny_llama(0)
     layers = {n: LayerSettings(3, 32, 0.0, 4) for n in target_layers(model)}
-    settings = {"options": {"epochs": 1}} | ({"quant_method": quantizer} if quantizer else {})
+    settings = {"options": {"epochs": 1}} | ({"quantizer": quantizer} if quantizer else {})
     prepared = get_method("apiq").prepare(model, layers, settings, tokens(2, 12, 1))
     zeros = [m.zeros for m in prepared.modules() if isinstance(m, QuantLinear)]
     assert len(zeros) == len(layers)

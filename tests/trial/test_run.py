@@ -157,10 +157,13 @@ def test_training_option_errors_are_clear():
     with pytest.raises(ValueError, match=r"grad_accum_steps \(3\) must divide batch_size \(8\)"):
         TrialSpec(batch_size=8, grad_accum_steps=3)
     with pytest.raises(ValueError, match="disagree"):
+        TrialSpec(quantizer="rtn", method_settings={"quantizer": "hqq"})
+    with pytest.raises(ValueError, match="disagree"):  # the old name, as older layer files carry it
         TrialSpec(quantizer="rtn", method_settings={"quant_method": "hqq"})
     with pytest.raises(ValueError, match="adamw-8bit"):
         TrialSpec(optimizer="adam")
-    assert TrialSpec(quantizer="hqq").method_settings_dict() == {"quant_method": "hqq"}
+    assert TrialSpec(quantizer="hqq").method_settings_dict() == {"quantizer": "hqq"}
+    assert TrialSpec(method_settings={"quant_method": "hqq"}).method_settings_dict() == {"quantizer": "hqq"}
 
 
 def test_cli_training_flags(model_dir, capsys):
