@@ -134,13 +134,21 @@ class TrialSettings(with_defaults("StudyTrainingSettings", STUDY_DEFAULTS, "")):
 
     extra: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("extra")
+    @model_validator(mode="before")
     @classmethod
-    def _not_a_setting(cls, v: dict[str, Any]) -> dict[str, Any]:
-        both = sorted(set(v) & set(TrainingSettings.model_fields))
-        if both:
-            raise ValueError(f"{', '.join(both)}: a key of the trial section itself, not of trial.extra")
-        return v
+    def _settings_out_of_extra(cls, v: Any) -> Any:
+        """A training setting given under ``extra`` (where study files put the keys the section
+        did not have before it embedded them all) is that setting; given in both places, they
+        must agree."""
+        if not isinstance(v, dict) or not isinstance(v.get("extra"), dict):
+            return v
+        moved = {k: x for k, x in v["extra"].items() if k in TrainingSettings.model_fields}
+        if not moved:
+            return v
+        clash = sorted(k for k, x in moved.items() if k in v and v[k] != x)
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: given both in trial and in trial.extra, with different values")
+        return {**v, **moved, "extra": {k: x for k, x in v["extra"].items() if k not in moved}}
 
     def spec_fields(self) -> dict[str, Any]:
         """The ``TrialSpec`` training fields of every trial of the study: each setting, except

@@ -99,5 +99,9 @@ def test_training_settings_are_declared_once():
     assert differ == set(STUDY_DEFAULTS)
     for k in names:  # same bounds: what one rejects, the other rejects
         assert TrialSettings.model_fields[k].metadata == TrialSpec.model_fields[k].metadata
-    with pytest.raises(ValueError, match="steps: a key of the trial section itself"):
-        TrialSettings(extra={"steps": 3})
+    # a training key under trial.extra (older study files) is that setting, not a second copy
+    moved = TrialSettings(extra={"eval_batch_size": 2, "report_every": 1})
+    assert moved.eval_batch_size == 2 and moved.extra == {"report_every": 1}
+    assert moved.spec_fields()["eval_batch_size"] == 2
+    with pytest.raises(ValueError, match="steps: given both in trial and in trial.extra"):
+        TrialSettings(steps=4, extra={"steps": 3})
