@@ -329,15 +329,34 @@ class Method:
         self.load_state_dict(model, load_file(str(path)))
 
 
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The Hugging Face causal LM a wrapper holds: a PEFT model's ``get_base_model()`` (its LoRA
+    layers are injected in that model's modules), else ``model`` itself."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def has_backbone(model: nn.Module) -> bool:
+    """Whether :func:`backbone_hidden` can run ``model`` without its LM head: a Hugging Face
+    causal LM (or a PEFT wrapper of one) whose ``base_model`` is a separate backbone."""
+    lm = causal_lm(model)
+    base = getattr(lm, "base_model", None)
+    return base is not None and base is not lm and callable(getattr(lm, "get_output_embeddings", None))
+
+
 def backbone_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                     ) -> torch.Tensor:
-    """The last hidden states of a Hugging Face causal LM's backbone: its forward without the LM
-    head (no logits) and without a KV cache, for calibration passes and the chunked loss."""
-    base = getattr(model, "base_model", None)
-    if base is None or base is model:
+    """The last hidden states of a Hugging Face causal LM's backbone (a PEFT model's too: the
+    model it wraps): its forward without the LM head (no logits) and without a KV cache, for
+    calibration passes and the chunked loss."""
+    if not has_backbone(model):
         raise MethodError(f"{type(model).__name__} has no backbone (base_model) to run without its head")
-    out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    out = causal_lm(model).base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = getattr(out, "last_hidden_state", None)
+    if hidden is None:
+        raise MethodError(f"the backbone of {type(model).__name__} gave no last_hidden_state "
+                          f"({type(out).__name__}); it cannot be run without its head")
+    return hidden
 
 
 def freeze(model: nn.Module) -> None:

@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automix.methods.base import backbone_hidden
+from automix.methods.base import backbone_hidden, causal_lm, has_backbone
 from automix.trial.memory import CHUNK_BYTES, chunk_tokens
 
 __all__ = ["CHUNK_BYTES", "ChunkedCrossEntropy", "causal_lm_loss", "chunk_tokens", "continuation_logprobs",
            "lm_hidden", "shifted_targets", "token_nll"]
+
 
 def lm_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, nn.Module]:
@@ -35,16 +36,16 @@ def lm_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     Face model's backbone without its head (no KV cache), or a method's wrapper that defines
     ``lm_hidden_states`` (QST's side network)."""
     own = getattr(model, "lm_hidden_states", None)
-    hidden = own(input_ids, attention_mask) if own is not None else backbone_hidden(model, input_ids, attention_mask)
-    return hidden, model.get_output_embeddings()
+    if own is not None:
+        return own(input_ids, attention_mask), model.get_output_embeddings()
+    return backbone_hidden(model, input_ids, attention_mask), causal_lm(model).get_output_embeddings()
 
 
 def _logits_only(model: nn.Module) -> bool:
     """A model that only gives logits (no backbone to run without its head): scored whole."""
     if getattr(model, "lm_hidden_states", None) is not None:
         return False
-    base = getattr(model, "base_model", None)
-    return base is None or base is model or not hasattr(model, "get_output_embeddings")
+    return not has_backbone(model)
 
 
 def _logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -82,3 +82,18 @@ def test_continuation_scores_read_only_their_positions():
         logp = torch.log_softmax(model(input_ids=b["input_ids"]).logits.float(), -1)
     want = torch.stack([logp[r, pos[r], tokens[r]] for r in range(2)])
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_peft_model_is_scored_through_the_model_it_wraps():
+    """A PEFT model's backbone is the wrapped model's (its LoRA layers injected there): its
+    chunked scores and loss are those of its own logits (``PeftModel.base_model`` is PEFT's
+    LoraModel, whose forward gives logits, not hidden states)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, b = tiny(), batch()
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        want = peft(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+    nll, n = loss.token_nll(peft, b["input_ids"], b["attention_mask"], b["labels"])
+    assert nll / n == pytest.approx(want.item(), rel=1e-5)
+    assert loss.causal_lm_loss(peft, b).item() == pytest.approx(want.item(), rel=1e-5)
