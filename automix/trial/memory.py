@@ -27,7 +27,7 @@ prediction (``tests/trial/test_memory_options.py``, ``benchmarks/memory_model.md
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from automix.config.layers import LayerSettings
