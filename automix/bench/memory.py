@@ -10,6 +10,12 @@ Sections (each on by default, ``--only NAME`` to run one):
 * ``studies`` — the memory range (cheapest / dearest configuration) of the built-in studies.
 * ``published`` — the model's prediction for published LoRA / QLoRA measurements (Llama-2-7B,
   TinyLlama-1.1B; see ``benchmarks/memory_model.md`` for the sources).
+* ``trials`` — whole trials (``run_trial``) per method and checkpointing on ``--model``: the
+  allocator's peak of each phase (load, prune, prepare, every step, evaluation; the
+  ``AllocatorMeter``) against the memory model's phases, and the phase that sets the peak.
+* ``overhead`` — wall and CPU time of one trial with the allocator meter on and off.
+* ``study-trials`` — configurations along a study's memory axis, run as its backend sends them:
+  predicted and allocator-counted peaks, and the front by each.
 
 ``--out FILE.md`` writes the tables with the command, date and machine.
 """
@@ -34,7 +40,8 @@ import torch
 
 from automix.config.layers import LayerConfig
 from automix.arch import arch_info, target_layer_names
-from automix.trial import checkpoint, memory, meter
+from automix.methods import get_method
+from automix.trial import checkpoint, memory, meter, run_trial
 from automix.trial.data import is_padded
 from automix.trial.run import grad_scaler, make_optimizer, prepare_model, train_step
 from automix.trial.spec import TrialSpec
@@ -117,12 +124,12 @@ def combos(emit: Callable[[str], None], model: str, methods: list[str], dtypes: 
             spec = base.model_copy(update={"gradient_checkpointing": ckpt, "optimizer": opt, "grad_accum_steps": accum})
             torch.manual_seed(0)
             est, got, _ = _step(prepared, spec, batch)
-            err = (est.total - got.total) / got.total
+            err = (est.accounted - got.total) / got.total
             errors.append(err)
             exact = all(getattr(est, k) == getattr(got, k)
                         for k in ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states"))
             emit(_row([method, dtype, "on" if ckpt else "off", opt, batch_size // accum, _mib(got.total),
-                       _mib(est.total), f"{100 * err:+.2f}%", f"{_mib(got.activations)} / {_mib(est.activations)}",
+                       _mib(est.accounted), f"{100 * err:+.2f}%", f"{_mib(got.activations)} / {_mib(est.activations)}",
                        "yes" if exact else "NO"]))
     emit()
     if errors:
@@ -282,9 +289,13 @@ def published(emit: Callable[[str], None]) -> None:
     emit("## Published LoRA / QLoRA peak memory vs this model (CUDA estimate, no checkpointing, AdamW "
          "in bf16 as `bf16-true` keeps it, LoRA dropout 0.05, group 64 for NF4's block 64)")
     emit()
-    emit(_row(["set-up", "published GB", "predicted GB", "error", "weights+meta GB", "activations GB",
-               "transient GB", "source"]))
-    emit(_row(["---"] * 8))
+    emit("Predicted: their step, with the fp32 logits and their gradient that LitGPT materialises "
+         "(2 x tokens x vocabulary x 4 bytes; automix's own chunked loss never holds them); a whole bf16 load: "
+         "the weights of a loader that reads the whole model before quantizing it.")
+    emit()
+    emit(_row(["set-up", "published GB", "predicted step GB", "error", "weights+meta GB", "activations GB",
+               "a whole bf16 load GB", "max(step, load) error", "source"]))
+    emit(_row(["---"] * 9))
     for label, kw, method, bits, rank, micro, tokens, gb, src in PUBLISHED:
         cfg = _llama(**kw)
         names = target_layer_names(cfg)
@@ -292,11 +303,17 @@ def published(emit: Callable[[str], None]) -> None:
                          {"*.self_attn.q_proj": {"rank": rank}, "*.self_attn.v_proj": {"rank": rank}}).resolve(names)
         est = memory.estimate(arch_info(cfg), ls, method, batch_size=micro, seq_len=tokens, dtype="bfloat16",
                               device="cuda", config=cfg, settings={"lora_dropout": 0.05})
-        emit(_row([label, f"{gb:.2f}", f"{est.total / 1e9:.2f}", f"{100 * (est.total / 1e9 - gb) / gb:+.0f}%",
+        # what a loader that reads the whole model before quantizing it holds (LitGPT's)
+        whole = memory.estimate(arch_info(cfg), LayerConfig({"bits": 16, "group_size": 64, "rank": 0}).resolve(names),
+                                "lora", dtype="bfloat16", device="cuda", config=cfg).weights
+        step = (est.accounted + 2 * micro * tokens * cfg.vocab_size * 4) / 1e9
+        either = max(step, whole / 1e9)
+        emit(_row([label, f"{gb:.2f}", f"{step:.2f}", f"{100 * (step - gb) / gb:+.0f}%",
                    f"{(est.weights + est.quant_metadata) / 1e9:.2f}", f"{est.activations / 1e9:.2f}",
-                   f"{est.transient / 1e9:.2f}", src]))
+                   f"{whole / 1e9:.2f}", f"{100 * (either - gb) / gb:+.0f}%", src]))
     emit()
-    emit("What our realistic set-up predicts for the same models (checkpointing on, bf16, paged AdamW):")
+    emit("What our realistic set-up predicts for the same models (checkpointing on, bf16, paged AdamW; "
+         "the whole trial's peak: loading streamed, the loss and the evaluation chunked):")
     emit()
     emit(_row(["model", "set-up", "predicted GB", "weights+meta", "adapters+grads+optimizer", "activations"]))
     emit(_row(["---"] * 6))
@@ -305,17 +322,163 @@ def published(emit: Callable[[str], None]) -> None:
         ls = LayerConfig({"bits": 4, "group_size": 64, "rank": 16}).resolve(target_layer_names(cfg))
         est = memory.estimate(arch_info(cfg), ls, "qlora", batch_size=4, seq_len=512, dtype="bfloat16",
                               device="cuda", config=cfg, gradient_checkpointing=True, optimizer="paged-adamw")
-        emit(_row([name, "QLoRA 4-bit, r16 on all linears, batch 4 x 512", f"{est.total / 1e9:.2f}",
+        emit(_row([name, "QLoRA 4-bit, r16 on all linears, batch 4 x 512", f"{est.peak / 1e9:.2f} ({est.peak_phase})",
                    f"{(est.weights + est.quant_metadata) / 1e9:.2f}",
                    f"{(est.adapters + est.gradients + est.optimizer_states) / 1e9:.2f}",
                    f"{est.activations / 1e9:.2f}"]))
     emit()
 
 
+# ----------------------------------------------------------------------------- whole trials
+
+
+TRIAL_METHODS = ("qlora", "loftq", "quailora", "apiq", "qst", "qeft")
+
+
+def _kind(phase: str) -> str:
+    """The predicted phase a measured one is compared with (each step with the step)."""
+    return "train" if phase.startswith("step") else "evaluate" if phase.startswith("evaluate") else phase
+
+
+def trials(emit: Callable[[str], None], model: str, methods: list[str], batch_size: int, seq_len: int, steps: int,
+           eval_batches: int, layers: dict, calib: tuple[int, int] | None, data: str | None) -> list[float]:
+    """Whole trials (``run_trial``, the allocator meter on) per method and checkpointing: the
+    allocator's peak of each phase against the memory model's; returns the peak errors."""
+    emit(f"## Whole trials on `{model}`: the allocator's peak per phase vs the prediction, MiB")
+    emit()
+    emit(f"Layers {layers}, batch {batch_size} x {seq_len}, {steps} steps, {eval_batches} evaluation batch(es)"
+         + (f", calibration {calib[0]} x {calib[1]} for the methods that calibrate" if calib else "") + ".")
+    emit("Each cell: allocator / predicted; train is the largest step; error = (allocator - predicted) / predicted.")
+    emit()
+    emit(_row(["method", "checkpointing", "peak phase (allocator)", "allocator peak", "predicted peak (phase)",
+               "error", "load", "prune", "prepare", "train", "evaluate", "perplexity"]))
+    emit(_row(["---"] * 12))
+    errors = []
+    for method, ckpt in itertools.product(methods, (False, True)):
+        spec = {"model": model, "method": method, "steps": steps, "batch_size": batch_size, "seq_len": seq_len,
+                "eval_batches": eval_batches, "gradient_checkpointing": ckpt, "layers": layers, "device": "cpu"}
+        if data:
+            spec["data"] = data
+        if calib and get_method(method).needs_calibration:
+            spec["method_settings"] = {"calib_samples": calib[0], "calib_seq_len": calib[1]}
+        r = run_trial(spec)
+        if r.status != "ok":
+            emit(_row([method, "on" if ckpt else "off", "failed", "-", "-", "-", "-", "-", "-", "-", "-",
+                       str(r.failure_reason)[:80]]))
+            continue
+        pred = r.memory_phases_predicted
+        got: dict[str, int] = {}
+        for phase, n in r.memory_phases.items():
+            got[_kind(phase)] = max(got.get(_kind(phase), 0), n)
+        err = (r.allocator_peak_bytes - r.predicted_memory_bytes) / r.predicted_memory_bytes
+        errors.append(err)
+        best = max(pred, key=lambda k: pred[k])
+        cells = [f"{_mib(got[k])} / {_mib(pred[k])}" if k in got else "-"
+                 for k in ("load", "prune", "prepare", "train", "evaluate")]
+        emit(_row([method, "on" if ckpt else "off", _kind(r.peak_phase), _mib(r.allocator_peak_bytes),
+                   f"{_mib(r.predicted_memory_bytes)} ({best})", f"{100 * err:+.1f}%", *cells,
+                   f"{r.perplexity:.10g}"]))
+    emit()
+    if errors:
+        emit(f"{sum(abs(e) <= 0.10 for e in errors)} of {len(errors)} trials within 10% of the prediction "
+             f"(worst {100 * max(errors, key=abs):+.1f}%; allocator above the prediction at most "
+             f"{100 * max(errors):+.1f}%).")
+        emit()
+    return errors
+
+
+def overhead(emit: Callable[[str], None], model: str, batch_size: int, seq_len: int, steps: int, repeats: int,
+             data: str | None) -> None:
+    """Wall and CPU time of the same trial with the allocator meter on and off, interleaved."""
+    spec = {"model": model, "method": "qlora", "steps": steps, "batch_size": batch_size, "seq_len": seq_len,
+            "eval_batches": 1, "gradient_checkpointing": True, "device": "cpu",
+            "layers": {"default": {"bits": 4, "group_size": 64, "rank": 8}}}
+    if data:
+        spec["data"] = data
+    run_trial({**spec, "steps": 1})  # warm-up (imports, caches, the profiler's first start)
+    times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for i in range(repeats):
+        for on in ((True, False) if i % 2 == 0 else (False, True)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            r = run_trial({**spec, "allocator_meter": on})
+            assert r.status == "ok", r.failure_reason
+            times[on].append((time.perf_counter() - t0, time.process_time() - c0))
+    med = {on: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for on, v in times.items()}
+    emit(f"## Overhead of the allocator meter (`{model}`, QLoRA 4-bit r8, batch {batch_size} x {seq_len}, "
+         f"{steps} steps and one evaluation batch, checkpointing, {repeats} runs each, interleaved)")
+    emit()
+    emit(_row(["allocator meter", "median trial s", "median trial CPU s"]))
+    emit(_row(["---"] * 3))
+    for on in (False, True):
+        emit(_row(["on" if on else "off", f"{med[on][0]:.2f}", f"{med[on][1]:.2f}"]))
+    emit()
+    emit(f"The meter costs {100 * (med[True][0] / med[False][0] - 1):+.0f}% wall time and "
+         f"{100 * (med[True][1] / med[False][1] - 1):+.0f}% CPU time per trial here.")
+    emit()
+
+
+# ----------------------------------------------------------------------------- a study's trials
+
+# (label, bits of attention layers, bits of MLP layers, prune ratio, rank): configurations along a
+# study's memory axis, from its cheapest corner to its dearest
+STUDY_POINTS = [("2/2-bit r4", 2, 2, 0.0, 4), ("3/3-bit r4 pruned 20%", 3, 3, 0.2, 4), ("4/3-bit r8", 4, 3, 0.0, 8),
+                ("4/4-bit r8", 4, 4, 0.0, 8), ("8/4-bit r8", 8, 4, 0.0, 8), ("8/8-bit r16", 8, 8, 0.0, 16)]
+
+
+def study_trials(emit: Callable[[str], None], path: str, methods: list[str] | None) -> None:
+    """Configurations spanning a study's memory axis run as the study runs them (its backend's
+    payloads): predicted and allocator-counted peaks, perplexity, and the front by each."""
+    from automix.config.study import load_study  # lazy: only this section reads studies
+    from automix.study.backend import AutomixBackend  # lazy: ditto
+
+    cfg = load_study(path)
+    backend = AutomixBackend(cfg)
+    names = list(backend.space.distributions)
+    rows = []
+    emit(f"## The `{Path(path).stem}` study's trials: predicted vs allocator-counted peak memory")
+    emit()
+    emit("Each configuration as the study's backend sends it to `run_trial` (the study's trial settings); "
+         "bits per kind of layer (attention / MLP), prune ratio and LoRA rank of every block.")
+    emit()
+    emit(_row(["configuration", "method", "predicted peak MiB (phase)", "allocator peak MiB (phase)", "error",
+               "within budget (predicted / allocator)", "perplexity", "trial s"]))
+    emit(_row(["---"] * 8))
+    for (label, attn, mlp, prune, rank), method in itertools.product(STUDY_POINTS, methods or cfg.methods):
+        params: dict[str, Any] = {"method": method}
+        for name in names:
+            kind, _, layer = name.partition(".")
+            choices = list(backend.space.distributions[name].choices)
+            want = {"bits": mlp if ".mlp." in layer else attn, "prune": prune, "rank": rank}.get(kind)
+            params[name] = want if want in choices else choices[0]
+        t0 = time.perf_counter()
+        r = run_trial(backend.payload(params))
+        seconds = time.perf_counter() - t0
+        if r.status != "ok":
+            emit(_row([label, method, "-", "-", "-", "-", f"failed: {r.failure_reason}"[:80], f"{seconds:.0f}"]))
+            continue
+        pred = r.memory_phases_predicted
+        phase = max(pred, key=lambda k: pred[k])
+        err = (r.allocator_peak_bytes - r.predicted_memory_bytes) / r.predicted_memory_bytes
+        budget = cfg.memory_budget
+        rows.append((label, method, r.predicted_memory_bytes, r.allocator_peak_bytes, r.perplexity))
+        emit(_row([label, method, f"{_mib(r.predicted_memory_bytes)} ({phase})",
+                   f"{_mib(r.allocator_peak_bytes)} ({_kind(r.peak_phase)})", f"{100 * err:+.1f}%",
+                   f"{'yes' if r.predicted_memory_bytes <= budget else 'no'} / "
+                   f"{'yes' if r.allocator_peak_bytes <= budget else 'no'}", f"{r.perplexity:.4f}", f"{seconds:.0f}"]))
+    emit()
+    for which, col in (("predicted", 2), ("allocator-counted", 3)):
+        front = [r for r in rows if not any(o[col] <= r[col] and o[4] <= r[4] and (o[col], o[4]) != (r[col], r[4])
+                                            for o in rows)]
+        front.sort(key=lambda r: r[col])
+        emit(f"Front by {which} memory: " + "; ".join(f"{r[0]} {r[1]} ({_mib(r[col])} MiB, ppl {r[4]:.2f})"
+                                                       for r in front) + ".")
+        emit()
+
+
 # ----------------------------------------------------------------------------- main
 
 
-SECTIONS = ("combos", "step-time", "studies", "published")
+SECTIONS = ("combos", "step-time", "studies", "published", "trials", "overhead", "study-trials")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,6 +496,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per setting (step-time)")
     p.add_argument("--studies", nargs="+", default=["studies/quickstart.yaml", "studies/tiny-methods.yaml",
                                                     "studies/llama2-7b-boolq.yaml"])
+    p.add_argument("--trial-methods", nargs="+", default=list(TRIAL_METHODS), help="methods of the trials section")
+    p.add_argument("--trial-steps", type=int, default=2, help="training steps of each whole trial")
+    p.add_argument("--mixed", action="store_true", help="trials: MLP layers 3-bit, the others 4-bit (rank 8)")
+    p.add_argument("--calib", type=int, nargs=2, metavar=("SAMPLES", "SEQ_LEN"),
+                   help="trials: the calibration set of the methods that calibrate (default: theirs)")
+    p.add_argument("--data", help="the task's data (e.g. builtin:python-docs)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each setting (overhead)")
+    p.add_argument("--study", default="studies/smollm2-135m.yaml", help="the study of the study-trials section")
     p.add_argument("--out", help="write the tables to this markdown file")
     args = p.parse_args(argv)
     sections = args.only or list(SECTIONS)
@@ -351,6 +522,16 @@ def main(argv: list[str] | None = None) -> int:
         studies(emit, args.studies)
     if "published" in sections:
         published(emit)
+    if "trials" in sections:
+        layers: dict = {"default": {"bits": args.bits, "group_size": 64, "rank": args.rank}}
+        if args.mixed:
+            layers["layers"] = {"*mlp*": {"bits": 3}}
+        trials(emit, args.model, args.trial_methods, args.batch_size, args.seq_len, args.trial_steps, 1, layers,
+               tuple(args.calib) if args.calib else None, args.data)
+    if "overhead" in sections:
+        overhead(emit, args.model, args.batch_size, args.seq_len, args.trial_steps, args.repeats, args.data)
+    if "study-trials" in sections:
+        study_trials(emit, args.study, None)
     if args.out:
         cmd = "automix bench memory " + " ".join(argv if argv is not None else sys.argv[1:])
         head = [f"Command: `{cmd.strip()}`  ", f"Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC  ",

@@ -95,8 +95,8 @@ def _families(emit) -> None:
             got = meter.measured_breakdown(prepared, params, opt, saved.bytes)
             exact = all(getattr(est, k) == getattr(got, k) for k in
                         ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states"))
-            emit(_row([fam, f"{meth} {bits}-bit", str(got.total), str(est.total),
-                       f"{100 * (est.total - got.total) / got.total:+.2f}%", "yes" if exact else "NO"]))
+            emit(_row([fam, f"{meth} {bits}-bit", str(got.total), str(est.accounted),
+                       f"{100 * (est.accounted - got.total) / got.total:+.2f}%", "yes" if exact else "NO"]))
 
 
 def _compare(base: dict, args: argparse.Namespace, emit) -> list[dict]:

@@ -202,7 +202,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.method} on {result.task}: {metric}")
         print(f"  loss {result.first_loss} -> {result.last_loss} over {result.steps} steps"
               if result.steps else "  no fine-tuning (--steps 0)")
-        print(f"  memory: measured {_mib(result.peak_memory_bytes)}, predicted {_mib(result.predicted_memory_bytes)}")
+        predicted = result.memory_phases_predicted
+        phase = max(predicted, key=lambda k: predicted[k]) if predicted else ""
+        measured = f" (allocator, at the {result.peak_phase})" if result.peak_phase else ""
+        print(f"  memory: measured {_mib(result.peak_memory_bytes)}{measured}, predicted "
+              f"{_mib(result.predicted_memory_bytes)}" + (f" (at the {phase})" if phase else ""))
         print(f"  trainable params {result.trainable_params}, avg bits {result.avg_bits}")
         print(f"  time: prepare {result.prepare_seconds:.1f}s, train {result.train_seconds:.1f}s, "
               f"eval {result.eval_seconds:.1f}s")

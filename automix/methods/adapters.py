@@ -35,6 +35,11 @@ def _module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
     return (dtype if isinstance(dtype, torch.dtype) else torch.float32), torch.device("cpu")
 
 
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """The compute dtype of a layer (its ``dtype`` attribute, else its first float tensor's)."""
+    return _module_dtype_device(module)[0]
+
+
 class LoRALinear(nn.Module):
     """``y = base(x) + scaling * B(A(dropout(x)))`` with ``scaling = alpha / rank``.
 

@@ -24,7 +24,7 @@ its zero point; ``minmax`` on the fractional-zero-point min/max grid; ``hqq`` on
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import torch
@@ -32,11 +32,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from automix.methods.adapters import replace_module
-from automix.methods.base import MethodError
+from automix.methods.base import InitMemory, MethodError, MethodSettings
 from automix.methods.loftq import LowRankInitMethod
 from automix.arch import block_index, linear_weight
 from automix.quant import DEFAULT_METHOD, check_method, fake_quantize, quantize
 from automix.quant.grid import clip_logits_init
+
+APIQ_LAYER_FACTOR = 8.0  # bytes a block's fit holds per fp32 byte of its largest layer (benchmarks/memory_model.md)
 
 
 def clipping_grid(quantizer: str) -> str:
@@ -241,14 +243,18 @@ def apiq_calibrate(
         captured = capture_block_inputs(model, first, calib, batch_size)
         kws = [kw for _, kw in captured]
         x_fp = [h for h, _ in captured]
+        del captured
         x_q = [h.clone() for h in x_fp]
         for block_name, names in blocks:
             block = model.get_submodule(block_name)
             fit = _fit_layers if layerwise else _fit_block
             with torch.no_grad():
-                y_fp = [_block_out(block(x, **kw)) for x, kw in zip(x_fp, kws)]
+                # the block-wise fit reads the full-precision stream's outputs only: they replace its
+                # inputs one batch at a time (two copies of the calibration set's states, not three)
+                y_fp = [_block_out(block(x, **kw)) for x, kw in zip(x_fp, kws)] if layerwise else \
+                    _through(block, x_fp, kws)
                 if not names:  # a block with nothing to quantize: both streams pass through it
-                    x_q = [_block_out(block(x, **kw)) for x, kw in zip(x_q, kws)]
+                    _through(block, x_q, kws)
                     x_fp = y_fp
                     continue
             modules = {n: _apiq_module(model.get_submodule(n), plans[n]) for n in names}
@@ -264,7 +270,7 @@ def apiq_calibrate(
             for n, m in modules.items():
                 results[n] = m.bake()
             with torch.no_grad():
-                x_q = [_block_out(block(x, **kw)) for x, kw in zip(x_q, kws)]
+                _through(block, x_q, kws)
             for n, orig in originals.items():
                 replace_module(model, n, orig)
             x_fp = y_fp
@@ -273,6 +279,14 @@ def apiq_calibrate(
             p.requires_grad_(grad_state.get(n, p.requires_grad))
         model.train(was_training)
     return results
+
+
+def _through(block: nn.Module, states: list[Tensor], kws: list[dict]) -> list[Tensor]:
+    """Each hidden state of ``states`` replaced by ``block``'s output on it, in place (one batch's
+    output is the only extra state alive at a time); returns the list."""
+    for i, kw in enumerate(kws):
+        states[i] = _block_out(block(states[i], **kw))
+    return states
 
 
 def _fit_block(model, block, modules, x_fp, x_q, kws, epochs, lr_clip, lr_lora, wd, y_fp) -> None:
@@ -340,6 +354,13 @@ class ApiQ(LowRankInitMethod):
     layerwise = False
     option_defaults = {"epochs": 5, "batch_size": 4, "lr_clip": 5e-3, "lr_lora": 5e-4, "weight_decay": 0.0}
 
+    def init_memory(self, arch: Any, settings: MethodSettings) -> InitMemory:
+        # the calibration set's hidden states (the full-precision stream, replaced by the block's
+        # outputs; the quantized stream), one block's fit with gradients, its fake-quantized weights
+        return InitMemory(layer_factor=APIQ_LAYER_FACTOR, states=2, calib_rows=settings.calib_samples,
+                          calib_seq_len=settings.calib_seq_len,
+                          fit_tokens=int(settings.options["batch_size"]) * settings.calib_seq_len)
+
     def initialise(self, model, layer_settings, settings, calib):
         opts = settings.options
         grid = clipping_grid(settings.quantizer)
@@ -360,6 +381,12 @@ class ApiQLayerwise(ApiQ):
     name = "apiq-lw"
     layerwise = True
 
+    def init_memory(self, arch: Any, settings: MethodSettings) -> InitMemory:
+        # three copies of the states (full-precision inputs and outputs, the quantized stream) and
+        # each layer's inputs on both streams for one block (q/k/v and gate/up share theirs)
+        init = super().init_memory(arch, settings)
+        per_block = 3 + arch.intermediate_size / arch.hidden_size
+        return replace(init, states=3 + 2 * per_block)
 
 __all__ = ["ApiQ", "ApiQLayerwise", "ApiQPlan", "ApiQLinear", "apiq_calibrate", "clipping_grid", "group_by_block",
            "capture_block_inputs"]

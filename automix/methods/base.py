@@ -109,6 +109,35 @@ def _settings_errors(err: ValidationError) -> str:
 
 
 @dataclass(frozen=True)
+class InitMemory:
+    """What a method's initialisation holds beyond the model it builds, for the memory model's
+    "prepare" phase (``automix.trial.memory``): plain quantization (``qlora``, ``qst``) needs
+    none of it; the memory model bounds its chunked quantization by the training step.
+
+    * ``layer_factor``: while one layer is initialised, bytes held per fp32 byte of that layer
+      (LoftQ's residual and SVD, QuAILoRA's float64 least squares, QEFT's GPTQ); the largest
+      target layer counts.
+    * ``calib_tokens``: tokens of one calibration forward through the full-precision model
+      (``calib_batch_size`` x ``calib_seq_len``), which runs before any layer is quantized.
+    * ``hessians``: X^T X (fp32) of every input group of the target layers is summed over the
+      calibration set and held until its layers are initialised (QuAILoRA, QEFT).
+    * ``states``: copies of the whole calibration set's hidden states held while the blocks are
+      fitted one by one (ApiQ: the full-precision stream and the quantized one; its layer-wise
+      variant also the block's outputs and each layer's inputs), ``calib_rows`` x
+      ``calib_seq_len`` tokens of hidden size each.
+    * ``fit_tokens``: tokens of one fitting step through one block with gradients (ApiQ).
+    """
+
+    layer_factor: float = 0.0
+    calib_tokens: int = 0
+    hessians: bool = False
+    states: float = 0.0
+    calib_rows: int = 0
+    calib_seq_len: int = 0
+    fit_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class MemoryProfile:
     """What a method adds to the memory of a fine-tuning step, analytically (no model built).
 
@@ -155,6 +184,12 @@ class MemoryProfile:
     * ``trainable_sizes``: elements of each trainable tensor (optimizers with per-tensor rules,
       e.g. bitsandbytes' 8-bit states only above 4096 elements, need them); None: the memory
       model assumes ``trainable_tensors`` equal parts.
+    * ``init``: what the method's initialisation holds beyond the model (:class:`InitMemory`);
+      None for a method that only quantizes and adds parameters.
+    * ``extra_forward``: what the method's own forward holds beyond the backbone's when nothing
+      is trained (an evaluation), in bytes, called as ``extra_forward(tokens, elem)`` (QST keeps
+      every block's hidden state for its side network); None: nothing. Picklable, like
+      ``extra_activations``.
     """
 
     quantize_base: bool = True
@@ -171,6 +206,8 @@ class MemoryProfile:
     grad_layers: frozenset[str] | None = None
     trainable_sizes: tuple[int, ...] | None = None
     fp32_sizes: tuple[int, ...] = ()
+    init: InitMemory | None = None
+    extra_forward: Callable[[int, int], float] | None = None
 
 
 class Method:
@@ -290,6 +327,36 @@ class Method:
         if saved_by and saved_by != self.name:
             raise MethodError(f"{path} holds state of method {saved_by!r}, not {self.name!r}")
         self.load_state_dict(model, load_file(str(path)))
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The Hugging Face causal LM a wrapper holds: a PEFT model's ``get_base_model()`` (its LoRA
+    layers are injected in that model's modules), else ``model`` itself."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def has_backbone(model: nn.Module) -> bool:
+    """Whether :func:`backbone_hidden` can run ``model`` without its LM head: a Hugging Face
+    causal LM (or a PEFT wrapper of one) whose ``base_model`` is a separate backbone."""
+    lm = causal_lm(model)
+    base = getattr(lm, "base_model", None)
+    return base is not None and base is not lm and callable(getattr(lm, "get_output_embeddings", None))
+
+
+def backbone_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """The last hidden states of a Hugging Face causal LM's backbone (a PEFT model's too: the
+    model it wraps): its forward without the LM head (no logits) and without a KV cache, for
+    calibration passes and the chunked loss."""
+    if not has_backbone(model):
+        raise MethodError(f"{type(model).__name__} has no backbone (base_model) to run without its head")
+    out = causal_lm(model).base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = getattr(out, "last_hidden_state", None)
+    if hidden is None:
+        raise MethodError(f"the backbone of {type(model).__name__} gave no last_hidden_state "
+                          f"({type(out).__name__}); it cannot be run without its head")
+    return hidden
 
 
 def freeze(model: nn.Module) -> None:

@@ -18,15 +18,17 @@ keeps the full SVD.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from automix.config.layers import LayerSettings
-from automix.methods.base import MemoryProfile, Method, MethodError, MethodSettings, freeze, lora_memory_profile
+from automix.methods.base import (InitMemory, MemoryProfile, Method, MethodError, MethodSettings, freeze,
+                                  lora_memory_profile)
 from automix.arch import linear_weight
-from automix.methods.adapters import inject_lora, quantize_layers, replace_module
+from automix.methods.adapters import inject_lora, module_dtype, quantize_layers, replace_module
 from automix.quant import DEFAULT_METHOD, QuantizedWeight, QuantLinear, quantize
 
 
@@ -38,6 +40,7 @@ def check_rank(rank: int, shape: tuple[int, ...] | torch.Size) -> None:
 
 
 SVD_CHOICES = ("randomized", "exact")
+LOFTQ_LAYER_FACTOR = 6.0  # bytes LoftQ holds per fp32 byte of the layer it initialises (benchmarks/memory_model.md)
 OVERSAMPLE = 8        # extra columns of the random sketch beyond the rank
 POWER_ITERS = 4       # subspace iterations; 2 left up to 1.3% more error at rank 32, 4 at most 0.5%
 
@@ -156,21 +159,25 @@ class LowRankInitMethod(Method):
             raise MethodError(f"method {self.name!r} needs a calibration batch [n_samples, seq_len] of token ids")
         freeze(model)
         inits = self.initialise(model, layer_settings, settings, calib)
-        for name, (qweight, _, _) in inits.items():
+        for name, (qweight, a, b) in list(inits.items()):
             if qweight is None:
                 continue
             old = model.get_submodule(name)
-            dtype = old.weight.dtype
+            dtype = module_dtype(old)  # (a streamed layer's weight is not read for its dtype)
             bias = getattr(old, "bias", None)
-            layer = QuantLinear.from_quantized(as_dtype(qweight, dtype), bias if isinstance(bias, Tensor) else None)
+            # the layer takes the quantized weight's tensors over: no second copy of them
+            layer = QuantLinear.from_quantized(as_dtype(qweight, dtype), bias if isinstance(bias, Tensor) else None,
+                                               copy=False)
             layer.requires_grad_(False)
             replace_module(model, name, layer)
+            inits[name] = (None, a, b)
+            del qweight, old, layer
         # layers the initialiser left alone (e.g. rank 0 for LoftQ) get plain quantization
         quantize_layers(model, layer_settings, method=settings.quantizer)
         adapters = inject_lora(model, layer_settings, alpha=settings.lora_alpha, dropout=settings.lora_dropout)
         with torch.no_grad():
             for name, wrapper in adapters.items():
-                _, a, b = inits.get(name, (None, None, None))
+                _, a, b = inits.pop(name, (None, None, None))
                 if a is not None:
                     wrapper.lora_A.copy_(a.to(wrapper.lora_A.dtype))
                     wrapper.lora_B.copy_(b.to(wrapper.lora_B.dtype))
@@ -178,7 +185,13 @@ class LowRankInitMethod(Method):
 
     def memory_profile(self, arch: Any, layer_settings: Mapping[str, LayerSettings],
                        settings: MethodSettings | Mapping[str, Any] | None = None) -> MemoryProfile:
-        return lora_memory_profile(arch, layer_settings, self.check_settings(settings), quantize_base=True)
+        settings = self.check_settings(settings)
+        return replace(lora_memory_profile(arch, layer_settings, settings, quantize_base=True),
+                       init=self.init_memory(arch, settings))
+
+    def init_memory(self, arch: Any, settings: MethodSettings) -> InitMemory | None:
+        """What :meth:`initialise` holds beyond the model (:class:`InitMemory`)."""
+        return None
 
 
 class LoftQ(LowRankInitMethod):
@@ -188,6 +201,11 @@ class LoftQ(LowRankInitMethod):
     name = "loftq"
     needs_calibration = False
     option_defaults = {"loftq_iters": 1, "loftq_svd": "randomized"}
+
+    def init_memory(self, arch: Any, settings: MethodSettings) -> InitMemory:
+        # the weight, W - s*B@A and the residual in fp32, the quantization (a chunk at a time)
+        # and the dequantized weight; the sketch and its QR are rank-sized
+        return InitMemory(layer_factor=LOFTQ_LAYER_FACTOR)
 
     def initialise(self, model, layer_settings, settings, calib):
         out = {}

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from automix.config.layers import LayerSettings
-from automix.methods.base import MemoryProfile, Method, MethodError, MethodSettings, freeze
+from automix.methods.base import InitMemory, MemoryProfile, Method, MethodError, MethodSettings, freeze
 from automix.arch import layer_shapes, linear_weight
 from automix.methods.adapters import replace_module
 from automix.methods.loftq import as_dtype
@@ -33,6 +33,8 @@ from automix.methods.quailora import collect_input_hessians
 from automix.quant import QuantLinear
 from automix.quant.grid import minmax_grid
 from automix.quant.quantizer import pack_quantized
+
+QEFT_LAYER_FACTOR = 8.0  # bytes GPTQ holds per fp32 byte of the layer it quantizes (benchmarks/memory_model.md)
 
 
 def weak_column_count(in_features: int, fraction: float = 1 / 32, k: int | None = None) -> int:
@@ -194,6 +196,8 @@ class QEFT(Method):
         hessians, groups = collect_input_hessians(model, targets, calib, int(opts["calib_batch_size"]))
         for group in groups:
             h = hessians[group[0]]
+            for name in group:  # the group's matrix is freed once its layers are quantized
+                del hessians[name]
             try:
                 k = self._k(h.shape[0], opts)
             except ValueError as err:
@@ -232,9 +236,11 @@ class QEFT(Method):
                 tensors += 1
                 trained.add(name)
                 sizes.append(out_f * k)
+        init = InitMemory(layer_factor=QEFT_LAYER_FACTOR, hessians=True,
+                          calib_tokens=int(opts["calib_batch_size"]) * self.check_settings(settings).calib_seq_len)
         return MemoryProfile(quantize_base=True, dense_columns=dense, adapter_params=0, trainable_params=params,
                              trainable_tensors=tensors, extra_frozen_bytes=frozen, trainable_sizes=tuple(sizes),
-                             grad_layers=frozenset(trained))  # the memory model counts weak-column inputs
+                             grad_layers=frozenset(trained), init=init)  # the memory model counts weak-column inputs
 
 
 __all__ = ["QEFT", "weak_column_count", "select_weak_columns", "gptq_quantize_with_weak", "QEFTLinear"]

@@ -177,8 +177,11 @@ class QSTModel(nn.Module):
                 h.remove()
         return emb[0], states, out.last_hidden_state
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                labels: Tensor | None = None, **_: Any) -> SimpleNamespace:
+    def get_output_embeddings(self) -> nn.Module:
+        return self.backbone.get_output_embeddings()
+
+    def lm_hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The final hidden state the LM head reads: ``alpha * h_backbone + (1 - alpha) * up(side)``."""
         emb, states, final = self._backbone_states(input_ids, attention_mask)
         mask = None
         # right padding needs no mask: under causal attention a valid query never sees the padded
@@ -200,8 +203,11 @@ class QSTModel(nn.Module):
             s = layer(g * self.down[i](side(states[i])) + (1 - g) * s, mask)
         alpha = self.out_gate
         h = alpha * side(final) + (1 - alpha) * self.up(self.side_norm(s))
-        head = self.backbone.get_output_embeddings()
-        logits = head(h.to(head.weight.dtype))
+        return h.to(self.get_output_embeddings().weight.dtype)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None, **_: Any) -> SimpleNamespace:
+        logits = self.get_output_embeddings()(self.lm_hidden_states(input_ids, attention_mask))
         loss = None
         if labels is not None:  # as transformers' causal-LM loss: labels shifted, every logit row kept
             shifted = F.pad(labels, (0, 1), value=-100)[:, 1:]
@@ -256,7 +262,15 @@ class QST(Method):
                              trainable_tensors=len(sizes) + len(gates), trainable_sizes=sizes + gates,
                              fp32_sizes=gates, backprop_through_backbone=False,
                              extra_activations=partial(side_activation_bytes, d, n, arch.n_heads,
-                                                       arch.intermediate_size, r, dr))
+                                                       arch.intermediate_size, r, dr),
+                             extra_forward=partial(side_forward_bytes, d, n))
+
+
+def side_forward_bytes(hidden: int, n_layers: int, tokens: int, elem: int = 4) -> int:
+    """What QST's forward holds beyond the backbone's when nothing trains (an evaluation): the
+    embedding output and every block's hidden state, which the side network reads in turn, and
+    the final hidden state."""
+    return (n_layers + 2) * tokens * hidden * elem
 
 
 def side_activation_bytes(hidden: int, n_layers: int, n_heads: int, intermediate: int, reduction: int,
@@ -292,4 +306,4 @@ def side_activation_bytes(hidden: int, n_layers: int, n_heads: int, intermediate
     return tokens * (elem * (down + mix + block + final) + 4 * fp32) + elem * rope + fixed
 
 
-__all__ = ["QST", "side_activation_bytes", "QSTModel", "SideBlock", "LowRankDown", "side_dims", "side_param_count"]
+__all__ = ["QST", "side_activation_bytes", "side_forward_bytes", "QSTModel", "SideBlock", "LowRankDown", "side_dims", "side_param_count"]

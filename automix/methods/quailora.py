@@ -15,15 +15,18 @@ collector lives here.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from automix.methods.base import MethodError
+from automix.methods.base import InitMemory, MethodError, MethodSettings, backbone_hidden
 from automix.methods.loftq import LowRankInitMethod, check_rank, check_svd_option, loftq_init
 from automix.arch import linear_weight
 from automix.quant import DEFAULT_METHOD
+
+QUAILORA_LAYER_FACTOR = 12.0  # bytes held per fp32 byte of the layer initialised (benchmarks/memory_model.md)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,19 +52,19 @@ def collect_input_hessians(
     leader: dict[str, str] = {}
     sums: dict[str, Tensor] = {}
     first_pass = [True]
-    seen_ptr: dict[tuple, tuple[str, Tensor]] = {}
+    seen: dict[tuple, tuple[str, weakref.ref]] = {}
 
     def make_hook(name: str):
         def hook(_mod, args, _out=None):
             x = args[0]
             if first_pass[0]:
-                # the seen inputs stay referenced during the first pass, so a freed tensor's
-                # address cannot be reused by a later, different input (false sharing)
+                # the same input: the same tensor, still alive (a weak reference: holding every
+                # input would keep all of them, and a freed tensor's address can be reused)
                 key = (x.data_ptr(), tuple(x.shape), x.dtype)
-                if key in seen_ptr:
-                    leader[name] = seen_ptr[key][0]
+                if key in seen and seen[key][1]() is x:
+                    leader[name] = seen[key][0]
                     return
-                seen_ptr[key] = (name, x)
+                seen[key] = (name, weakref.ref(x))
                 leader[name] = name
             elif leader.get(name) != name:
                 return
@@ -78,8 +81,8 @@ def collect_input_hessians(
     model.eval()
     try:
         for start in range(0, calib.shape[0], batch_size):
-            seen_ptr.clear()
-            model(input_ids=calib[start:start + batch_size].to(device))
+            seen.clear()
+            backbone_hidden(model, calib[start:start + batch_size].to(device))  # the layers' inputs; no logits
             first_pass[0] = False
     finally:
         for h in handles:
@@ -190,6 +193,12 @@ class QuAILoRA(LowRankInitMethod):
     option_defaults = {"als_iters": 10, "damp": 0.01, "loftq_iters": 1, "loftq_svd": "randomized",
                        "calib_batch_size": 8}
 
+    def init_memory(self, arch: Any, settings: MethodSettings) -> InitMemory:
+        # the X^T X of every input group, the calibration forward, then per layer LoftQ's start
+        # and the float64 least squares (residual, H and their products)
+        return InitMemory(layer_factor=QUAILORA_LAYER_FACTOR, hessians=True,
+                          calib_tokens=int(settings.options["calib_batch_size"]) * settings.calib_seq_len)
+
     def initialise(self, model, layer_settings, settings, calib):
         opts = settings.options
         svd = check_svd_option(self.name, opts["loftq_svd"])
@@ -200,8 +209,9 @@ class QuAILoRA(LowRankInitMethod):
         out = {}
         for name, module in chosen.items():
             s = layer_settings[name]
+            hessian = hessians.pop(name)  # a group's matrix is freed with its last layer's use
             try:
-                out[name] = quailora_init(linear_weight(module), hessians[name], s.bits, s.group_size, s.rank,
+                out[name] = quailora_init(linear_weight(module), hessian, s.bits, s.group_size, s.rank,
                                           settings.lora_alpha / s.rank, int(opts["als_iters"]),
                                           int(opts["loftq_iters"]), float(opts["damp"]), settings.quantizer,
                                           svd)

@@ -4,7 +4,7 @@ the frozen `QuantLinear` layer whose forward runs the `automix.kernels` dequanti
 from automix.quant.grid import CLIP_LOGIT_INIT, clip_logits_init, fake_quantize, num_groups
 from automix.quant.linear import QuantLinear
 from automix.kernels.packing import SUPPORTED_BITS, pack, packed_words, unpack
-from automix.quant.quantizer import DEFAULT_METHOD, METHODS, check_method, quantize
+from automix.quant.quantizer import DEFAULT_METHOD, METHODS, check_method, quantization_chunk, quantize
 from automix.kernels.reference import dequantize_kn
 from automix.quant.weight import QuantizedWeight
 
@@ -22,6 +22,7 @@ __all__ = [
     "num_groups",
     "pack",
     "packed_words",
+    "quantization_chunk",
     "quantize",
     "unpack",
 ]

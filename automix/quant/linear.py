@@ -11,12 +11,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from automix.arch import linear_weight
+from automix.arch import linear_shape, linear_weight
 from automix.kernels import quant_matmul
 from automix.kernels.packing import check_bits, packed_words
 from automix.quant.grid import check_group_size, num_groups
-from automix.quant.quantizer import DEFAULT_METHOD, quantize
+from automix.quant.quantizer import DEFAULT_METHOD, chunk_rows, quantize
 from automix.quant.weight import QuantizedWeight
+
+
+def _weight_rows(linear: nn.Module, start: int, end: int) -> torch.Tensor:
+    """Output rows ``start:end`` of a layer's (out, in) weight (read alone from a streamed layer)."""
+    rows = getattr(linear, "weight_rows", None)
+    return rows(start, end) if rows is not None else linear_weight(linear)[start:end]
 
 
 class QuantLinear(nn.Module):
@@ -53,14 +59,22 @@ class QuantLinear(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_quantized(cls, qweight: QuantizedWeight, bias: torch.Tensor | None = None) -> "QuantLinear":
-        """Wrap an existing :class:`QuantizedWeight` (e.g. one with baked ApiQ clipping)."""
+    def from_quantized(cls, qweight: QuantizedWeight, bias: torch.Tensor | None = None,
+                       copy: bool = True) -> "QuantLinear":
+        """Wrap an existing :class:`QuantizedWeight` (e.g. one with baked ApiQ clipping): a copy
+        of its tensors, or (``copy=False``) the tensors themselves, the caller giving them up."""
         out_f, in_f = qweight.shape
         layer = cls(in_f, out_f, qweight.bits, qweight.group_size, bias=bias is not None,
-                    dtype=qweight.dtype, meta_dtype=qweight.scales.dtype, device=qweight.device)
-        layer.packed.copy_(qweight.packed)
-        layer.scales.copy_(qweight.scales)
-        layer.zeros.copy_(qweight.zeros)
+                    dtype=qweight.dtype, meta_dtype=qweight.scales.dtype,
+                    device=qweight.device if copy else "meta")
+        for name in ("packed", "scales", "zeros"):
+            if copy:
+                getattr(layer, name).copy_(getattr(qweight, name))
+            else:
+                layer.register_buffer(name, getattr(qweight, name).contiguous())
+        if bias is not None and not copy:
+            layer.bias = nn.Parameter(torch.empty(out_f, dtype=qweight.dtype, device=qweight.device),
+                                      requires_grad=False)
         if bias is not None:
             if tuple(bias.shape) != (out_f,):
                 raise ValueError(f"bias: expected shape ({out_f},), got {tuple(bias.shape)}")
@@ -79,15 +93,43 @@ class QuantLinear(nn.Module):
         """Quantize an ``nn.Linear`` (or GPT-2 ``Conv1D``); the bias is kept as is.
 
         ``quant_kwargs`` go to :func:`automix.quant.quantize` (``clip_max_logit``, ``meta_dtype``,
-        hqq options, ...).
+        hqq options, ...). Inside :func:`automix.quant.quantization_chunk` the output rows are quantized a
+        chunk at a time (read through the layer's ``weight_rows`` when it has one, as a streamed
+        layer does): the same codes and grid (every quantizer works per row and group), at most
+        the chunk's bytes of full-precision rows and their temporaries at once.
         """
-        weight = linear_weight(linear)
+        out_f, in_f = linear_shape(linear)
+        rows = chunk_rows(out_f, in_f)
+        if rows >= out_f:
+            return cls._quantized(linear_weight(linear), linear, bits, group_size, method, quant_kwargs)
+        bias = getattr(linear, "bias", None)
+        bias = bias if isinstance(bias, torch.Tensor) else None
+        layer = None
+        for r0 in range(0, out_f, rows):
+            r1 = min(out_f, r0 + rows)
+            kw = {k: v[r0:r1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == out_f else v
+                  for k, v in quant_kwargs.items()}
+            part = cls._quantized(_weight_rows(linear, r0, r1), linear, bits, group_size, method, kw, bias=False)
+            if layer is None:
+                layer = cls(in_f, out_f, bits, group_size, bias=bias is not None, dtype=part.dtype,
+                            meta_dtype=part.scales.dtype, device=part.packed.device)
+            layer.packed[:, r0:r1] = part.packed
+            layer.scales[:, r0:r1] = part.scales
+            layer.zeros[:, r0:r1] = part.zeros
+            del part
+        if bias is not None:
+            layer.bias.data = bias.detach().clone().to(layer.packed.device)
+        return layer
+
+    @classmethod
+    def _quantized(cls, weight: torch.Tensor, linear: nn.Module, bits: int, group_size: int, method: str,
+                   quant_kwargs: dict, bias: bool = True) -> "QuantLinear":
         try:
             qweight = quantize(weight, bits, group_size, method, **quant_kwargs)
         except ValueError as exc:
-            raise ValueError(f"{type(linear).__name__} ({tuple(weight.shape)}): {exc}") from exc
-        bias = getattr(linear, "bias", None)
-        return cls.from_quantized(qweight, bias if isinstance(bias, torch.Tensor) else None)
+            raise ValueError(f"{type(linear).__name__} ({tuple(linear_shape(linear))}): {exc}") from exc
+        b = getattr(linear, "bias", None) if bias else None
+        return cls.from_quantized(qweight, b if isinstance(b, torch.Tensor) else None)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # model.half()/.to(bfloat16) must not re-round the scales and zeros: they keep their

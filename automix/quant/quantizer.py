@@ -16,7 +16,10 @@ The grid primitives (groups, min/max grid, codes, fake quantization) are :mod:`a
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
+from typing import Any, Iterator
 
 import torch
 
@@ -66,6 +69,29 @@ def pack_quantized(
     )
 
 
+_CHUNK_BYTES: contextvars.ContextVar[int | None] = contextvars.ContextVar("automix_quant_chunk", default=None)
+
+
+@contextlib.contextmanager
+def quantization_chunk(nbytes: int | None) -> Iterator[None]:
+    """Inside the block, :func:`quantize` (and :meth:`automix.quant.QuantLinear.from_linear`,
+    which also reads a layer's rows a chunk at a time) works on at most ``nbytes`` of fp32
+    weight rows at a time (None: whole weights). Every quantizer works per row and group, so
+    the result is the same; the temporaries (codes, packing) are a chunk's. A trial sizes the
+    chunk so that quantizing never needs more memory than its training step has to spare."""
+    token = _CHUNK_BYTES.set(None if nbytes is None else max(1, int(nbytes)))
+    try:
+        yield
+    finally:
+        _CHUNK_BYTES.reset(token)
+
+
+def chunk_rows(out_features: int, in_features: int) -> int:
+    """Output rows quantized at a time under :func:`quantization_chunk` (all outside it)."""
+    limit = _CHUNK_BYTES.get()
+    return out_features if limit is None else max(1, min(out_features, limit // (4 * max(1, in_features))))
+
+
 def quantize(
     weight: torch.Tensor,
     bits: int,
@@ -101,6 +127,32 @@ def quantize(
     if accepted is not None and set(method_kwargs) - accepted:
         raise ValueError(f"method={method!r} takes " + (f"only the options {sorted(accepted)}" if accepted else
                          "no extra options") + f", got {sorted(method_kwargs)}")
+    n, k = weight.shape
+    rows = chunk_rows(n, k)
+    if rows < n:  # a chunk of rows at a time, into the whole result
+        out = None
+        for r0 in range(0, n, rows):
+            part = _quantize_whole(weight[r0:r0 + rows], bits, group_size, grid_fn,
+                                   None if clip_max_logit is None else clip_max_logit[r0:r0 + rows],
+                                   None if clip_min_logit is None else clip_min_logit[r0:r0 + rows],
+                                   round_zero, meta_dtype, method_kwargs)
+            if out is None:
+                out = QuantizedWeight(part.packed.new_empty(part.packed.shape[0], n),
+                                      part.scales.new_empty(part.scales.shape[0], n),
+                                      part.zeros.new_empty(part.zeros.shape[0], n), bits, group_size, (n, k),
+                                      part.dtype)
+            out.packed[:, r0:r0 + rows] = part.packed
+            out.scales[:, r0:r0 + rows] = part.scales
+            out.zeros[:, r0:r0 + rows] = part.zeros
+            del part
+        return out
+    return _quantize_whole(weight, bits, group_size, grid_fn, clip_max_logit, clip_min_logit, round_zero, meta_dtype,
+                           method_kwargs)
+
+
+def _quantize_whole(weight: torch.Tensor, bits: int, group_size: int, grid_fn: Any,
+                    clip_max_logit: torch.Tensor | None, clip_min_logit: torch.Tensor | None, round_zero: bool,
+                    meta_dtype: torch.dtype, method_kwargs: dict) -> QuantizedWeight:
     with torch.no_grad():
         wg = grouped(weight.detach(), group_size)
         scale, zero = grid_fn(wg, bits, clip_max_logit=clip_max_logit, clip_min_logit=clip_min_logit,

@@ -30,8 +30,8 @@ from automix.search.space import SearchSpace
 from automix.study.tracking import TrackingError, check_tracking_uri
 from automix.study.executors import LocalExecutor, RayExecutor
 from automix.trial import (DEFAULT_METRIC, ModelLoadError, SensitivityProfile, TrialSpec, available_methods, estimate,
-                           get_method, get_task, is_named_data, is_named_model, is_padded, load_tokenizer, profile_path,
-                           resolve_model_dir, validate_data)
+                           get_method, get_task, is_named_data, is_named_model, load_tokenizer, profile_path,
+                           resolve_model_dir, training_padded, validate_data)
 
 __all__ = ["make_sampler", "AutomixBackend", "preflight"]
 
@@ -166,7 +166,7 @@ class AutomixBackend:
     def predicted_memory(self, params: Mapping[str, Any]) -> float:
         key = tuple(sorted((k, str(v)) for k, v in params.items()))
         if key not in self._mem:
-            self._mem[key] = float(self._estimate(params).total)
+            self._mem[key] = float(self._estimate(params).peak)
         return self._mem[key]
 
     def _estimate(self, params: Mapping[str, Any]) -> Any:
@@ -183,9 +183,12 @@ class AutomixBackend:
         same block: a layer's packed size depends on its block's pruning), checked against the
         model on random configurations; per-candidate calls if the check fails. Built once.
 
-        With gradient checkpointing the model is ``A + max_b m_b`` (the largest block
-        recomputation; ``m_b``: the estimate's ``recompute``): the tables are of ``A`` and of each
-        ``m_b`` (`decompose`'s ``max_terms``), so ``batch`` takes the maximum itself, exactly."""
+        The memory is the trial's peak over its phases (the estimate's ``peak``: load, prepare,
+        train, evaluate), ``s + max_t m_t``: with gradient checkpointing the training step holds
+        the largest block recomputation, and a method whose initialisation can hold more than the
+        step adds that phase as one more term (the estimate's ``peak_terms``; the other phases fit
+        under the step by construction). The tables are of ``s`` and of each term (`decompose`'s
+        ``max_terms``), so ``batch`` takes the maximum itself, exactly."""
         if self._memory_fn is None:
             blocks = {name: {block_index(layer) for layer in layers}
                       for name, layers in self.space.param_layers().items()}
@@ -195,16 +198,16 @@ class AutomixBackend:
                 key = tuple(sorted((k, str(v)) for k, v in params.items()))
                 if last.get("key") != key:
                     last.update(key=key, est=self._estimate(params))
-                    self._mem.setdefault(key, float(last["est"].total))
+                    self._mem.setdefault(key, float(last["est"].peak))
                 return last["est"]
 
-            self._memory_fn = decompose(lambda p: float(breakdown(p).total), self.distributions,
+            self._memory_fn = decompose(lambda p: float(breakdown(p).peak), self.distributions,
                                         may_interact=lambda a, b: bool(blocks[a] & blocks[b]),
-                                        max_terms=lambda p: breakdown(p).recompute)
+                                        max_terms=lambda p: breakdown(p).peak_terms)
         return self._memory_fn
 
     def batches_padded(self) -> bool:
-        """Whether the trials' training batches carry padding, read off the first batch as
+        """Whether any of the trials' training batches carries padding, read off the batches as
         `run_trial` does: padding makes attention keep an explicit mask, which the trial's own
         memory prediction counts, so the sampler's known memory must count it too."""
         if self._padded is None:
@@ -213,9 +216,9 @@ class AutomixBackend:
             try:
                 tokenizer = load_tokenizer(self.model_dir)
                 if tokenizer is not None:
-                    batches = get_task(spec["task"], spec["data"]).train_batches(
-                        tokenizer, int(spec["batch_size"]), int(spec["seq_len"]), int(spec["seed"]))
-                    self._padded = is_padded(next(batches))
+                    self._padded = training_padded(get_task(spec["task"], spec["data"]), tokenizer,
+                                                   int(spec["batch_size"]), int(spec["seq_len"]),
+                                                   int(spec["seed"]), int(spec["steps"]))
             except (OSError, ValueError, StopIteration):
                 pass
         return self._padded

@@ -82,7 +82,7 @@ class StudyRun:
 
 
 def _summary_metrics(result: Mapping[str, Any], predicted: float, extra: Mapping[str, Any]) -> dict:
-    keys = ("accuracy", "perplexity", "peak_memory_bytes", "predicted_memory_bytes",
+    keys = ("accuracy", "perplexity", "peak_memory_bytes", "allocator_peak_bytes", "predicted_memory_bytes",
             "predicted_accuracy", "trainable_params", "avg_bits", "first_loss", "last_loss",
             "train_seconds", "eval_seconds", "throughput", "tokens_per_second")
     m = {k: result.get(k) for k in keys if isinstance(result.get(k), (int, float))}

@@ -13,7 +13,7 @@ profile).
 """
 
 from automix.methods import available_methods, get_method
-from automix.trial.data import get_task, is_named_data, is_padded, validate_data
+from automix.trial.data import get_task, is_named_data, is_padded, training_padded, validate_data
 from automix.trial.memory import MemoryBreakdown, estimate
 from automix.trial.models import ModelLoadError, is_named_model, load_tokenizer, model_fingerprint, resolve_model_dir
 from automix.trial.run import PreparedTrial, prepare_model, run_trial
@@ -25,5 +25,5 @@ __all__ = [
     "TrialResult", "TrialSpec", "available_methods", "estimate", "get_method", "get_task", "is_named_data",
     "is_named_model", "is_padded", "load_or_profile",
     "load_tokenizer", "model_fingerprint", "prepare_model", "profile_job", "profile_path",
-    "resolve_model_dir", "run_trial", "validate_data",
+    "resolve_model_dir", "run_trial", "training_padded", "validate_data",
 ]

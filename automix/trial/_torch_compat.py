@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["cpu_has_bf16"]
+__all__ = ["cpu_has_bf16", "profiler_active"]
 
 
 def cpu_has_bf16() -> bool:
@@ -14,4 +14,12 @@ def cpu_has_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
+        return False
+
+
+def profiler_active() -> bool:
+    """Whether a torch profiler session is running in this process (a second one cannot start)."""
+    try:
+        return bool(torch.autograd.profiler._is_profiler_enabled)
+    except AttributeError:
         return False

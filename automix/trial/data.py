@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from automix.builtin import corpus
 from automix.trial import pydocs
+from automix.trial.loss import continuation_logprobs, token_nll
 
 
 class DataError(ValueError):
@@ -311,6 +311,18 @@ def is_padded(batch: Mapping[str, torch.Tensor]) -> bool:
     return mask is not None and not bool(mask.all())
 
 
+def eval_seq_len(task: "Task | None", default: int) -> int:
+    """Tokens per row of a task's evaluation forwards, at most (``default`` when unknown)."""
+    return int(getattr(task, "eval_seq_len", None) or getattr(task, "eval_max_len", None) or default)
+
+
+def training_padded(task: "Task", tokenizer: Any, batch_size: int, seq_len: int, seed: int, steps: int) -> bool:
+    """Whether any of the ``steps`` training batches a trial reads carries padding: the memory
+    model then counts attention's explicit mask, for every step (the peak must bound them all)."""
+    batches = task.train_batches(tokenizer, batch_size, seq_len, seed)
+    return any(is_padded(next(batches)) for _ in range(max(1, steps)))
+
+
 def _pad_id(tokenizer: Any) -> int:
     pid = tokenizer.pad_token_id
     if pid is None:
@@ -318,10 +330,8 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pid)
 
 
-def _logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    out = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev))
-    return (out.logits if hasattr(out, "logits") else out[0]).float()
+def _device(model: Any) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -406,16 +416,13 @@ class LMTask(Task):
     def evaluate(self, model: Any, tokenizer: Any, n_rows: int | None = None, seq_len: int | None = None,
                  batch_size: int = 16, **_: Any) -> dict[str, float]:
         rows = self.eval_rows_tokens(tokenizer, n_rows, seq_len)
-        pad = _pad_id(tokenizer)
+        pad, dev = _pad_id(tokenizer), _device(model)
         nll, count = 0.0, 0
-        for i in range(0, len(rows), batch_size):
+        for i in range(0, len(rows), batch_size):  # the logits a chunk of tokens at a time (loss.token_nll)
             batch = _collate(rows[i:i + batch_size], pad)
-            logits = _logits(model, batch)[:, :-1]
-            tgt = batch["labels"][:, 1:].to(logits.device)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                   ignore_index=-100, reduction="sum")
-            nll += float(loss)
-            count += int((tgt != -100).sum())
+            part, n = token_nll(model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["labels"])
+            nll += part
+            count += n
         mean = nll / max(1, count)
         return {"perplexity": math.exp(min(mean, 50.0)), "loss": mean, "tokens": float(count)}
 
@@ -426,12 +433,13 @@ class BoolQTask(Task):
     The built-in version mixes plain questions (learned in pretraining) with negated ones ("is
     the owl not big", rare in pretraining), so a pretrained model is above chance but not
     saturated and fine-tuning has something to teach (measured by
-    `benchmarks/boolq_finetune_check.py`; numbers in `benchmarks/tiny_model.md`).
+    `automix bench boolq`; numbers in `benchmarks/tiny_model.md`).
     """
 
     name, metric, higher_is_better = "boolq", "accuracy", True
     fields = {"question": TEXT, "passage": TEXT, "answer": YES_NO}
     ANSWERS = (" yes", " no")
+    eval_max_len = 256  # tokens of a scored row, at most (prompt and answer)
 
     def __init__(self, path: str | None = None, eval_path: str | None = None, eval_size: int = 200,
                  negation_rate: float = 0.5) -> None:
@@ -485,11 +493,13 @@ class BoolQTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: Any, tokenizer: Any, n: int | None = None, batch_size: int = 32,
-                 max_len: int = 256, **_: Any) -> dict[str, float]:
+                 max_len: int | None = None, **_: Any) -> dict[str, float]:
+        max_len = max_len or self.eval_max_len
         examples = self._eval[: (n or self.eval_size)]
         pad = _pad_id(tokenizer)
         cont = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in self.ANSWERS]
         correct, nll, yes = 0, 0.0, 0
+        dev = _device(model)
         for i in range(0, len(examples), batch_size):
             chunk = examples[i:i + batch_size]
             prompts = [tokenizer(p)["input_ids"] for p, _ in chunk]
@@ -497,11 +507,11 @@ class BoolQTask(Task):
             for j, c in enumerate(cont):
                 rows = [(p[-(max_len - len(c)):] + c) for p in prompts]
                 batch = _collate(rows, pad)
-                logp = torch.log_softmax(_logits(model, batch), dim=-1).cpu()
-                for r, row in enumerate(rows):
-                    start = len(row) - len(c)
-                    pos = torch.arange(start - 1, len(row) - 1)
-                    scores[r, j] = logp[r, pos, torch.tensor(c)].sum()
+                # the answer's tokens, read at the positions before each (only those logits are made)
+                pos = torch.tensor([[len(row) - len(c) - 1 + k for k in range(len(c))] for row in rows])
+                logp = continuation_logprobs(model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
+                                             pos, torch.tensor(c).expand(len(rows), -1))
+                scores[:, j] = logp.sum(1).cpu()
             pred_yes = scores[:, 0] > scores[:, 1]
             truth = torch.tensor([a for _, a in chunk])
             correct += int((pred_yes == truth).sum())

@@ -28,9 +28,10 @@ from automix.trial.cache import hash_file
 from automix.trial.gguf_convert import converted_model_dir, is_gguf_path
 from automix.trial.registry import MODELS as REGISTRY_MODELS, PREFIX as REGISTRY_PREFIX, registry_name
 from automix.trial.registry import model_dir as registry_model_dir
+from automix.trial.stream import load_streamed
 
 __all__ = ["ModelLoadError", "is_named_model", "resolve_model_dir", "check_model_config", "load_model",
-           "quiet_loading", "load_tokenizer", "model_fingerprint"]
+           "load_streamed_model", "quiet_loading", "load_tokenizer", "model_fingerprint"]
 
 MODEL_SPECS = ("'builtin:tiny' / 'builtin:small', a registry name (" + ", ".join(sorted(REGISTRY_MODELS))
                + "), a .gguf file or a save_pretrained directory")
@@ -95,6 +96,23 @@ def load_model(spec: str | os.PathLike = "builtin:tiny", dtype: torch.dtype = to
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load the model weights in {path}: {err}") from err
     model.to(device).eval()
+    return model, load_tokenizer(path)
+
+
+def load_streamed_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """A trial's model and tokenizer: the decoder's linear weights left in the file
+    (:func:`automix.trial.stream.load_streamed`, read when a method quantizes or materializes
+    them), everything else loaded; :func:`load_model` when the weights are not in safetensors."""
+    path = resolve_model_dir(spec)
+    cfg = check_model_config(path)
+    try:
+        with quiet_loading():
+            model = load_streamed(path, cfg, dtype, device)
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the model weights in {path}: {err}") from err
+    if model is None:
+        return load_model(path, dtype, device)
     return model, load_tokenizer(path)
 
 

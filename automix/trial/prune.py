@@ -20,6 +20,9 @@ weights, per output row, keeping shapes (memory does not shrink; accuracy effect
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -27,6 +30,9 @@ from torch import nn
 
 from automix.config.layers import LayerSettings
 from automix.arch import arch_info, kept_units, linear_weight
+from automix.config.locations import cache_root
+from automix.trial.models import load_model, model_fingerprint
+from automix.trial.stream import StreamedLinear
 
 STRUCTURED_FAMILIES = ("llama", "mistral", "qwen2")
 
@@ -37,6 +43,7 @@ class PruneError(ValueError):
 
 def _slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     """A new nn.Linear keeping rows (dim 0) or columns (dim 1) ``idx`` of ``lin``."""
+    idx = idx.to(lin.weight.device)
     w = lin.weight.detach().index_select(dim, idx).clone()
     out_f, in_f = w.shape
     new = nn.Linear(in_f, out_f, bias=lin.bias is not None, device=w.device, dtype=w.dtype)
@@ -48,18 +55,28 @@ def _slice_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
-def _check_structured(model: nn.Module) -> Any:
+def _check_structured(model: nn.Module, streamed_ok: bool = False) -> Any:
     info = arch_info(model)
     if info.model_type not in STRUCTURED_FAMILIES:
         raise PruneError(f"structured pruning supports {', '.join(STRUCTURED_FAMILIES)}; "
                          f"{info.model_type!r} can use unstructured pruning (magnitude or wanda)")
+    allowed = (nn.Linear, StreamedLinear) if streamed_ok else (nn.Linear,)
     for name, m in _blocks(model):
         for rel in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
-            if type(m.get_submodule(rel)) is not nn.Linear:
+            if type(m.get_submodule(rel)) not in allowed:
                 raise PruneError(f"{name}.{rel} is a {type(m.get_submodule(rel)).__name__}; prune "
                                  "before quantizing or adding adapters")
     return info
+
+
+def _slice(lin: nn.Module, idx: torch.Tensor, dim: int) -> nn.Module:
+    """``lin`` keeping rows (dim 0) or columns (dim 1) ``idx``: a new nn.Linear, or the same
+    streamed layer reading only those (:meth:`automix.trial.stream.StreamedLinear.select`)."""
+    if isinstance(lin, StreamedLinear):
+        lin.select(idx, dim)
+        return lin
+    return _slice_linear(lin, idx, dim)
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -126,43 +143,96 @@ def _apply_block(block: nn.Module, info: Any, kv_keep: torch.Tensor, ch_keep: to
     heads = (kv_keep[:, None] * q_per_kv + torch.arange(q_per_kv, device=kv_keep.device)).flatten()
     q_rows = (heads[:, None] * hd + torch.arange(hd, device=kv_keep.device)).flatten()
     kv_rows = (kv_keep[:, None] * hd + torch.arange(hd, device=kv_keep.device)).flatten()
-    at.q_proj = _slice_linear(at.q_proj, q_rows, 0)
-    at.k_proj = _slice_linear(at.k_proj, kv_rows, 0)
-    at.v_proj = _slice_linear(at.v_proj, kv_rows, 0)
-    at.o_proj = _slice_linear(at.o_proj, q_rows, 1)
+    at.q_proj = _slice(at.q_proj, q_rows, 0)
+    at.k_proj = _slice(at.k_proj, kv_rows, 0)
+    at.v_proj = _slice(at.v_proj, kv_rows, 0)
+    at.o_proj = _slice(at.o_proj, q_rows, 1)
     for attr, n in (("num_heads", len(heads)), ("num_key_value_heads", len(kv_keep))):
         if hasattr(at, attr):
             setattr(at, attr, n)
-    mlp.gate_proj = _slice_linear(mlp.gate_proj, ch_keep, 0)
-    mlp.up_proj = _slice_linear(mlp.up_proj, ch_keep, 0)
-    mlp.down_proj = _slice_linear(mlp.down_proj, ch_keep, 1)
+    mlp.gate_proj = _slice(mlp.gate_proj, ch_keep, 0)
+    mlp.up_proj = _slice(mlp.up_proj, ch_keep, 0)
+    mlp.down_proj = _slice(mlp.down_proj, ch_keep, 1)
     mlp.intermediate_size = len(ch_keep)
 
 
+UnitScores = dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+def unit_scores(model: nn.Module, calib: torch.Tensor | None = None, batch_size: int = 8) -> UnitScores:
+    """Per block, the importance of each kv group and each MLP channel: first-order Taylor on
+    ``calib`` when given (the gradients are dropped after), else weight magnitude (L2)."""
+    info = _check_structured(model)
+    taylor = calib is not None
+    if taylor:
+        taylor_gradients(model, calib, batch_size)
+    try:
+        return {b: tuple(t.detach().float().cpu() for t in _unit_scores(block, info, taylor))
+                for b, (_, block) in enumerate(_blocks(model))}
+    finally:
+        for p in model.parameters():
+            p.grad = None
+
+
+def scores_path(model_dir: Path, calib: torch.Tensor, dtype: torch.dtype = torch.float32,
+                batch_size: int = 8) -> Path:
+    """Where :func:`cached_unit_scores` keeps the Taylor scores of a model on ``calib``."""
+    h = hashlib.sha256()
+    h.update(f"taylor-v1:{model_fingerprint(model_dir)}:{dtype}:{batch_size}:{tuple(calib.shape)}".encode())
+    h.update(calib.to(torch.int64).contiguous().numpy().tobytes())
+    return cache_root() / "prune" / f"{h.hexdigest()[:24]}.pt"
+
+
+def cached_unit_scores(model_dir: Path, calib: torch.Tensor, dtype: torch.dtype = torch.float32,
+                       batch_size: int = 8) -> UnitScores:
+    """The Taylor :func:`unit_scores` of the model in ``model_dir`` on ``calib``. They depend on
+    the weights and the calibration data only, not on how much a trial prunes, so they are
+    computed once (on a full-precision copy of the model on the CPU, where pruning always ran)
+    and kept at :func:`scores_path`: a trial then prunes its streamed layers as they are read,
+    holding nothing more."""
+    path = scores_path(model_dir, calib, dtype, batch_size)
+    if path.is_file():
+        try:
+            return {int(b): (v[0], v[1]) for b, v in torch.load(path).items()}
+        except Exception:  # noqa: BLE001 - an unreadable entry is computed again
+            pass
+    model, _ = load_model(model_dir, dtype=dtype)
+    try:
+        scores = unit_scores(model, calib, batch_size)
+    finally:
+        del model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(scores, tmp)
+    os.replace(tmp, path)  # atomic: a concurrent trial reads the whole entry or none
+    return scores
+
+
 def prune_structured(model: nn.Module, layer_settings: Mapping[str, LayerSettings],
-                     calib: torch.Tensor | None = None, batch_size: int = 8) -> dict[int, tuple[int, int, int]]:
+                     calib: torch.Tensor | None = None, batch_size: int = 8,
+                     scores: UnitScores | None = None) -> dict[int, tuple[int, int, int]]:
     """Remove heads and MLP channels per block as :func:`kept_units` says, in place.
 
-    Importance is first-order Taylor on ``calib`` when given, else weight magnitude (L2). Returns
-    the kept (heads, kv heads, channels) per block; the counts are also stored on the config as
-    ``automix_pruned`` (and the global config sizes updated when every block agrees).
+    Importance (:func:`unit_scores`) is first-order Taylor on ``calib`` when given, else weight
+    magnitude (L2); ``scores`` computed before (the same model and calibration, e.g. cached)
+    are used as they are, and then the layers may be streamed ones (:mod:`automix.trial.stream`,
+    sliced when they are read). Returns the kept (heads, kv heads, channels) per block; the
+    counts are also stored on the config as ``automix_pruned`` (and the global config sizes
+    updated when every block agrees).
     """
     info = arch_info(model)
     kept = kept_units(info, layer_settings)
     if all(k == (info.n_heads, info.n_kv_heads, info.intermediate_size) for k in kept.values()):
         return kept
-    _check_structured(model)
-    taylor = calib is not None
-    if taylor:
-        taylor_gradients(model, calib, batch_size)
+    _check_structured(model, streamed_ok=scores is not None)
+    if scores is None:
+        scores = unit_scores(model, calib, batch_size)
     for (name, block), b in zip(_blocks(model), range(info.n_layers)):
         nh, nkv, inter = kept[b]
-        attn_s, ch_s = _unit_scores(block, info, taylor)
+        attn_s, ch_s = scores[b]
         kv_keep = torch.sort(torch.topk(attn_s, nkv).indices).values
         ch_keep = torch.sort(torch.topk(ch_s, inter).indices).values
         _apply_block(block, info, kv_keep, ch_keep)
-    for p in model.parameters():
-        p.grad = None
     cfg = model.config
     cfg.automix_pruned = {str(b): list(v) for b, v in kept.items()}
     if len(set(kept.values())) == 1:

@@ -54,6 +54,7 @@ class TrialSpec(TrainingSettings):
     save_state: str | None = None
     report_every: int = Field(0, ge=0)
     report_eval_batches: int = Field(1, ge=1)
+    allocator_meter: bool = True
 
     @model_validator(mode="after")
     def _one_quantizer(self) -> "TrialSpec":
@@ -105,7 +106,11 @@ class TrialResult:
     perplexity: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
-    predicted_memory_bytes: int | None = None
+    predicted_memory_bytes: int | None = None  # the largest predicted phase peak (the budget's figure)
+    allocator_peak_bytes: int | None = None  # the allocator's count, the largest phase peak (allocator_meter)
+    peak_phase: str = ""  # the phase that set allocator_peak_bytes
+    memory_phases: dict[str, int] = field(default_factory=dict)  # allocator peak per phase, in order
+    memory_phases_predicted: dict[str, int] = field(default_factory=dict)  # the model's peak per phase
     memory_measured: dict[str, int] = field(default_factory=dict)
     memory_predicted: dict[str, int] = field(default_factory=dict)
     trainable_params: int | None = None

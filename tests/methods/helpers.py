@@ -128,4 +128,4 @@ def check_memory_prediction(name: str, settings=None) -> None:
     assert predicted.optimizer_states == measured.optimizer_states
     assert predicted.quant_metadata == measured.quant_metadata
     assert abs(predicted.activations - measured.activations) <= 0.1 * measured.activations, (predicted, measured)
-    assert abs(predicted.total - measured.total) <= 0.1 * measured.total
+    assert abs(predicted.accounted - measured.total) <= 0.1 * measured.total

@@ -44,7 +44,7 @@ def test_fine_tuning_lowers_the_loss_and_reports_everything(model_dir):
     # memory: parameter and optimizer bytes exact, total within 10%
     for key in ("weights", "quant_metadata", "adapters", "gradients", "optimizer_states"):
         assert r.memory_predicted[key] == r.memory_measured[key], key
-    assert r.predicted_memory_bytes == pytest.approx(r.peak_memory_bytes, rel=0.10)
+    assert 0.85 * r.predicted_memory_bytes <= r.peak_memory_bytes <= 1.1 * r.predicted_memory_bytes
     assert TrialResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
 
 
@@ -57,20 +57,30 @@ def test_same_seed_same_result_other_seed_differs(model_dir):
 
 
 def test_pruning_and_fewer_bits_lower_measured_memory(model_dir):
-    peaks = {}
-    for name, default in {"b2": {"bits": 2}, "b8": {"bits": 8}, "b2p": {"bits": 2, "prune": 0.5}}.items():
-        r = run_trial(spec(model_dir, steps=1, layers={"default": dict(default, group_size=32, rank=4)}))
+    peaks, phases = {}, {}
+    for name, default in {"b2": {"bits": 2}, "b8": {"bits": 8}, "b2p": {"bits": 2, "prune": 0.5},
+                          "b2p again": {"bits": 2, "prune": 0.5}}.items():
+        r = run_trial(spec(model_dir, steps=2, layers={"default": dict(default, group_size=32, rank=4)}))
         assert r.status == "ok", r.failure_reason
-        peaks[name] = r.peak_memory_bytes
-        assert r.predicted_memory_bytes == pytest.approx(r.peak_memory_bytes, rel=0.10)
-    assert peaks["b2p"] < peaks["b2"] < peaks["b8"]
+        peaks[name], phases[name] = r.peak_memory_bytes, r.peak_phase
+        # never above the prediction by more than 10%; below it by up to 15% on this toy model,
+        # whose gradients and optimizer states (counted, absent when the loss peaks) are 11% of it
+        assert 0.85 * r.predicted_memory_bytes <= r.peak_memory_bytes <= 1.1 * r.predicted_memory_bytes
+    # the first trial that prunes this model on this data computes the pruning scores (a
+    # full-precision pass, its peak, predicted); the next one reads them and holds nothing more
+    assert phases["b2p"] == "prune" and phases["b2p again"] != "prune"
+    assert peaks["b2p again"] < peaks["b2"] < peaks["b8"]
 
 
 def test_steps_zero_only_evaluates(model_dir):
     r = run_trial(spec(model_dir, steps=0, task="boolq", eval_batches=1))
     assert r.status == "ok", r.failure_reason
     assert r.losses == [] and r.first_loss is None and 0.0 <= r.accuracy <= 1.0
-    assert r.predicted_memory_bytes == r.peak_memory_bytes  # resident bytes, exact
+    resident = sum(r.memory_predicted[k] for k in ("weights", "quant_metadata", "adapters"))
+    assert r.memory_measured["total"] == resident  # the model's tensors, exact
+    assert list(r.memory_phases) == ["load", "prepare", "evaluate"]  # (no training step)
+    # the evaluation's bound takes every row at the task's longest (BoolQ prompts are shorter)
+    assert resident < r.peak_memory_bytes <= r.predicted_memory_bytes
 
 
 def test_nan_loss_is_a_failed_result_not_a_crash(model_dir):
