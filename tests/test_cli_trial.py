@@ -97,6 +97,7 @@ def test_the_exported_layer_file_alone_reproduces_the_trial(tmp_path, capsys):
     rerun = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (rerun["method"], rerun["steps"]) == ("loftq", 3)
     assert rerun["perplexity"] == reference.perplexity
+    assert rerun["predicted_memory_bytes"] == reference.predicted_memory_bytes
     assert rerun["peak_memory_bytes"] == reference.peak_memory_bytes
 
 

@@ -17,7 +17,7 @@ evaluation batch, a calibration buffer). :class:`AllocatorMeter` asks the alloca
   phase starts), minus ``memory_allocated`` when the meter started.
 
 The profiler records every operator too; on CPU that costs time (``benchmarks/memory_model.md``
-has the overhead), so a trial can leave the meter off (``TrialSpec.allocator_meter``).
+has the overhead), so on CPU a trial runs it only when asked (``TrialSpec.allocator_meter``).
 """
 
 from __future__ import annotations

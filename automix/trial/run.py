@@ -313,7 +313,8 @@ def _report_eval(model: Any, tokenizer: Any, task: Any, spec: TrialSpec, device:
 def _run(spec: TrialSpec, result: TrialResult) -> None:
     device = _device(spec.device)
     result.device = device
-    allocator = AllocatorMeter(device, enabled=spec.allocator_meter)
+    meter_on = device.startswith("cuda") if spec.allocator_meter is None else spec.allocator_meter
+    allocator = AllocatorMeter(device, enabled=meter_on)
     try:
         with allocator:
             _trial(spec, result, device, allocator)

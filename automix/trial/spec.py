@@ -54,7 +54,10 @@ class TrialSpec(TrainingSettings):
     save_state: str | None = None
     report_every: int = Field(0, ge=0)
     report_eval_batches: int = Field(1, ge=1)
-    allocator_meter: bool = True
+    # the allocator's count of every phase (automix.trial.allocator): None = on for CUDA (the
+    # allocator's own statistics, free), off on CPU, where it is the profiler (benchmarks/memory_model.md:
+    # +18% time and some GB of host memory for its records on SmolLM2); True / False force it
+    allocator_meter: bool | None = None
 
     @model_validator(mode="after")
     def _one_quantizer(self) -> "TrialSpec":

@@ -55,7 +55,7 @@ def _kind(phase: str) -> str:
 @pytest.mark.parametrize("ckpt", [False, True])
 def test_a_trial_records_the_allocator_peak_of_each_phase_within_ten_percent_of_the_prediction(ckpt):
     r = run_trial({"model": "builtin:tiny", "method": "qlora", "steps": 2, "batch_size": 4, "seq_len": 64,
-                   "eval_batches": 1, "gradient_checkpointing": ckpt, "device": "cpu"})
+                   "eval_batches": 1, "gradient_checkpointing": ckpt, "device": "cpu", "allocator_meter": True})
     assert r.status == "ok", r.failure_reason
     assert list(r.memory_phases) == ["load", "prepare", "step 1", "step 2", "evaluate"]
     assert set(r.memory_phases_predicted) == {"load", "prepare", "train", "evaluate"}
@@ -73,7 +73,7 @@ def test_a_trial_records_the_allocator_peak_of_each_phase_within_ten_percent_of_
 
 def test_a_failed_trial_still_records_the_phases_it_ran():
     r = run_trial({"model": "builtin:tiny", "method": "qlora", "steps": 1, "lr": 1e30, "batch_size": 2,
-                   "seq_len": 32, "eval_batches": 1, "device": "cpu", "grad_clip": None})
+                   "seq_len": 32, "eval_batches": 1, "device": "cpu", "grad_clip": None, "allocator_meter": True})
     if r.status == "ok":  # (the loss may survive one step; then nothing to check)
         pytest.skip("the step did not diverge")
     assert "load" in r.memory_phases and r.peak_phase

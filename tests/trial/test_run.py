@@ -27,7 +27,7 @@ def model_dir(tmp_path_factory):
 
 def spec(model_dir, **kw):
     d = {"model": model_dir, "task": "lm", "steps": 6, "batch_size": 2, "seq_len": 32, "lr": 1e-2,
-         "eval_batches": 1, "eval_batch_size": 4,
+         "eval_batches": 1, "eval_batch_size": 4, "allocator_meter": True,  # the tests check its counts
          "layers": {"default": {"bits": 4, "group_size": 32, "rank": 4}}}
     d.update(kw)
     return d
